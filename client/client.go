@@ -1,0 +1,463 @@
+// Package client is the laptop side of k8stunnel: it keeps an SSH connection
+// to the node with the helper running on it, accepts the connections the
+// firewall redirects to it, and sends each one down a mux stream.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/mux"
+)
+
+// DefaultPort is where the client listens unless told otherwise; lower ports
+// are tried when it is taken, as sshuttle does.
+const DefaultPort = 12300
+
+// Firewall is the part that needs root: the privileged helper in production,
+// a fake in tests.
+type Firewall interface {
+	Install(firewall.Spec) error
+	Close() error
+}
+
+// Config describes one tunnel.
+type Config struct {
+	SSH    SSHConfig
+	Helper HelperOptions
+	// Listen are the addresses to accept redirected connections on; empty
+	// means 127.0.0.1 and [::1] on DefaultPort, or a lower free port.
+	Listen  []string
+	Include []firewall.Target
+	Exclude []firewall.Target
+	// Channels is how many SSH channels (each with its own helper) carry the
+	// streams; 0 means 1.
+	Channels int
+	// MaxConns caps concurrent relayed connections; past it new ones are reset.
+	// 0 means DefaultMaxConns.
+	MaxConns int
+	// StartFirewall starts the privileged part. It is called once, before the
+	// SSH connection is made, so a missing sudo fails fast.
+	StartFirewall func(ctx context.Context) (Firewall, error)
+	// KeepaliveInterval and KeepaliveTimeout tune SSH keepalives; 0 means 2 s and 6 s.
+	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// Program names this build in the handshake, e.g. "k8stunnel 0.1.0".
+	Program string
+	Log     *slog.Logger
+}
+
+// DefaultMaxConns is the default cap on concurrent connections. Each costs
+// one descriptor here and one on the node.
+const DefaultMaxConns = 16384
+
+// Client runs one tunnel.
+type Client struct {
+	cfg       Config
+	log       *slog.Logger
+	listeners []*net.TCPListener
+	port      uint16
+
+	mu    sync.Mutex
+	links *link // nil while disconnected
+
+	active   atomic.Int64
+	capWarn  atomic.Int64 // unix time of the last "too many connections" line
+	wg       sync.WaitGroup
+}
+
+// New validates cfg and binds the listeners, so the port is known before
+// anything else happens.
+func New(cfg Config) (*Client, error) {
+	if cfg.SSH.Remote == "" {
+		return nil, errors.New("no remote given")
+	}
+	if len(cfg.Include) == 0 {
+		return nil, errors.New("no CIDRs to forward")
+	}
+	if cfg.StartFirewall == nil {
+		return nil, errors.New("no firewall")
+	}
+	if cfg.Channels <= 0 {
+		cfg.Channels = 1
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.KeepaliveInterval <= 0 {
+		cfg.KeepaliveInterval = 2 * time.Second
+	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = 6 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	cfg.SSH.Log = cfg.Log
+	cfg.Helper.Log = cfg.Log
+	c := &Client{cfg: cfg, log: cfg.Log}
+	if err := c.listen(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Port is the port the listeners are bound to.
+func (c *Client) Port() uint16 { return c.port }
+
+func (c *Client) listen() error {
+	addrs := c.cfg.Listen
+	explicit := len(addrs) > 0
+	if !explicit {
+		addrs = []string{"127.0.0.1:" + strconv.Itoa(DefaultPort), "[::1]:" + strconv.Itoa(DefaultPort)}
+	}
+	var parsed []netip.AddrPort
+	for _, a := range addrs {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			return fmt.Errorf("bad listen address %q: want IP:PORT", a)
+		}
+		parsed = append(parsed, ap)
+	}
+	base := parsed[0].Port()
+	// Try the port and up to 100 below it; every listener shares one port so
+	// one chain name (K8STUNNEL-<port>) covers both families.
+	for port := base; port > 0 && port+100 > base; port-- {
+		ls, err := listenAll(parsed, port, !explicit)
+		if err == nil {
+			c.listeners, c.port = ls, port
+			if port != base {
+				c.log.Info("listen port taken, using a lower one", "wanted", base, "port", port)
+			}
+			return nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return err
+		}
+	}
+	return fmt.Errorf("listening on port %d: no free port within 100 below it", base)
+}
+
+// listenAll binds every address on port, or none. With optional set, an
+// address family this host lacks (no IPv6 loopback) is skipped.
+func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPListener, error) {
+	var ls []*net.TCPListener
+	for _, a := range addrs {
+		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(a.Addr(), port)))
+		if err != nil {
+			if optional && a.Addr().Is6() && errors.Is(err, syscall.EADDRNOTAVAIL) {
+				continue
+			}
+			for _, l := range ls {
+				l.Close()
+			}
+			return nil, fmt.Errorf("listening on %v: %w", netip.AddrPortFrom(a.Addr(), port), err)
+		}
+		ls = append(ls, l)
+	}
+	if len(ls) == 0 {
+		return nil, errors.New("no address to listen on")
+	}
+	return ls, nil
+}
+
+// Run keeps the tunnel up until ctx ends. It returns an error when the first
+// connection fails or the firewall cannot be set up; later outages are
+// retried. When it returns, every rule it installed is gone.
+func (c *Client) Run(ctx context.Context) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer func() {
+		for _, l := range c.listeners {
+			l.Close()
+		}
+		c.setLink(nil)
+		c.wg.Wait()
+	}()
+
+	fw, err := c.cfg.StartFirewall(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := fw.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("removing firewall rules: %w", cerr)
+		}
+	}()
+
+	l, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	server := l.server
+	if err := fw.Install(c.spec(server)); err != nil {
+		l.close()
+		return fmt.Errorf("installing firewall rules: %w", err)
+	}
+	c.setLink(l)
+	for _, ln := range c.listeners {
+		c.wg.Add(1)
+		go c.acceptLoop(ctx, ln)
+	}
+	c.log.Info("tunnel ready", "remote", l.target, "port", c.port, "forward", targetsString(c.cfg.Include))
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-l.done:
+		}
+		c.setLink(nil)
+		c.log.Warn("tunnel lost; new connections are reset until it is back", "err", l.err())
+		l, err = c.reconnect(ctx)
+		if err != nil {
+			return nil // ctx ended
+		}
+		if l.server != server {
+			// The node's address changed (DNS): keep its traffic out of the tunnel.
+			server = l.server
+			if err := fw.Install(c.spec(server)); err != nil {
+				l.close()
+				return fmt.Errorf("updating firewall rules: %w", err)
+			}
+		}
+		c.setLink(l)
+		c.log.Info("tunnel restored", "remote", l.target)
+	}
+}
+
+// spec is the rule set: what the user asked for, minus the SSH server itself,
+// so the tunnel's own connection is never captured (even with 0/0).
+func (c *Client) spec(server netip.Addr) firewall.Spec {
+	ex := append([]firewall.Target(nil), c.cfg.Exclude...)
+	ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
+	return firewall.Spec{Port: c.port, Include: c.cfg.Include, Exclude: ex}
+}
+
+// reconnect retries with backoff until it gets a link or ctx ends.
+func (c *Client) reconnect(ctx context.Context) (*link, error) {
+	backoff := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		l, err := c.connect(ctx)
+		if err == nil {
+			return l, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		c.log.Info("reconnect failed", "attempt", attempt, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+func (c *Client) setLink(l *link) {
+	c.mu.Lock()
+	old := c.links
+	c.links = l
+	c.mu.Unlock()
+	if l == nil && old != nil {
+		old.close()
+	}
+}
+
+// session picks the least busy session of the current link, or nil when the
+// tunnel is down.
+func (c *Client) session() *mux.Session {
+	c.mu.Lock()
+	l := c.links
+	c.mu.Unlock()
+	if l == nil {
+		return nil
+	}
+	return l.pick()
+}
+
+func (c *Client) acceptLoop(ctx context.Context, ln *net.TCPListener) {
+	defer c.wg.Done()
+	for {
+		conn, err := ln.AcceptTCP()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off instead of spinning.
+			c.log.Warn("accept failed", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		c.wg.Add(1)
+		go c.handle(conn)
+	}
+}
+
+// handle relays one redirected connection.
+func (c *Client) handle(conn *net.TCPConn) {
+	defer c.wg.Done()
+	local := mux.NetConn(conn)
+	if n := c.active.Add(1); n > int64(c.cfg.MaxConns) {
+		c.active.Add(-1)
+		if now := time.Now().Unix(); c.capWarn.Swap(now) != now {
+			c.log.Warn("too many connections; resetting new ones", "max", c.cfg.MaxConns)
+		}
+		local.Abort()
+		return
+	}
+	defer c.active.Add(-1)
+
+	dst, err := originalDst(conn)
+	if err != nil {
+		c.log.Debug("dropping connection", "from", conn.RemoteAddr(), "err", err)
+		local.Abort()
+		return
+	}
+	if dst.String() == conn.LocalAddr().String() {
+		// Someone connected to the listener itself, not through a rule.
+		c.log.Debug("dropping connection that was not redirected", "from", conn.RemoteAddr())
+		local.Abort()
+		return
+	}
+	sess := c.session()
+	if sess == nil {
+		c.log.Debug("tunnel down, resetting", "dst", dst)
+		local.Abort()
+		return
+	}
+	st, err := sess.Dial(dst)
+	if err != nil {
+		c.log.Debug("opening stream", "dst", dst, "err", err)
+		local.Abort()
+		return
+	}
+	c.log.Debug("connect", "dst", dst)
+	err = mux.Relay(local, st)
+	var de *mux.DialError
+	switch {
+	case errors.As(err, &de):
+		c.log.Debug("connect failed", "dst", dst, "err", de)
+	case err != nil:
+		c.log.Debug("connection ended", "dst", dst, "err", err)
+	}
+}
+
+// link is one SSH connection and the mux sessions on its channels.
+type link struct {
+	ssh      *ssh.Client
+	target   string
+	server   netip.Addr
+	sessions []*mux.Session
+	done     chan struct{}
+
+	once    sync.Once
+	mu      sync.Mutex
+	lastErr error
+	next    atomic.Uint32
+}
+
+func (l *link) pick() *mux.Session {
+	if len(l.sessions) == 1 {
+		return l.sessions[0]
+	}
+	best := l.sessions[int(l.next.Add(1))%len(l.sessions)]
+	for _, s := range l.sessions {
+		if s.NumStreams() < best.NumStreams() {
+			best = s
+		}
+	}
+	return best
+}
+
+func (l *link) fail(err error) {
+	l.mu.Lock()
+	if l.lastErr == nil {
+		l.lastErr = err
+	}
+	l.mu.Unlock()
+	l.close()
+}
+
+func (l *link) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastErr
+}
+
+func (l *link) close() {
+	l.once.Do(func() {
+		for _, s := range l.sessions {
+			s.Close()
+		}
+		l.ssh.Close()
+		close(l.done)
+	})
+}
+
+// connect makes one SSH connection, starts the helper on each channel and
+// watches them: the link is done when any of them ends.
+func (c *Client) connect(ctx context.Context) (*link, error) {
+	sc, target, err := DialSSH(ctx, c.cfg.SSH)
+	if err != nil {
+		return nil, err
+	}
+	l := &link{ssh: sc, target: fmt.Sprintf("%s@%s", target.User, target.Addr), server: target.Addr.Addr().Unmap(), done: make(chan struct{})}
+	for i := 0; i < c.cfg.Channels; i++ {
+		rwc, err := StartRemoteHelper(ctx, sc, c.cfg.Helper)
+		if err != nil {
+			sc.Close()
+			return nil, err
+		}
+		sess, err := mux.NewClient(rwc, mux.Hello{Program: c.cfg.Program}, c.log)
+		if err != nil {
+			rwc.Close()
+			sc.Close()
+			return nil, fmt.Errorf("starting the helper on the node: %w", err)
+		}
+		l.sessions = append(l.sessions, sess)
+	}
+	for _, s := range l.sessions {
+		go func() {
+			// The helper opens streams only to reset ours.
+			s.Serve(ctx, func(_ mux.Request, st *mux.Stream) { st.Abort(); st.Close() })
+			l.fail(mux.ErrSessionLost)
+		}()
+	}
+	go func() {
+		if err := Keepalive(ctx, sc, c.cfg.KeepaliveInterval, c.cfg.KeepaliveTimeout); err != nil {
+			l.fail(err)
+		}
+	}()
+	go func() {
+		l.fail(sc.Wait())
+	}()
+	return l, nil
+}
+
+func targetsString(ts []firewall.Target) string {
+	s := ""
+	for i, t := range ts {
+		if i > 0 {
+			s += " "
+		}
+		s += t.String()
+	}
+	return s
+}

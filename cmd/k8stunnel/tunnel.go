@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/k8stunnel/k8stunnel/client"
+	"github.com/k8stunnel/k8stunnel/firewall"
+)
+
+const usageText = `k8stunnel: reach a Kubernetes cluster's service and pod IPs through one SSH connection
+
+Usage:
+  sudo k8stunnel [flags] -r [user@]host[:port] CIDR[:port[-port]]...
+  sudo k8stunnel cleanup
+
+Examples:
+  sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
+  sudo k8stunnel -r node1 -x 10.96.0.1 10.96.0.0/12 &      # in the background
+  sudo k8stunnel -r admin@node1:2222 -i ~/.ssh/cluster 10.0.0.0/8:443
+  sudo k8stunnel cleanup                                   # remove rules left by a killed run
+
+The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
+and runs it as the helper, unless --remote-cmd names one already installed.
+
+Flags:
+`
+
+// runTunnel is the main job: parse, then run the client until a signal.
+func runTunnel(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := pflag.NewFlagSet("k8stunnel", pflag.ContinueOnError)
+	fs.SortFlags = false
+	var (
+		remote     = fs.StringP("remote", "r", "", "SSH destination `[user@]host[:port]` (an ssh_config Host works)")
+		excludes   = fs.StringArrayP("exclude", "x", nil, "do not forward this `CIDR` (repeatable)")
+		listen     = fs.StringArrayP("listen", "l", nil, "accept redirected connections on `ADDR` (default 127.0.0.1:12300 and [::1]:12300)")
+		identities = fs.StringArrayP("identity", "i", nil, "SSH private key `FILE` (repeatable)")
+		sshConfig  = fs.StringP("ssh-config", "F", "", "ssh_config `FILE` (default ~/.ssh/config)")
+		knownHosts = fs.String("known-hosts", "", "known_hosts `FILE` (default ~/.ssh/known_hosts)")
+		remoteCmd  = fs.String("remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
+		channels   = fs.Int("channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
+		maxConns   = fs.Int("max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
+		verbose    = fs.CountP("verbose", "v", "log every connection (repeatable)")
+		showVer    = fs.Bool("version", false, "print the version and exit")
+		help       = fs.BoolP("help", "h", false, "show this help")
+	)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return usagef("%v (see k8stunnel --help)", err)
+	}
+	if *help {
+		fmt.Fprint(os.Stdout, usageText)
+		fs.SetOutput(os.Stdout)
+		fs.PrintDefaults()
+		return nil
+	}
+	if *showVer {
+		fmt.Println("k8stunnel", version)
+		return nil
+	}
+	if *remote == "" {
+		return usagef("missing -r/--remote: which node should the tunnel go to? (see k8stunnel --help)")
+	}
+	if fs.NArg() == 0 {
+		return usagef("no CIDR given: name the cluster's service and pod CIDRs, e.g. 10.96.0.0/12 10.244.0.0/16")
+	}
+	include, err := parseTargets(fs.Args())
+	if err != nil {
+		return err
+	}
+	exclude, err := parseTargets(*excludes)
+	if err != nil {
+		return err
+	}
+	if *channels < 1 || *channels > 64 {
+		return usagef("--channels must be between 1 and 64")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding my own executable: %w", err)
+	}
+	log := newLogger(stderr, *verbose)
+	var helperArgs []string
+	if *verbose > 0 {
+		helperArgs = []string{"-v"}
+	}
+	c, err := client.New(client.Config{
+		SSH: client.SSHConfig{
+			Remote:         *remote,
+			Identities:     *identities,
+			ConfigFile:     *sshConfig,
+			KnownHostsFile: *knownHosts,
+		},
+		Helper:   client.HelperOptions{RemoteCmd: *remoteCmd, Exe: exe, Args: helperArgs},
+		Listen:   *listen,
+		Include:  include,
+		Exclude:  exclude,
+		Channels: *channels,
+		MaxConns: *maxConns,
+		Program:  "k8stunnel " + version,
+		Log:      log,
+		StartFirewall: func(ctx context.Context) (client.Firewall, error) {
+			return firewall.StartHelper(ctx, firewall.HelperConfig{Exe: exe, Sudo: true, Log: log, Stderr: stderr})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	return c.Run(ctx)
+}
+
+func parseTargets(args []string) ([]firewall.Target, error) {
+	var ts []firewall.Target
+	for _, a := range args {
+		for _, f := range strings.FieldsFunc(a, func(r rune) bool { return r == ',' }) {
+			t, err := firewall.ParseTarget(f)
+			if err != nil {
+				var ue usageError
+				if errors.As(err, &ue) {
+					return nil, err
+				}
+				return nil, usagef("bad CIDR %q: %v", f, err)
+			}
+			ts = append(ts, t)
+		}
+	}
+	return ts, nil
+}

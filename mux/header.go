@@ -1,0 +1,169 @@
+package mux
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+)
+
+// Version is the stream-header and handshake version. Both ends must speak the
+// same one; the handshake refuses a mismatch before any stream is opened.
+const Version = 1
+
+// Kind says what a stream is for.
+type Kind uint8
+
+const (
+	// KindConnect asks the helper to dial a TCP destination and relay.
+	KindConnect Kind = 1
+	// KindReset asks the peer to abort the stream with the given ID: yamux has
+	// no reset of its own, and a half-close is not the same thing.
+	KindReset Kind = 2
+)
+
+// Status is the helper's answer to a connect request.
+type Status uint8
+
+const (
+	StatusOK          Status = 0
+	StatusRefused     Status = 1
+	StatusUnreachable Status = 2
+	StatusTimeout     Status = 3
+	StatusFailed      Status = 4
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusOK:
+		return "ok"
+	case StatusRefused:
+		return "connection refused"
+	case StatusUnreachable:
+		return "unreachable"
+	case StatusTimeout:
+		return "timed out"
+	case StatusFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("status %d", uint8(s))
+}
+
+var (
+	ErrBadVersion = errors.New("unsupported stream header version")
+	ErrBadKind    = errors.New("unknown stream kind")
+	ErrBadAddress = errors.New("bad address in stream header")
+	ErrBadStatus  = errors.New("unknown status")
+)
+
+// Request is the header a stream opens with.
+type Request struct {
+	Kind Kind
+	// Dst is the original destination, for KindConnect.
+	Dst netip.AddrPort
+	// StreamID names the stream to abort, for KindReset.
+	StreamID uint32
+}
+
+// maxRequestLen is the longest encoded request: version, kind, family,
+// 16 address bytes, port.
+const maxRequestLen = 3 + 16 + 2
+
+// AppendRequest appends the encoding of r to b. Layout:
+//
+//	connect: version(1) kind(1) addrlen(1: 4 or 16) addr port(2, big endian)
+//	reset:   version(1) kind(1) streamID(4, big endian)
+func AppendRequest(b []byte, r Request) ([]byte, error) {
+	b = append(b, Version, byte(r.Kind))
+	switch r.Kind {
+	case KindConnect:
+		a := r.Dst.Addr().Unmap()
+		if !a.IsValid() || a.Zone() != "" {
+			return nil, fmt.Errorf("encoding %v: %w", r.Dst, ErrBadAddress)
+		}
+		raw := a.AsSlice()
+		b = append(b, byte(len(raw)))
+		b = append(b, raw...)
+		b = binary.BigEndian.AppendUint16(b, r.Dst.Port())
+	case KindReset:
+		b = binary.BigEndian.AppendUint32(b, r.StreamID)
+	default:
+		return nil, ErrBadKind
+	}
+	return b, nil
+}
+
+// WriteRequest writes r in one Write, so it travels in one frame.
+func WriteRequest(w io.Writer, r Request) error {
+	var buf [maxRequestLen]byte
+	b, err := AppendRequest(buf[:0], r)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// ReadRequest reads one request header, and nothing past it.
+func ReadRequest(rd io.Reader) (Request, error) {
+	var buf [maxRequestLen]byte
+	if _, err := io.ReadFull(rd, buf[:2]); err != nil {
+		return Request{}, err
+	}
+	if buf[0] != Version {
+		return Request{}, fmt.Errorf("%w: %d", ErrBadVersion, buf[0])
+	}
+	r := Request{Kind: Kind(buf[1])}
+	switch r.Kind {
+	case KindConnect:
+		if _, err := io.ReadFull(rd, buf[:1]); err != nil {
+			return Request{}, noEOF(err)
+		}
+		n := int(buf[0])
+		if n != 4 && n != 16 {
+			return Request{}, fmt.Errorf("%w: length %d", ErrBadAddress, n)
+		}
+		if _, err := io.ReadFull(rd, buf[:n+2]); err != nil {
+			return Request{}, noEOF(err)
+		}
+		a, _ := netip.AddrFromSlice(buf[:n])
+		r.Dst = netip.AddrPortFrom(a, binary.BigEndian.Uint16(buf[n:]))
+	case KindReset:
+		if _, err := io.ReadFull(rd, buf[:4]); err != nil {
+			return Request{}, noEOF(err)
+		}
+		r.StreamID = binary.BigEndian.Uint32(buf[:4])
+	default:
+		return Request{}, fmt.Errorf("%w: %d", ErrBadKind, r.Kind)
+	}
+	return r, nil
+}
+
+// WriteStatus answers a connect request.
+func WriteStatus(w io.Writer, s Status) error {
+	_, err := w.Write([]byte{byte(s)})
+	return err
+}
+
+// ReadStatus reads the helper's answer to a connect request.
+func ReadStatus(r io.Reader) (Status, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, err
+	}
+	s := Status(b[0])
+	if s > StatusFailed {
+		return 0, fmt.Errorf("%w: %d", ErrBadStatus, b[0])
+	}
+	return s, nil
+}
+
+// noEOF turns a clean EOF inside a header into ErrUnexpectedEOF: the header
+// was cut short, which is not the same as a peer that sent nothing.
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

@@ -1,0 +1,181 @@
+package mux
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestRequestRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		req  Request
+		want []byte
+	}{
+		{"ipv4", Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("10.96.0.10:80")},
+			[]byte{1, 1, 4, 10, 96, 0, 10, 0, 80}},
+		{"ipv4 mapped becomes ipv4", Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("[::ffff:10.0.0.1]:443")},
+			[]byte{1, 1, 4, 10, 0, 0, 1, 1, 187}},
+		{"ipv6", Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:8080")},
+			[]byte{1, 1, 16, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x1f, 0x90}},
+		{"reset", Request{Kind: KindReset, StreamID: 0x01020304}, []byte{1, 2, 1, 2, 3, 4}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := WriteRequest(&buf, tt.req); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf.Bytes(), tt.want) {
+				t.Fatalf("encoded % x, want % x", buf.Bytes(), tt.want)
+			}
+			buf.WriteString("payload")
+			got, err := ReadRequest(&buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tt.req
+			want.Dst = netip.AddrPortFrom(want.Dst.Addr().Unmap(), want.Dst.Port())
+			if got != want {
+				t.Fatalf("decoded %+v, want %+v", got, want)
+			}
+			if buf.String() != "payload" {
+				t.Fatalf("ReadRequest consumed past the header: %q left", buf.String())
+			}
+		})
+	}
+}
+
+func TestReadRequestErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty", nil, io.EOF},
+		{"bad version", []byte{9, 1}, ErrBadVersion},
+		{"bad kind", []byte{1, 7}, ErrBadKind},
+		{"bad address length", []byte{1, 1, 5}, ErrBadAddress},
+		{"short address", []byte{1, 1, 4, 10, 0}, io.ErrUnexpectedEOF},
+		{"short reset", []byte{1, 2, 0}, io.ErrUnexpectedEOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ReadRequest(bytes.NewReader(tt.in))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if _, err := AppendRequest(nil, Request{Kind: KindConnect}); !errors.Is(err, ErrBadAddress) {
+		t.Fatalf("encoding a zero address: got %v, want ErrBadAddress", err)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	for s := StatusOK; s <= StatusFailed; s++ {
+		var buf bytes.Buffer
+		WriteStatus(&buf, s)
+		got, err := ReadStatus(&buf)
+		if err != nil || got != s {
+			t.Fatalf("status %v: got %v, %v", s, got, err)
+		}
+	}
+	if _, err := ReadStatus(bytes.NewReader([]byte{200})); !errors.Is(err, ErrBadStatus) {
+		t.Fatalf("got %v, want ErrBadStatus", err)
+	}
+}
+
+func TestHelloSkipsShellNoise(t *testing.T) {
+	var buf bytes.Buffer
+	buf.WriteString("Welcome to node1\nlast login: never\n")
+	h := Hello{Version: Version, Program: "k8stunnel test", Facts: &Facts{PodCIDRs: []string{"10.244.0.0/16"}}}
+	if err := WriteHello(&buf, h); err != nil {
+		t.Fatal(err)
+	}
+	buf.WriteString("yamux bytes")
+	r := bufio.NewReader(&buf)
+	got, skipped, err := ReadHello(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Program != h.Program || got.Version != Version || got.Facts.PodCIDRs[0] != "10.244.0.0/16" {
+		t.Fatalf("got %+v", got)
+	}
+	if !strings.Contains(string(skipped), "Welcome to node1") {
+		t.Fatalf("skipped = %q", skipped)
+	}
+	rest, _ := io.ReadAll(r)
+	if string(rest) != "yamux bytes" {
+		t.Fatalf("ReadHello consumed past the hello: %q left", rest)
+	}
+}
+
+func TestHelloErrors(t *testing.T) {
+	if _, _, err := ReadHello(bufio.NewReader(strings.NewReader("bash: k8stunnel: command not found\n"))); !errors.Is(err, ErrNoHello) {
+		t.Fatalf("no magic: got %v", err)
+	}
+	big := append(append([]byte{}, magic[:]...), 1, 0xff, 0xff, 0xff, 0xff)
+	if _, _, err := ReadHello(bufio.NewReader(bytes.NewReader(big))); !errors.Is(err, ErrHelloTooLarge) {
+		t.Fatalf("huge body: got %v", err)
+	}
+	noise := bytes.Repeat([]byte("x"), maxGarbage+10)
+	if _, _, err := ReadHello(bufio.NewReader(bytes.NewReader(noise))); !errors.Is(err, ErrNoHello) {
+		t.Fatalf("endless noise: got %v", err)
+	}
+}
+
+func FuzzReadRequest(f *testing.F) {
+	for _, r := range []Request{
+		{Kind: KindConnect, Dst: netip.MustParseAddrPort("10.0.0.1:80")},
+		{Kind: KindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:443")},
+		{Kind: KindReset, StreamID: 7},
+	} {
+		b, _ := AppendRequest(nil, r)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		req, err := ReadRequest(bytes.NewReader(in))
+		if err != nil {
+			return
+		}
+		// Whatever decodes must encode, and decode again to the same request
+		// (bytes may differ: a v4-mapped address is sent as IPv4).
+		out, err := AppendRequest(nil, req)
+		if err != nil {
+			t.Fatalf("decoded %+v does not encode: %v", req, err)
+		}
+		again, err := ReadRequest(bytes.NewReader(out))
+		want := req
+		want.Dst = netip.AddrPortFrom(req.Dst.Addr().Unmap(), req.Dst.Port())
+		if err != nil || again != want {
+			t.Fatalf("round trip: % x -> %+v -> % x -> %+v, %v", in, req, out, again, err)
+		}
+	})
+}
+
+func FuzzReadHello(f *testing.F) {
+	var buf bytes.Buffer
+	WriteHello(&buf, Hello{Version: Version, Program: "k8stunnel"})
+	f.Add(buf.Bytes())
+	f.Add([]byte("motd\n" + string(magic[:]) + "\x01\x00\x00\x00\x02{}"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ReadHello(bufio.NewReader(bytes.NewReader(in)))
+	})
+}
+
+func BenchmarkRequestCodec(b *testing.B) {
+	req := Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("10.96.0.10:80")}
+	var buf [maxRequestLen]byte
+	b.ReportAllocs()
+	for b.Loop() {
+		enc, _ := AppendRequest(buf[:0], req)
+		if _, err := ReadRequest(bytes.NewReader(enc)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,122 @@
+package mux
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// Conn is one side of a relayed connection.
+type Conn interface {
+	io.Reader
+	io.Writer
+	// CloseWrite says no more data will come from this side (a FIN).
+	CloseWrite() error
+	// Close releases the connection once both directions are done.
+	Close() error
+	// Abort tears the connection down so that its peer sees a failure
+	// (a TCP reset), never a clean end.
+	Abort()
+}
+
+const (
+	// smallBuf is what an idle direction holds while it waits for data:
+	// thousands of quiet connections must not pin a large buffer each.
+	smallBuf = 1 << 10
+	// bigBuf is used while data flows. A yamux frame is this plus a 12-byte
+	// header, which makes exactly two 32 KiB SSH packets.
+	bigBuf = 64<<10 - yamuxHeaderLen
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+
+// ErrSessionLost is returned when a stream ends because its whole session
+// went away: yamux reports that as a clean EOF, which it is not.
+var ErrSessionLost = errors.New("tunnel session lost")
+
+// Relay copies a to b and b to a until both directions are done. A clean EOF
+// on one side becomes CloseWrite on the other, so half-closed connections keep
+// working; any error aborts both sides. It returns the first error, or nil.
+func Relay(a, b Conn) error {
+	errc := make(chan error, 1)
+	go func() { errc <- pipe(b, a) }()
+	err := pipe(a, b)
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	a.Close()
+	b.Close()
+	return err
+}
+
+// pipe copies src to dst until src ends.
+func pipe(dst, src Conn) error {
+	if err := copyAdaptive(dst, src); err != nil {
+		src.Abort()
+		dst.Abort()
+		return err
+	}
+	dst.CloseWrite()
+	return nil
+}
+
+// copyAdaptive is io.Copy with a buffer that grows while data flows and
+// shrinks back when it trickles.
+func copyAdaptive(dst io.Writer, src io.Reader) error {
+	small := make([]byte, smallBuf)
+	buf := small
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bufPool.Put(big)
+		}
+	}()
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = bufPool.Get().(*[]byte)
+			buf = *big
+		case big != nil && n < smallBuf:
+			bufPool.Put(big)
+			big, buf = nil, small
+			if s, ok := src.(*Stream); ok {
+				s.Shrink()
+			}
+		}
+	}
+}
+
+// NetConn adapts a socket: a TCP connection in production, anything in tests.
+// Relay only calls Read and Write on it, never io.Copy's ReaderFrom or
+// WriterTo, so no splice pipes (two descriptors each) are ever made.
+func NetConn(c net.Conn) Conn { return netConn{c} }
+
+type netConn struct{ net.Conn }
+
+func (c netConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+func (c netConn) Abort() {
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		tc.SetLinger(0) // close with RST
+	}
+	c.Conn.Close()
+}
+

@@ -1,0 +1,102 @@
+// Package server is the helper that runs on the cluster node. It speaks the
+// mux protocol on its stdin and stdout (an SSH session's channel), dials the
+// destinations the client asks for, and relays. It never listens on a port.
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/k8stunnel/k8stunnel/mux"
+)
+
+// Config says how the helper reaches destinations.
+type Config struct {
+	// Dial connects to a destination; nil means a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DialTimeout bounds one dial; 0 means 10 s.
+	DialTimeout time.Duration
+	// Program names this build in the handshake, e.g. "k8stunnel 0.1.0".
+	Program string
+	// Discover finds cluster facts on the node when the client asks; may be nil.
+	Discover func() *mux.Facts
+	Log *slog.Logger
+}
+
+// Serve runs one session on rwc until the client goes away or ctx ends.
+func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
+	if cfg.Dial == nil {
+		cfg.Dial = (&net.Dialer{}).DialContext
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	sess, err := mux.NewServer(rwc, func(h mux.Hello) mux.Hello {
+		resp := mux.Hello{Program: cfg.Program}
+		if h.Discover && cfg.Discover != nil {
+			resp.Facts = cfg.Discover()
+		}
+		return resp
+	}, cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	go func() {
+		select {
+		case <-ctx.Done():
+			sess.Close()
+		case <-sess.Done():
+		}
+	}()
+	return sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
+		handle(ctx, cfg, req, st)
+	})
+}
+
+func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
+	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	c, err := cfg.Dial(dctx, "tcp", req.Dst.String())
+	cancel()
+	if err != nil {
+		status := statusOf(err)
+		cfg.Log.Debug("dial failed", "dst", req.Dst, "err", err)
+		st.WriteStatus(status)
+		st.Close()
+		return
+	}
+	if err := st.WriteStatus(mux.StatusOK); err != nil {
+		c.Close()
+		st.Abort()
+		st.Close()
+		return
+	}
+	if err := mux.Relay(mux.NetConn(c), st); err != nil {
+		cfg.Log.Debug("relay ended", "dst", req.Dst, "err", err)
+	}
+}
+
+// statusOf tells the client why a dial failed, so it can answer the
+// application the way a direct connection would have.
+func statusOf(err error) mux.Status {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return mux.StatusRefused
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return mux.StatusUnreachable
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return mux.StatusTimeout
+	}
+	return mux.StatusFailed
+}
