@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/k8stunnel/k8stunnel/client"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -29,9 +31,9 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Fprintf(os.Stderr, "k8stunnel: error: %v\n", err)
-	var he interface{ HintText() string }
-	if errors.As(err, &he) && he.HintText() != "" {
-		fmt.Fprintf(os.Stderr, "k8stunnel: hint: %s\n", he.HintText())
+	var he *client.HintError
+	if errors.As(err, &he) && he.Hint != "" {
+		fmt.Fprintf(os.Stderr, "k8stunnel: hint: %s\n", he.Hint)
 	}
 	os.Exit(1)
 }

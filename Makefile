@@ -1,0 +1,33 @@
+# `sudo make test` runs everything; the e2e tests need root for their network namespaces.
+GO ?= go
+# sudo resets PATH to secure_path, which does not know where Go lives.
+export PATH := $(PATH):/usr/local/go/bin
+
+UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
+
+.PHONY: build test unit e2e demo deps cleanup
+
+build:
+	$(GO) build -o bin/k8stunnel ./cmd/k8stunnel
+
+deps:
+	scripts/deps.sh
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test $(UNIT_PKGS)
+	$(GO) test -count=1 -v -timeout 10m ./e2e/
+
+unit:
+	$(GO) test $(UNIT_PKGS)
+
+e2e: deps
+	$(GO) test -count=1 -v -timeout 10m ./e2e/
+
+# Builds a throwaway lab, shows curl reaching a service IP through k8stunnel, then removes it all (also on Ctrl-C).
+demo: deps
+	$(GO) run ./e2e/demo
+
+# Removes namespaces, processes and temp dirs that interrupted e2e runs left behind.
+cleanup:
+	$(GO) run ./e2e/demo -cleanup

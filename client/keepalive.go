@@ -1,0 +1,55 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Keepalive proves every interval that the node still answers, because a
+// dead link (a node that reboots, a NAT that forgets us) otherwise shows up
+// only when TCP gives up, many minutes later. x/crypto has no keepalive of its
+// own and SendRequest has no timeout, so each request races a timer.
+//
+// On a missing answer or a failed request Keepalive closes c, which fails
+// everything running over it, and returns the reason. It returns nil when ctx
+// is done.
+func Keepalive(ctx context.Context, c *ssh.Client, interval time.Duration, timeout time.Duration) error {
+	if interval <= 0 || timeout <= 0 {
+		return errors.New("ssh keepalive: interval and timeout must be positive")
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+
+		reply := make(chan error, 1)
+		go func() {
+			// OpenSSH answers with a failure reply: any answer proves liveness.
+			_, _, err := c.SendRequest("keepalive@openssh.com", true, nil)
+			reply <- err
+		}()
+		timer := time.NewTimer(timeout)
+		select {
+		case err := <-reply:
+			timer.Stop()
+			if err != nil {
+				c.Close()
+				return fmt.Errorf("ssh keepalive: %w", err)
+			}
+		case <-timer.C:
+			c.Close()
+			return fmt.Errorf("ssh keepalive: %w in %s", ErrKeepaliveTimeout, timeout)
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		}
+	}
+}

@@ -1,0 +1,286 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// HelperOptions says how to start the helper (`k8stunnel server`) on the node.
+type HelperOptions struct {
+	RemoteCmd string       // --remote-cmd; when set, run it instead of uploading
+	Exe       string       // local executable to upload; "" = this process's own
+	Log       *slog.Logger // the helper's stderr lines end up here
+	Args      []string     // extra args appended after "server", e.g. "-v"
+}
+
+// StartRemoteHelper runs the helper on the node in a new SSH session, without
+// a PTY so the byte stream stays untouched, and returns its stdio: Read is the
+// helper's stdout, Write its stdin, Close closes stdin and the session. Unless
+// RemoteCmd is set it first copies this executable to a per-user cache on the
+// node, named by its hash, so nothing has to be installed there and later runs
+// reuse the copy. ctx bounds only the setup, not the returned stream.
+func StartRemoteHelper(ctx context.Context, c *ssh.Client, opt HelperOptions) (io.ReadWriteCloser, error) {
+	log := opt.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var cmd string
+	if opt.RemoteCmd != "" {
+		cmd = opt.RemoteCmd
+		for _, a := range opt.Args {
+			cmd += " " + sshQuote(a)
+		}
+	} else {
+		exe, err := helperLocalExe(opt.Exe)
+		if err != nil {
+			return nil, err
+		}
+		if err := helperInstall(ctx, c, exe, log); err != nil {
+			return nil, err
+		}
+		script := helperVars(exe.hash) + `exec "$p" server`
+		for _, a := range opt.Args {
+			script += " " + sshQuote(a)
+		}
+		cmd = helperShell(script)
+	}
+
+	sess, err := c.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("opening ssh session for the helper: %w", err)
+	}
+	stdin, err1 := sess.StdinPipe()
+	stdout, err2 := sess.StdoutPipe()
+	stderr, err3 := sess.StderrPipe()
+	if err := errors.Join(err1, err2, err3); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("setting up the helper's stdio: %w", err)
+	}
+	log.Debug("starting the helper on the node", "cmd", cmd)
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	err = sess.Start(cmd)
+	if !stop() {
+		sess.Close()
+		return nil, fmt.Errorf("starting the helper on the node: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("starting the helper on the node: %w", err)
+	}
+
+	h := &helperStdio{Reader: stdout, stdin: stdin, sess: sess}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 0, 4096), 64<<10)
+		for sc.Scan() {
+			log.Info(sc.Text(), "from", "node")
+		}
+		// Unread stderr would stall the channel, stdout included.
+		io.Copy(io.Discard, stderr)
+	}()
+	go func() {
+		err := sess.Wait()
+		var exit *ssh.ExitError
+		if errors.As(err, &exit) && !h.closed.Load() {
+			log.Warn("the helper on the node exited", "err", err)
+			return
+		}
+		log.Debug("the helper on the node exited", "err", err)
+	}()
+	return h, nil
+}
+
+// helperStdio is the helper's session as one stream.
+type helperStdio struct {
+	io.Reader
+	stdin  io.WriteCloser
+	sess   *ssh.Session
+	closed atomic.Bool
+	once   sync.Once
+	err    error
+}
+
+func (h *helperStdio) Write(p []byte) (int, error) { return h.stdin.Write(p) }
+
+// Close is safe to call more than once.
+func (h *helperStdio) Close() error {
+	h.once.Do(func() {
+		h.closed.Store(true)
+		err := errors.Join(h.stdin.Close(), h.sess.Close())
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		h.err = err
+	})
+	return h.err
+}
+
+// helperExe is the local executable as the node will cache it.
+type helperExe struct {
+	path string
+	hash string // first 16 hex digits of its sha256
+	size int64
+}
+
+// helperExes hashes each executable once per process; a reconnect should not
+// read megabytes again.
+var helperExes sync.Map // path -> *helperExeOnce
+
+type helperExeOnce struct {
+	once sync.Once
+	exe  helperExe
+	err  error
+}
+
+func helperLocalExe(path string) (helperExe, error) {
+	if path == "" {
+		// /proc/self/exe stays this very binary even if a package upgrade
+		// replaces the file meanwhile.
+		path = "/proc/self/exe"
+		if runtime.GOOS != "linux" {
+			p, err := os.Executable()
+			if err != nil {
+				return helperExe{}, fmt.Errorf("finding this executable: %w", err)
+			}
+			path = p
+		}
+	}
+	v, _ := helperExes.LoadOrStore(path, &helperExeOnce{})
+	h := v.(*helperExeOnce)
+	h.once.Do(func() {
+		f, err := os.Open(path)
+		if err != nil {
+			h.err = fmt.Errorf("reading this executable: %w", err)
+			return
+		}
+		defer f.Close()
+		sum := sha256.New()
+		n, err := io.Copy(sum, f)
+		if err != nil {
+			h.err = fmt.Errorf("reading this executable: %w", err)
+			return
+		}
+		h.exe = helperExe{path: path, hash: hex.EncodeToString(sum.Sum(nil))[:16], size: n}
+	})
+	return h.exe, h.err
+}
+
+// helperVars names the cache on the node in shell variables d and p, so the
+// scripts below expand $HOME there and quote every use.
+func helperVars(hash string) string {
+	return `d="${XDG_CACHE_HOME:-$HOME/.cache}/k8stunnel"; p="$d/k8stunnel-` + hash + `"; `
+}
+
+// helperShell runs script under sh: the login shell on the node may be one
+// (fish, csh) that does not speak POSIX.
+func helperShell(script string) string {
+	return "sh -c " + sshQuote(script)
+}
+
+// helperInstall makes sure the node has exe in its cache, uploading it if not.
+// One probe session answers both "which platform" and "already there".
+func helperInstall(ctx context.Context, c *ssh.Client, exe helperExe, log *slog.Logger) error {
+	probe := "uname -sm; " + helperVars(exe.hash) + `if [ -x "$p" ]; then wc -c < "$p"; else echo 0; fi`
+	out, err := helperRun(ctx, c, probe, nil)
+	if err != nil {
+		return fmt.Errorf("probing the node: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		return fmt.Errorf("probing the node: unexpected answer %q", out)
+	}
+	uname := strings.TrimSpace(lines[0])
+	if !helperPlatformMatches(uname, runtime.GOOS, runtime.GOARCH) {
+		return &HintError{
+			Err:  fmt.Errorf("the node runs %s, this k8stunnel is %s/%s", uname, runtime.GOOS, runtime.GOARCH),
+			Hint: "install a matching k8stunnel on the node and pass --remote-cmd '/path/to/k8stunnel server'",
+		}
+	}
+	if size, err := strconv.ParseInt(strings.TrimSpace(lines[1]), 10, 64); err == nil && size == exe.size {
+		log.Debug("the node has this k8stunnel cached", "hash", exe.hash)
+		return nil
+	}
+
+	f, err := os.Open(exe.path)
+	if err != nil {
+		return fmt.Errorf("reading this executable: %w", err)
+	}
+	defer f.Close()
+	log.Info("uploading k8stunnel to the node", "bytes", exe.size, "hash", exe.hash)
+	start := time.Now()
+	// Written under a temporary name and renamed only when complete, so a
+	// dropped connection or a parallel run never leaves a truncated helper.
+	upload := helperVars(exe.hash) + `t="$p.tmp.$$"; ` +
+		`mkdir -p "$d" && cat > "$t" && [ $(wc -c < "$t") -eq ` + strconv.FormatInt(exe.size, 10) + ` ] && ` +
+		`chmod 700 "$t" && mv -f "$t" "$p" || { rm -f "$t"; exit 1; }`
+	if _, err := helperRun(ctx, c, upload, f); err != nil {
+		return fmt.Errorf("uploading k8stunnel to the node: %w", err)
+	}
+	log.Debug("uploaded k8stunnel to the node", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// helperRun runs script on the node and returns its stdout; stderr goes into
+// the error.
+func helperRun(ctx context.Context, c *ssh.Client, script string, stdin io.Reader) (string, error) {
+	sess, err := c.NewSession()
+	if err != nil {
+		return "", fmt.Errorf("opening ssh session: %w", err)
+	}
+	defer sess.Close()
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	var out, errOut bytes.Buffer
+	sess.Stdin, sess.Stdout, sess.Stderr = stdin, &out, &errOut
+	err = sess.Run(helperShell(script))
+	if ctx.Err() != nil {
+		return "", context.Cause(ctx)
+	}
+	if err != nil {
+		if msg := strings.TrimSpace(errOut.String()); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return "", err
+	}
+	return out.String(), nil
+}
+
+// helperMachines maps GOARCH to what `uname -m` says on such a machine.
+var helperMachines = map[string][]string{
+	"amd64":   {"x86_64", "amd64"},
+	"arm64":   {"aarch64", "arm64"},
+	"arm":     {"armv6l", "armv7l", "armv8l", "arm"},
+	"386":     {"i386", "i486", "i586", "i686", "x86"},
+	"loong64": {"loongarch64"},
+}
+
+// helperPlatformMatches reports whether a binary for goos/goarch runs on a
+// node whose `uname -sm` printed uname.
+func helperPlatformMatches(uname, goos, goarch string) bool {
+	f := strings.Fields(uname)
+	if len(f) != 2 || !strings.EqualFold(f[0], goos) {
+		return false
+	}
+	machines, ok := helperMachines[goarch]
+	if !ok {
+		machines = []string{goarch}
+	}
+	return slices.Contains(machines, f[1])
+}

@@ -1,0 +1,171 @@
+package client
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// uploadTestLog hands every log record to the test over a channel.
+type uploadTestLog chan slog.Record
+
+func (h uploadTestLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h uploadTestLog) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case h <- r.Clone():
+	default: // a test that stopped listening must not block the code under test
+	}
+	return nil
+}
+func (h uploadTestLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h uploadTestLog) WithGroup(string) slog.Handler      { return h }
+
+// waitLog waits for a record with message msg and returns its "from" attribute.
+func (h uploadTestLog) waitLog(t *testing.T, msg string) string {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case r := <-h:
+			if r.Message != msg {
+				continue
+			}
+			from := ""
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == "from" {
+					from = a.Value.String()
+				}
+				return true
+			})
+			return from
+		case <-timeout:
+			t.Fatalf("no log record %q", msg)
+			return ""
+		}
+	}
+}
+
+func uploadTestEcho(t *testing.T, rwc io.ReadWriteCloser) {
+	t.Helper()
+	if _, err := rwc.Write([]byte("ping\n")); err != nil {
+		t.Fatalf("write to helper: %v", err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(rwc, buf); err != nil || string(buf) != "ping\n" {
+		t.Fatalf("read from helper = %q, %v; want the echo", buf, err)
+	}
+	if err := rwc.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := rwc.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestStartRemoteHelperUploadsOnce(t *testing.T) {
+	sshTestEnv(t)
+	signer, _ := sshTestKey(t)
+	nodeHome := t.TempDir()
+	srv := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey(), home: nodeHome})
+	c := sshTestClient(t, srv, signer)
+
+	// A fake helper: it ignores "server" and echoes its stdin.
+	exe := filepath.Join(t.TempDir(), "fake-k8stunnel")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho helper started >&2\nexec cat\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	local, err := helperLocalExe(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cached := filepath.Join(nodeHome, ".cache", "k8stunnel", "k8stunnel-"+local.hash)
+	logs := make(uploadTestLog, 100)
+	opt := HelperOptions{Exe: exe, Log: slog.New(logs), Args: []string{"-v"}}
+	ctx := sshTestCtx(t)
+
+	rwc, err := StartRemoteHelper(ctx, c, opt)
+	if err != nil {
+		t.Fatalf("first StartRemoteHelper: %v", err)
+	}
+	if from := logs.waitLog(t, "helper started"); from != "node" {
+		t.Errorf("helper stderr logged with from=%q, want node", from)
+	}
+	uploadTestEcho(t, rwc)
+	st, err := os.Stat(cached)
+	if err != nil {
+		t.Fatalf("helper not cached on the node: %v", err)
+	}
+	if st.Mode().Perm() != 0o700 || st.Size() != local.size {
+		t.Errorf("cached helper: mode %v size %d, want 0700 and %d", st.Mode().Perm(), st.Size(), local.size)
+	}
+
+	rwc, err = StartRemoteHelper(ctx, c, opt)
+	if err != nil {
+		t.Fatalf("second StartRemoteHelper: %v", err)
+	}
+	uploadTestEcho(t, rwc)
+	if n := srv.execCount("cat > "); n != 1 {
+		t.Errorf("%d uploads, want 1: the second start must reuse the cache", n)
+	}
+
+	// A truncated copy (say, from an older k8stunnel) is replaced.
+	if err := os.WriteFile(cached, []byte("#!/bin/sh\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rwc, err = StartRemoteHelper(ctx, c, opt)
+	if err != nil {
+		t.Fatalf("third StartRemoteHelper: %v", err)
+	}
+	uploadTestEcho(t, rwc)
+	if n := srv.execCount("cat > "); n != 2 {
+		t.Errorf("%d uploads, want 2 after the cache was damaged", n)
+	}
+}
+
+func TestStartRemoteHelperRemoteCmd(t *testing.T) {
+	sshTestEnv(t)
+	signer, _ := sshTestKey(t)
+	srv := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey(), home: t.TempDir()})
+	c := sshTestClient(t, srv, signer)
+
+	rwc, err := StartRemoteHelper(sshTestCtx(t), c, HelperOptions{
+		RemoteCmd: "printf '%s|' server",
+		Args:      []string{"a b", "it's", "-v"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rwc.Close()
+	out, err := io.ReadAll(rwc)
+	if want := "server|a b|it's|-v|"; string(out) != want || err != nil {
+		t.Errorf("helper printed %q, %v; want %q", out, err, want)
+	}
+	if n := srv.execCount("cat > "); n != 0 {
+		t.Errorf("%d uploads with --remote-cmd, want 0", n)
+	}
+}
+
+func TestHelperPlatformMatches(t *testing.T) {
+	for _, tc := range []struct {
+		uname, goos, goarch string
+		want                bool
+	}{
+		{"Linux x86_64", "linux", "amd64", true},
+		{"Linux aarch64", "linux", "arm64", true},
+		{"Linux armv7l", "linux", "arm", true},
+		{"Linux i686", "linux", "386", true},
+		{"Linux riscv64", "linux", "riscv64", true},
+		{"Linux aarch64", "linux", "amd64", false},
+		{"Darwin arm64", "linux", "arm64", false},
+		{"Darwin arm64", "darwin", "arm64", true},
+		{"", "linux", "amd64", false},
+	} {
+		if got := helperPlatformMatches(tc.uname, tc.goos, tc.goarch); got != tc.want {
+			t.Errorf("helperPlatformMatches(%q, %s/%s) = %v, want %v", tc.uname, tc.goos, tc.goarch, got, tc.want)
+		}
+	}
+}

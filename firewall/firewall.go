@@ -1,0 +1,345 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Firewall installs and removes one Spec's rules through a Runner.
+//
+// go-iptables' check-then-act helpers are not atomic, and the self-healing
+// loop runs beside requests, so every method holds one mutex for its whole
+// run.
+type Firewall struct {
+	runner Runner
+	log    *slog.Logger
+	// healEvery is how often ServeHelper checks the installed rules; a field
+	// so tests can make it fast.
+	healEvery time.Duration
+
+	mu        sync.Mutex
+	installed *installation // nil when nothing is installed
+}
+
+// installation is what Install put in place, so Check can compare against it
+// and Remove knows what to take away.
+type installation struct {
+	spec  Spec
+	chain string
+	fams  []installedFamily
+}
+
+type installedFamily struct {
+	fam    Family
+	tables Tables
+	// listed is the chain as iptables printed it right after Install; Check
+	// compares against this rather than against the Plan, so it does not
+	// depend on how a given iptables version spells a rule.
+	listed []string
+}
+
+// New returns a Firewall that works through r, or through the iptables
+// binaries on PATH when r is nil.
+func New(r Runner, log *slog.Logger) *Firewall {
+	if r == nil {
+		r = NewRunner()
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Firewall{runner: r, log: log, healEvery: time.Second}
+}
+
+// Install replaces whatever this Firewall installed before with spec's
+// rules. It first removes a stale chain for the same port (left by a run
+// that could not clean up), then per family creates the chain, fills it, and
+// only then inserts the jumps, so no connection ever sees a half-built chain.
+// On error, everything it created is removed again.
+func (f *Firewall) Install(spec Spec) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	if err := f.removeLocked(); err != nil {
+		return err
+	}
+	chain := ChainName(spec.Port)
+	byFamily := map[Family][]Rule{}
+	for _, r := range Plan(spec) {
+		byFamily[r.Family] = append(byFamily[r.Family], r)
+	}
+
+	// Find out which families work before touching anything, so a missing
+	// ip6tables fails the Install without leaving IPv4 rules behind.
+	tables := map[Family]Tables{}
+	for _, fam := range families {
+		t, err := f.runner.Family(fam)
+		switch {
+		case err == nil:
+			tables[fam] = t
+		case len(byFamily[fam]) == 0:
+			// Nothing to install, and such a family cannot hold stale rules.
+		case fam == IPv6:
+			return fmt.Errorf("installing IPv6 rules: %w; drop the IPv6 targets, or install ip6tables with nat support", err)
+		default:
+			return fmt.Errorf("installing IPv4 rules: %w; install iptables", err)
+		}
+	}
+
+	inst := &installation{spec: spec, chain: chain}
+	for _, fam := range families {
+		t, ok := tables[fam]
+		if !ok {
+			continue
+		}
+		if removed, err := removeChain(t, chain); err != nil {
+			f.rollback(inst)
+			return fmt.Errorf("removing stale %s chain %s: %w", fam, chain, err)
+		} else if removed {
+			f.log.Info("removed stale firewall rules", "family", fam, "chain", chain)
+		}
+		if len(byFamily[fam]) == 0 {
+			continue
+		}
+		inst.fams = append(inst.fams, installedFamily{fam: fam, tables: t})
+		listed, err := installChain(t, chain, byFamily[fam])
+		if err != nil {
+			f.rollback(inst)
+			return fmt.Errorf("installing %s rules in chain %s: %w", fam, chain, err)
+		}
+		inst.fams[len(inst.fams)-1].listed = listed
+	}
+	f.installed = inst
+	f.log.Debug("firewall rules installed", "chain", chain, "rules", len(Plan(spec)))
+	return nil
+}
+
+func installChain(t Tables, chain string, rules []Rule) (listed []string, err error) {
+	if err := t.NewChain(natTable, chain); err != nil {
+		return nil, err
+	}
+	for _, r := range rules {
+		if err := t.Append(natTable, chain, r.Args...); err != nil {
+			return nil, fmt.Errorf("adding %q: %w", strings.Join(r.Args, " "), err)
+		}
+	}
+	if listed, err = t.List(natTable, chain); err != nil {
+		return nil, err
+	}
+	for _, hook := range hookChains {
+		if err := t.Insert(natTable, hook, 1, "-j", chain); err != nil {
+			return nil, fmt.Errorf("adding jump from %s: %w", hook, err)
+		}
+	}
+	return listed, nil
+}
+
+// rollback undoes a partial Install; the error that made it necessary is the
+// one worth reporting, so its own failures are only logged.
+func (f *Firewall) rollback(inst *installation) {
+	for _, fi := range inst.fams {
+		if _, err := removeChain(fi.tables, inst.chain); err != nil {
+			f.log.Error("undoing partial firewall install", "family", fi.fam, "chain", inst.chain, "err", err)
+		}
+	}
+}
+
+// Remove takes away the jumps and the chain Install created. Rules that are
+// already gone count as removed, so Remove is safe to call twice; after an
+// error, calling it again retries.
+func (f *Firewall) Remove() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.removeLocked()
+}
+
+func (f *Firewall) removeLocked() error {
+	if f.installed == nil {
+		return nil
+	}
+	var errs []error
+	for _, fi := range f.installed.fams {
+		if _, err := removeChain(fi.tables, f.installed.chain); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s chain %s: %w", fi.fam, f.installed.chain, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	f.log.Debug("firewall rules removed", "chain", f.installed.chain)
+	f.installed = nil
+	return nil
+}
+
+// Check reports whether the chain and both jumps are still exactly as
+// Install left them; something else flushing the nat table (iptables -t nat
+// -F, a firewall manager reloading) makes it false. With nothing installed,
+// there is nothing to differ and Check is true.
+func (f *Firewall) Check() (ok bool, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.installed == nil {
+		return true, nil
+	}
+	chain := f.installed.chain
+	for _, fi := range f.installed.fams {
+		listed, err := fi.tables.List(natTable, chain)
+		if err != nil {
+			exists, existsErr := fi.tables.ChainExists(natTable, chain)
+			if existsErr == nil && !exists {
+				return false, nil
+			}
+			return false, fmt.Errorf("listing %s chain %s: %w", fi.fam, chain, err)
+		}
+		if !slices.Equal(listed, fi.listed) {
+			return false, nil
+		}
+		for _, hook := range hookChains {
+			ok, err := fi.tables.Exists(natTable, hook, "-j", chain)
+			if err != nil {
+				return false, fmt.Errorf("checking %s jump from %s to %s: %w", fi.fam, hook, chain, err)
+			}
+			if !ok {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// installedSpec is the Spec currently installed, for the healing loop.
+func (f *Firewall) installedSpec() (Spec, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.installed == nil {
+		return Spec{}, false
+	}
+	return f.installed.spec, true
+}
+
+// Cleanup removes every K8STUNNEL-* chain in the nat table of both families,
+// with the jumps to it, whatever port it was made for. It needs no saved
+// state, so it can repair what a crashed or killed run left behind. A nil r
+// means the iptables binaries on PATH. removed counts chains, per family.
+func Cleanup(r Runner, log *slog.Logger) (removed int, err error) {
+	if r == nil {
+		r = NewRunner()
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var errs []error
+	usable := 0
+	for _, fam := range families {
+		t, err := r.Family(fam)
+		if err != nil {
+			// A family whose iptables does not work cannot hold our rules.
+			log.Debug("skipping firewall cleanup", "family", fam, "err", err)
+			errs = append(errs, err)
+			continue
+		}
+		usable++
+		chains, err := t.ListChains(natTable)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listing %s nat chains: %w", fam, err))
+			continue
+		}
+		for _, chain := range chains {
+			if !strings.HasPrefix(chain, ChainPrefix) {
+				continue
+			}
+			if _, err := removeChain(t, chain); err != nil {
+				errs = append(errs, fmt.Errorf("removing %s chain %s: %w", fam, chain, err))
+				continue
+			}
+			removed++
+			log.Info("removed firewall rules", "family", fam, "chain", chain)
+		}
+	}
+	if usable == 0 {
+		return 0, fmt.Errorf("cleaning up firewall rules: %w", errors.Join(errs...))
+	}
+	var real []error
+	for _, e := range errs {
+		if !errors.Is(e, ErrFamilyUnavailable) {
+			real = append(real, e)
+		}
+	}
+	if len(real) > 0 {
+		return removed, fmt.Errorf("cleaning up firewall rules: %w", errors.Join(real...))
+	}
+	return removed, nil
+}
+
+// removeChain deletes every jump to chain from the hook chains, then the
+// chain itself. A chain or jump that is already gone is not an error.
+func removeChain(t Tables, chain string) (removed bool, err error) {
+	for _, hook := range hookChains {
+		lines, err := t.List(natTable, hook)
+		if err != nil {
+			return removed, fmt.Errorf("listing %s: %w", hook, err)
+		}
+		for _, line := range lines {
+			spec, ok := jumpSpec(line, hook, chain)
+			if !ok {
+				continue
+			}
+			if err := t.Delete(natTable, hook, spec...); err != nil {
+				return removed, fmt.Errorf("deleting jump %q: %w", line, err)
+			}
+			removed = true
+		}
+	}
+	exists, err := t.ChainExists(natTable, chain)
+	if err != nil || !exists {
+		return removed, err
+	}
+	if err := t.ClearAndDeleteChain(natTable, chain); err != nil {
+		return removed, err
+	}
+	return true, nil
+}
+
+// jumpSpec returns the rule spec of line, as printed by `iptables -S hook`,
+// when the rule jumps (or goes) to chain. Our own jumps carry no quoted
+// words, so splitting on spaces is enough to hand the spec back to Delete.
+func jumpSpec(line, hook, chain string) ([]string, bool) {
+	fields := strings.Fields(line)
+	if len(fields) < 2 || fields[0] != "-A" || fields[1] != hook {
+		return nil, false
+	}
+	spec := fields[2:]
+	return spec, jumpsTo(spec, chain)
+}
+
+// jumpsTo reports whether a rule spec jumps (-j) or goes (-g) to chain.
+func jumpsTo(spec []string, chain string) bool {
+	for i := 0; i+1 < len(spec); i++ {
+		if (spec[i] == "-j" || spec[i] == "-g") && spec[i+1] == chain {
+			return true
+		}
+	}
+	return false
+}
+
+// heal re-installs want when the rules went missing or changed, or when a
+// previous heal could not install them. It reports whether it installed.
+func (f *Firewall) heal(want Spec) (restored bool, err error) {
+	if _, installed := f.installedSpec(); installed {
+		ok, err := f.Check()
+		if err != nil || ok {
+			return false, err
+		}
+	}
+	if err := f.Install(want); err != nil {
+		return false, fmt.Errorf("restoring firewall rules: %w", err)
+	}
+	return true, nil
+}

@@ -1,0 +1,413 @@
+package firewall
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/term"
+)
+
+// The helper protocol: the parent writes one JSON request per line on the
+// helper's stdin, the helper answers each with one JSON line on its stdout.
+// Logs go to stderr, never stdout.
+type helperRequest struct {
+	Op   string `json:"op"` // opInstall, opRemove or opPing
+	Spec *Spec  `json:"spec,omitempty"`
+}
+
+type helperReply struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+const (
+	opInstall = "install"
+	opRemove  = "remove"
+	opPing    = "ping"
+
+	// maxRequestLine bounds one request; a Spec with thousands of targets
+	// still fits.
+	maxRequestLine = 1 << 20
+	// closeTimeout is how long Close waits for the helper to clean up and exit
+	// before killing it (and again after killing it).
+	closeTimeout = 5 * time.Second
+)
+
+// ErrNeedRoot is the hint given when the privileged helper cannot start.
+var ErrNeedRoot = errors.New("k8stunnel needs root for iptables: run it with sudo, or allow sudo for this user")
+
+// ServeHelper is the privileged side of the split, run by the hidden
+// `k8stunnel firewall` subcommand as root. It answers requests read from in
+// on out until in reaches EOF or ctx ends, then removes everything it
+// installed and returns. EOF is how it learns its parent is gone, whatever
+// killed the parent: the kernel closes the parent's end of the pipe even
+// after SIGKILL. The error is that of the final removal, or of writing a
+// reply.
+//
+// While rules are installed it checks them every second and, when something
+// flushed them (iptables -t nat -F, a firewall manager reloading), installs
+// them again and logs "firewall rules restored".
+func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	lines := make(chan []byte)
+	readErr := make(chan error, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	// The reader cannot be interrupted: after ctx ends it lingers until in
+	// returns, which for os.Stdin is process exit.
+	go func() {
+		sc := bufio.NewScanner(in)
+		sc.Buffer(nil, maxRequestLine)
+		for sc.Scan() {
+			select {
+			case lines <- bytes.Clone(sc.Bytes()):
+			case <-stop:
+				return
+			}
+		}
+		readErr <- sc.Err()
+	}()
+
+	heal := time.NewTicker(fw.healEvery)
+	defer heal.Stop()
+	var want *Spec // what the parent asked for; nil after remove
+	lastHealErr := ""
+	enc := json.NewEncoder(out)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Debug("firewall helper stopping", "reason", context.Cause(ctx))
+			return removeOnExit(fw)
+		case err := <-readErr:
+			if err != nil {
+				log.Warn("reading firewall requests", "err", err)
+			}
+			return removeOnExit(fw)
+		case line := <-lines:
+			req, reply := serveRequest(fw, line)
+			switch {
+			case req.Op == opInstall && reply.OK:
+				want = req.Spec
+			case req.Op == opInstall || req.Op == opRemove:
+				// A failed Install leaves nothing installed, so there is
+				// nothing to heal either.
+				want = nil
+			}
+			if err := enc.Encode(reply); err != nil {
+				removeErr := removeOnExit(fw)
+				return errors.Join(fmt.Errorf("answering firewall request: %w", err), removeErr)
+			}
+		case <-heal.C:
+			if want == nil {
+				continue
+			}
+			restored, err := fw.heal(*want)
+			switch {
+			case err != nil && err.Error() != lastHealErr:
+				// Logged once until it changes; the check runs every second.
+				log.Warn("checking firewall rules", "err", err)
+				lastHealErr = err.Error()
+			case err == nil && restored:
+				log.Warn("firewall rules restored", "chain", ChainName(want.Port))
+				lastHealErr = ""
+			case err == nil:
+				lastHealErr = ""
+			}
+		}
+	}
+}
+
+func serveRequest(fw *Firewall, line []byte) (helperRequest, helperReply) {
+	var req helperRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		return req, failed(fmt.Errorf("decoding firewall request: %w", err))
+	}
+	switch req.Op {
+	case opPing:
+		return req, helperReply{OK: true}
+	case opInstall:
+		if req.Spec == nil {
+			return req, failed(errors.New("install request has no spec"))
+		}
+		return req, failed(fw.Install(*req.Spec))
+	case opRemove:
+		return req, failed(fw.Remove())
+	}
+	return req, failed(fmt.Errorf("unknown firewall request %q", req.Op))
+}
+
+// failed turns err into a reply; a nil err is success.
+func failed(err error) helperReply {
+	if err != nil {
+		return helperReply{Error: err.Error()}
+	}
+	return helperReply{OK: true}
+}
+
+func removeOnExit(fw *Firewall) error {
+	if err := fw.Remove(); err != nil {
+		return fmt.Errorf("removing firewall rules on exit: %w", err)
+	}
+	return nil
+}
+
+// ServeHelperProcess is the whole body of the `k8stunnel firewall`
+// subcommand: ServeHelper on stdin and stdout, with the signal handling the
+// privileged process needs so that it always gets to clean up:
+//
+//   - SIGINT and SIGHUP are ignored. Ctrl-C and a closing terminal signal the
+//     whole foreground process group, the helper included (it stays in the
+//     parent's group because sudo must be able to ask for a password on the
+//     terminal). The parent handles them and then closes our stdin; dying on
+//     them would skip the cleanup.
+//   - SIGTERM (kill, system shutdown) ends ctx: remove the rules and return.
+//   - SIGPIPE is ignored. By default Go dies of it when a write to stdout or
+//     stderr finds the reader gone, which is exactly when the parent died;
+//     ignored, the write fails with EPIPE and the cleanup runs.
+func ServeHelperProcess(ctx context.Context, fw *Firewall, log *slog.Logger) error {
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
+	defer stop()
+	return ServeHelper(ctx, os.Stdin, os.Stdout, fw, log)
+}
+
+// HelperConfig says how to start the privileged helper.
+type HelperConfig struct {
+	// Exe is the k8stunnel executable; empty means this one.
+	Exe string
+	// Args follow Exe; nil means {"firewall"}.
+	Args []string
+	// Sudo runs the helper through sudo when this process is not root, with
+	// -n (fail instead of prompting) when stdin is not a terminal.
+	Sudo bool
+	Log  *slog.Logger
+	// Stderr receives the helper's logs and sudo's prompt; nil means
+	// os.Stderr.
+	Stderr io.Writer
+}
+
+// Helper is the unprivileged side of the split: it runs the privileged
+// helper process and sends it requests, one at a time.
+type Helper struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	log   *slog.Logger
+
+	replies chan helperReply
+	exited  chan struct{} // closed once the process has exited
+	waitErr error         // how it exited; read only after exited is closed
+
+	mu        sync.Mutex // one request in flight
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// StartHelper starts the privileged helper and returns once it answers a
+// ping, or fails when it exits first (sudo refused) or ctx ends.
+//
+// ctx bounds the start only. The helper is deliberately not tied to ctx or
+// killed with the parent (no Pdeathsig, which also fires when the forking
+// OS thread exits): it must outlive the parent long enough to remove its
+// rules, and the end of its stdin tells it when.
+func StartHelper(ctx context.Context, cfg HelperConfig) (*Helper, error) {
+	if cfg.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("finding the k8stunnel executable for the firewall helper: %w", err)
+		}
+		cfg.Exe = exe
+	}
+	if cfg.Args == nil {
+		cfg.Args = []string{"firewall"}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	viaSudo := cfg.Sudo && os.Geteuid() != 0
+	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, term.IsTerminal(int(os.Stdin.Fd())))
+	h, err := startHelper(ctx, argv, cfg)
+	if err != nil && viaSudo {
+		return nil, fmt.Errorf("%w: %w", err, ErrNeedRoot)
+	}
+	return h, err
+}
+
+// helperArgv is the command line of the helper process.
+func helperArgv(exe string, args []string, viaSudo, interactive bool) []string {
+	argv := append([]string{exe}, args...)
+	if !viaSudo {
+		return argv
+	}
+	sudo := []string{"sudo"}
+	if !interactive {
+		sudo = append(sudo, "-n")
+	}
+	return append(append(sudo, "--"), argv...)
+}
+
+func startHelper(ctx context.Context, argv []string, cfg HelperConfig) (*Helper, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stderr = cfg.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("starting firewall helper: %w", err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("starting firewall helper: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting firewall helper: %w", err)
+	}
+	h := &Helper{
+		cmd:     cmd,
+		stdin:   stdin,
+		log:     cfg.Log,
+		replies: make(chan helperReply, 1),
+		exited:  make(chan struct{}),
+	}
+	go h.read(stdout)
+	if err := h.request(ctx, helperRequest{Op: opPing}); err != nil {
+		_ = h.Close()
+		return nil, fmt.Errorf("starting firewall helper: %w", err)
+	}
+	cfg.Log.Debug("firewall helper started", "argv", argv, "pid", cmd.Process.Pid)
+	return h, nil
+}
+
+// read delivers replies until the helper's stdout ends, then reaps it.
+func (h *Helper) read(stdout io.Reader) {
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		var r helperReply
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			h.log.Warn("unexpected output from firewall helper", "line", sc.Text())
+			continue
+		}
+		select {
+		case h.replies <- r:
+		default:
+			h.log.Warn("unrequested reply from firewall helper", "line", sc.Text())
+		}
+	}
+	// Wait must not run before stdout is drained, or a helper blocked
+	// writing to it would never exit.
+	_, _ = io.Copy(io.Discard, stdout)
+	h.waitErr = h.cmd.Wait()
+	close(h.exited)
+}
+
+func (h *Helper) request(ctx context.Context, req helperRequest) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	line, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encoding %s request: %w", req.Op, err)
+	}
+	if _, err := h.stdin.Write(append(line, '\n')); err != nil {
+		return fmt.Errorf("sending %s request to firewall helper: %w", req.Op, err)
+	}
+	select {
+	case r := <-h.replies:
+		return r.err()
+	case <-h.exited:
+		// The reply may have arrived just before the exit.
+		select {
+		case r := <-h.replies:
+			return r.err()
+		default:
+		}
+		return fmt.Errorf("firewall helper exited before answering %s: %v", req.Op, h.exitStatus())
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for firewall helper to answer %s: %w", req.Op, context.Cause(ctx))
+	}
+}
+
+func (r helperReply) err() error {
+	if r.OK {
+		return nil
+	}
+	return errors.New(r.Error)
+}
+
+// exitStatus describes how the helper exited; call only after exited is closed.
+func (h *Helper) exitStatus() string {
+	if h.waitErr == nil {
+		return "exit status 0"
+	}
+	return h.waitErr.Error()
+}
+
+// Install asks the helper to install spec, replacing what it installed before.
+func (h *Helper) Install(spec Spec) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if err := h.request(context.Background(), helperRequest{Op: opInstall, Spec: &spec}); err != nil {
+		return fmt.Errorf("installing firewall rules: %w", err)
+	}
+	return nil
+}
+
+// Remove asks the helper to remove what it installed.
+func (h *Helper) Remove() error {
+	if err := h.request(context.Background(), helperRequest{Op: opRemove}); err != nil {
+		return fmt.Errorf("removing firewall rules: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that the helper still answers.
+func (h *Helper) Ping(ctx context.Context) error {
+	return h.request(ctx, helperRequest{Op: opPing})
+}
+
+// Done is closed when the helper process has exited, whoever ended it.
+func (h *Helper) Done() <-chan struct{} { return h.exited }
+
+// Close closes the helper's stdin, which makes it remove its rules and exit,
+// and waits for that; a helper that takes longer than 5 s is killed. Safe to
+// call twice.
+func (h *Helper) Close() error {
+	h.closeOnce.Do(func() { h.closeErr = h.close() })
+	return h.closeErr
+}
+
+func (h *Helper) close() error {
+	_ = h.stdin.Close()
+	timer := time.NewTimer(closeTimeout)
+	defer timer.Stop()
+	select {
+	case <-h.exited:
+	case <-timer.C:
+		h.log.Warn("firewall helper did not exit; killing it", "pid", h.cmd.Process.Pid)
+		_ = h.cmd.Process.Kill()
+		timer.Reset(closeTimeout)
+		select {
+		case <-h.exited:
+		case <-timer.C:
+			return fmt.Errorf("firewall helper (pid %d) did not exit after kill", h.cmd.Process.Pid)
+		}
+	}
+	if h.waitErr != nil {
+		return fmt.Errorf("firewall helper: %w", h.waitErr)
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// Tables is the narrow seam over go-iptables for one family: the subset of
+// *iptables.IPTables the Firewall uses. Rule specs are the words after the
+// chain name, as in `iptables -A CHAIN <spec>`.
+type Tables interface {
+	ListChains(table string) ([]string, error)
+	ChainExists(table, chain string) (bool, error)
+	NewChain(table, chain string) error
+	// ClearAndDeleteChain succeeds when the chain does not exist.
+	ClearAndDeleteChain(table, chain string) error
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Append(table, chain string, rulespec ...string) error
+	Delete(table, chain string, rulespec ...string) error
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	// List returns the chain as `iptables -S <chain>` prints it.
+	List(table, chain string) ([]string, error)
+}
+
+// Runner hands the Firewall the Tables of each family. It is the only way
+// the Firewall touches the world.
+type Runner interface {
+	// Family returns the tables of fam, or an error wrapping
+	// ErrFamilyUnavailable when that family's iptables cannot be used.
+	Family(fam Family) (Tables, error)
+}
+
+// ErrFamilyUnavailable means a family's iptables binary is missing or its nat
+// table does not work (e.g. no ip6tables, or no IPv6 nat in the kernel).
+var ErrFamilyUnavailable = errors.New("iptables family unavailable")
+
+// lockTimeout bounds the wait for the xtables lock: go-iptables' default of
+// 0 waits forever behind whatever else holds it.
+const lockTimeout = 5 // seconds
+
+// NewTables returns go-iptables for one family, after checking that its nat
+// table can be listed.
+func NewTables(fam Family) (Tables, error) {
+	proto := iptables.ProtocolIPv4
+	if fam == IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(lockTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrFamilyUnavailable, fam.Command(), err)
+	}
+	if _, err := ipt.ListChains(natTable); err != nil {
+		return nil, fmt.Errorf("%w: %s -t nat: %w", ErrFamilyUnavailable, fam.Command(), err)
+	}
+	return ipt, nil
+}
+
+// NewRunner returns the Runner backed by the iptables binaries on PATH.
+// A family is probed on first use; a failed probe is retried next time, since
+// a missing kernel module may be loaded later.
+func NewRunner() Runner { return &iptablesRunner{tables: map[Family]Tables{}} }
+
+type iptablesRunner struct {
+	mu     sync.Mutex
+	tables map[Family]Tables
+}
+
+func (r *iptablesRunner) Family(fam Family) (Tables, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t, ok := r.tables[fam]; ok {
+		return t, nil
+	}
+	t, err := NewTables(fam)
+	if err != nil {
+		return nil, err
+	}
+	r.tables[fam] = t
+	return t, nil
+}
