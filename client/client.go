@@ -72,9 +72,9 @@ type Client struct {
 	mu    sync.Mutex
 	links *link // nil while disconnected
 
-	active   atomic.Int64
-	capWarn  atomic.Int64 // unix time of the last "too many connections" line
-	wg       sync.WaitGroup
+	active  atomic.Int64
+	capWarn atomic.Int64 // unix time of the last "too many connections" line
+	wg      sync.WaitGroup
 }
 
 // New validates cfg and binds the listeners, so the port is known before

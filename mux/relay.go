@@ -119,4 +119,3 @@ func (c netConn) Abort() {
 	}
 	c.Conn.Close()
 }
-

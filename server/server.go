@@ -26,7 +26,7 @@ type Config struct {
 	Program string
 	// Discover finds cluster facts on the node when the client asks; may be nil.
 	Discover func() *mux.Facts
-	Log *slog.Logger
+	Log      *slog.Logger
 }
 
 // Serve runs one session on rwc until the client goes away or ctx ends.
