@@ -53,10 +53,20 @@ type Config struct {
 	StartFirewall func(ctx context.Context) (Firewall, error)
 	// KeepaliveInterval and KeepaliveTimeout tune SSH keepalives; 0 means 2 s and 6 s.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// OnReady, when set, is called once: when the tunnel first comes up with
+	// its rules installed (daemon mode reports success and writes its pidfile).
+	OnReady func()
 	// Program names this build in the handshake, e.g. "k8stunnel 0.1.0".
 	Program string
 	Log     *slog.Logger
 }
+
+// These bound one connection attempt: dial, SSH handshake, helper upload
+// and start. The first may upload the helper over a slow link.
+const (
+	firstConnectTimeout     = 60 * time.Second
+	reconnectAttemptTimeout = 4 * time.Second
+)
 
 // DefaultMaxConns is the default cap on concurrent connections. Each costs
 // one descriptor here and one on the node.
@@ -196,7 +206,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		}
 	}()
 
-	l, err := c.connect(ctx)
+	l, err := c.connect(ctx, firstConnectTimeout)
 	if err != nil {
 		return err
 	}
@@ -211,6 +221,9 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		go c.acceptLoop(ctx, ln)
 	}
 	c.log.Info("tunnel ready", "remote", l.target, "port", c.port, "forward", targetsString(c.cfg.Include))
+	if c.cfg.OnReady != nil {
+		c.cfg.OnReady()
+	}
 
 	for {
 		select {
@@ -245,18 +258,26 @@ func (c *Client) spec(server netip.Addr) firewall.Spec {
 	return firewall.Spec{Port: c.port, Include: c.cfg.Include, Exclude: ex}
 }
 
-// reconnect retries with backoff until it gets a link or ctx ends.
+// reconnect retries with backoff until it gets a link or ctx ends. Each
+// attempt is bounded well below the TCP connect timeout: after an outage the
+// node should be back in use within seconds of answering again, not after
+// the SYN retransmission backoff of a dial that started while it was away.
 func (c *Client) reconnect(ctx context.Context) (*link, error) {
 	backoff := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		l, err := c.connect(ctx)
+		l, err := c.connect(ctx, reconnectAttemptTimeout)
 		if err == nil {
 			return l, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		c.log.Info("reconnect failed", "attempt", attempt, "retry_in", backoff, "err", err)
+		// One line for the first failure; the rest only with -v.
+		level := slog.LevelDebug
+		if attempt == 1 {
+			level = slog.LevelInfo
+		}
+		c.log.Log(ctx, level, "reconnect failed; retrying", "attempt", attempt, "err", err)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -412,15 +433,21 @@ func (l *link) close() {
 }
 
 // connect makes one SSH connection, starts the helper on each channel and
-// watches them: the link is done when any of them ends.
-func (c *Client) connect(ctx context.Context) (*link, error) {
-	sc, target, err := DialSSH(ctx, c.cfg.SSH)
+// watches them: the link is done when any of them ends. setup bounds the
+// attempt; what it starts lives until ctx ends or the link fails.
+func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error) {
+	sctx, cancel := context.WithTimeout(ctx, setup)
+	defer cancel()
+	sc, target, err := DialSSH(sctx, c.cfg.SSH)
 	if err != nil {
 		return nil, err
 	}
 	l := &link{ssh: sc, target: fmt.Sprintf("%s@%s", target.User, target.Addr), server: target.Addr.Addr().Unmap(), done: make(chan struct{})}
+	// Closing the SSH connection unblocks every step below when time is up.
+	stop := context.AfterFunc(sctx, func() { sc.Close() })
+	defer stop()
 	for i := 0; i < c.cfg.Channels; i++ {
-		rwc, err := StartRemoteHelper(ctx, sc, c.cfg.Helper)
+		rwc, err := StartRemoteHelper(sctx, sc, c.cfg.Helper)
 		if err != nil {
 			sc.Close()
 			return nil, err
@@ -429,9 +456,15 @@ func (c *Client) connect(ctx context.Context) (*link, error) {
 		if err != nil {
 			rwc.Close()
 			sc.Close()
+			if sctx.Err() != nil {
+				err = fmt.Errorf("no answer in %v", setup)
+			}
 			return nil, fmt.Errorf("starting the helper on the node: %w", err)
 		}
 		l.sessions = append(l.sessions, sess)
+	}
+	if !stop() {
+		return nil, fmt.Errorf("connecting to %s: no answer in %v", l.target, setup)
 	}
 	for _, s := range l.sessions {
 		go func() {

@@ -342,6 +342,10 @@ func TestShutdown(t *testing.T) {
 				t.Errorf("the laptop's own rules are gone while k8stunnel runs:\n%s", during)
 			}
 			httpGet(t, lab, "http://"+ServiceIP+"/")
+			// Otherwise expectGone below would pass without looking at anything.
+			if helpers, err := lab.NodeHelperPids(); err != nil || len(helpers) == 0 {
+				t.Fatalf("no k8stunnel helper found on the node while the tunnel is up (%v)", err)
+			}
 
 			if err := tc.stop(c); err != nil {
 				t.Errorf("k8stunnel did not exit cleanly: %v", err)
@@ -355,32 +359,59 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
-// TestCleanupAfterKill: with the client and its firewall child killed outright, `k8stunnel cleanup` alone restores
-// the laptop's rules, and running it again is harmless.
-func TestCleanupAfterKill(t *testing.T) {
+// TestKilled: a client killed outright must not leave the laptop broken.
+func TestKilled(t *testing.T) {
 	lab := newLab(t)
-	before := iptablesSave(t, lab)
-	c := startClient(t, lab)
-	if err := c.SignalGroup(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-c.Exited()
-	if after := iptablesSave(t, lab); after == before {
-		t.Log("the rules were already gone after SIGKILL; cleanup has nothing to do")
-	}
-	for i := range 2 {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		out, err := lab.Laptop.Command(ctx, binary, "cleanup").CombinedOutput()
-		cancel()
-		if err != nil {
-			t.Fatalf("k8stunnel cleanup (run %d): %v\n%s", i+1, err, out)
+
+	// The firewall child outlives the client it belongs to; it has to notice and take the rules out.
+	t.Run("client alone: its firewall child restores the rules", func(t *testing.T) {
+		before := iptablesSave(t, lab)
+		c := startClient(t, lab)
+		if err := c.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
 		}
-		if after := iptablesSave(t, lab); after != before {
-			t.Fatalf("after k8stunnel cleanup (run %d) the laptop's rules differ\nbefore:\n%s\nafter:\n%s\ncleanup output:\n%s",
-				i+1, before, after, out)
+		<-c.Exited()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			after := iptablesSave(t, lab)
+			if after == before {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("5s after SIGKILL of the client the laptop's rules still differ\nbefore:\n%s\nafter:\n%s",
+					before, after)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-	}
-	expectGone(t, lab)
+		expectGone(t, lab)
+	})
+
+	// Nothing of k8stunnel survives to clean up; `k8stunnel cleanup` alone restores the laptop, and running it
+	// again is harmless.
+	t.Run("whole group: k8stunnel cleanup restores the rules", func(t *testing.T) {
+		before := iptablesSave(t, lab)
+		c := startClient(t, lab)
+		if err := c.SignalGroup(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-c.Exited()
+		if after := iptablesSave(t, lab); after == before {
+			t.Log("the rules were already gone after SIGKILL; cleanup has nothing to do")
+		}
+		for i := range 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			out, err := lab.Laptop.Command(ctx, binary, "cleanup").CombinedOutput()
+			cancel()
+			if err != nil {
+				t.Fatalf("k8stunnel cleanup (run %d): %v\n%s", i+1, err, out)
+			}
+			if after := iptablesSave(t, lab); after != before {
+				t.Fatalf("after k8stunnel cleanup (run %d) the laptop's rules differ\nbefore:\n%s\nafter:\n%s\ncleanup output:\n%s",
+					i+1, before, after, out)
+			}
+		}
+		expectGone(t, lab)
+	})
 	assertRootNamespaceUntouched(t)
 }
 

@@ -297,7 +297,7 @@ func (h *Helper) read(stdout io.Reader) {
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		var r helperReply
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil || (!r.OK && r.Error == "") {
 			h.log.Warn("unexpected output from firewall helper", "line", sc.Text())
 			continue
 		}
@@ -322,7 +322,13 @@ func (h *Helper) request(ctx context.Context, req helperRequest) error {
 		return fmt.Errorf("encoding %s request: %w", req.Op, err)
 	}
 	if _, err := h.stdin.Write(append(line, '\n')); err != nil {
-		return fmt.Errorf("sending %s request to firewall helper: %w", req.Op, err)
+		// A broken pipe says little; how the helper exited says more.
+		select {
+		case <-h.exited:
+			return fmt.Errorf("firewall helper exited before answering %s: %s", req.Op, h.exitStatus())
+		case <-time.After(closeTimeout):
+			return fmt.Errorf("sending %s request to firewall helper: %w", req.Op, err)
+		}
 	}
 	select {
 	case r := <-h.replies:
@@ -334,7 +340,7 @@ func (h *Helper) request(ctx context.Context, req helperRequest) error {
 			return r.err()
 		default:
 		}
-		return fmt.Errorf("firewall helper exited before answering %s: %v", req.Op, h.exitStatus())
+		return fmt.Errorf("firewall helper exited before answering %s: %s", req.Op, h.exitStatus())
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for firewall helper to answer %s: %w", req.Op, context.Cause(ctx))
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -46,6 +47,10 @@ func runTunnel(ctx context.Context, args []string, stderr io.Writer) error {
 		remoteCmd  = fs.String("remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
 		channels   = fs.Int("channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
 		maxConns   = fs.Int("max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
+		daemon     = fs.Bool("daemon", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
+		pidfile    = fs.String("pidfile", "", "write the process ID to `FILE` once the tunnel is up")
+		logFile    = fs.String("log-file", "", "append logs to `FILE` (with --daemon; default: discard)")
+		useSyslog  = fs.Bool("syslog", false, "send logs to syslog")
 		verbose    = fs.CountP("verbose", "v", "log every connection (repeatable)")
 		showVer    = fs.Bool("version", false, "print the version and exit")
 		help       = fs.BoolP("help", "h", false, "show this help")
@@ -81,30 +86,78 @@ func runTunnel(ctx context.Context, args []string, stderr io.Writer) error {
 	if *channels < 1 || *channels > 64 {
 		return usagef("--channels must be between 1 and 64")
 	}
+	if *logFile != "" && *useSyslog {
+		return usagef("--log-file and --syslog: pick one")
+	}
+	child := openDaemonChild()
+	if *daemon && child == nil {
+		return daemonize(*logFile, stderr)
+	}
+	if *logFile != "" && !*daemon {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("opening log file: %w", err)
+		}
+		defer f.Close()
+		stderr = f
+	}
+	log := newLogger(stderr, *verbose)
+	if *useSyslog {
+		if log, err = syslogLogger(*verbose); err != nil {
+			return err
+		}
+	}
+	err = runClient(ctx, clientOptions{
+		remote: *remote, identities: *identities, sshConfig: *sshConfig, knownHosts: *knownHosts,
+		remoteCmd: *remoteCmd, listen: *listen, include: include, exclude: exclude,
+		channels: *channels, maxConns: *maxConns, verbose: *verbose, pidfile: *pidfile,
+	}, log, stderr, child)
+	if err != nil {
+		child.failed(err)
+	}
+	return err
+}
+
+type clientOptions struct {
+	remote, sshConfig, knownHosts, remoteCmd, pidfile string
+	identities, listen                                []string
+	include, exclude                                  []firewall.Target
+	channels, maxConns, verbose                       int
+}
+
+func runClient(ctx context.Context, o clientOptions, log *slog.Logger, stderr io.Writer, child *daemonChild) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding my own executable: %w", err)
 	}
-	log := newLogger(stderr, *verbose)
 	var helperArgs []string
-	if *verbose > 0 {
+	if o.verbose > 0 {
 		helperArgs = []string{"-v"}
 	}
+	var pidErr error
 	c, err := client.New(client.Config{
 		SSH: client.SSHConfig{
-			Remote:         *remote,
-			Identities:     *identities,
-			ConfigFile:     *sshConfig,
-			KnownHostsFile: *knownHosts,
+			Remote:         o.remote,
+			Identities:     o.identities,
+			ConfigFile:     o.sshConfig,
+			KnownHostsFile: o.knownHosts,
 		},
-		Helper:   client.HelperOptions{RemoteCmd: *remoteCmd, Exe: exe, Args: helperArgs},
-		Listen:   *listen,
-		Include:  include,
-		Exclude:  exclude,
-		Channels: *channels,
-		MaxConns: *maxConns,
+		Helper:   client.HelperOptions{RemoteCmd: o.remoteCmd, Exe: exe, Args: helperArgs},
+		Listen:   o.listen,
+		Include:  o.include,
+		Exclude:  o.exclude,
+		Channels: o.channels,
+		MaxConns: o.maxConns,
 		Program:  "k8stunnel " + version,
 		Log:      log,
+		OnReady: func() {
+			if o.pidfile != "" {
+				if pidErr = writePidfile(o.pidfile); pidErr != nil {
+					log.Error("cannot write pidfile", "err", pidErr)
+				}
+			}
+			child.ready()
+		},
 		StartFirewall: func(ctx context.Context) (client.Firewall, error) {
 			return firewall.StartHelper(ctx, firewall.HelperConfig{Exe: exe, Sudo: true, Log: log, Stderr: stderr})
 		},
@@ -112,7 +165,11 @@ func runTunnel(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return c.Run(ctx)
+	err = c.Run(ctx)
+	if o.pidfile != "" && pidErr == nil {
+		os.Remove(o.pidfile)
+	}
+	return err
 }
 
 func parseTargets(args []string) ([]firewall.Target, error) {

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"log/syslog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// daemonEnv marks the detached child of --daemon; its value is the fd of the
+// pipe on which the child reports "ready" or why it failed.
+const daemonEnv = "K8STUNNEL_DAEMON_FD"
+
+// daemonize starts this command again, detached in a new session, and waits
+// until it reports that the tunnel is up, so a first connection that fails
+// still fails here, with its error and a non-zero exit status.
+func daemonize(logFile string, stderr io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding my own executable: %w", err)
+	}
+	out, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if logFile != "" {
+		out, err = os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("opening log file: %w", err)
+	}
+	defer out.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), daemonEnv+"=3")
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("starting the daemon: %w", err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line == "ready" {
+		fmt.Fprintf(stderr, "k8stunnel: running in the background, pid %d\n", cmd.Process.Pid)
+		cmd.Process.Release()
+		return nil
+	}
+	cmd.Wait()
+	if line == "" {
+		line = "the daemon exited before the tunnel came up"
+		if logFile != "" {
+			line += "; see " + logFile
+		}
+	}
+	return errors.New(line)
+}
+
+// daemonChild is the detached side: it reports to the waiting parent.
+type daemonChild struct{ report *os.File }
+
+func openDaemonChild() *daemonChild {
+	fd, err := strconv.Atoi(os.Getenv(daemonEnv))
+	if err != nil {
+		return nil
+	}
+	os.Unsetenv(daemonEnv) // not for the firewall helper
+	return &daemonChild{report: os.NewFile(uintptr(fd), "daemon-report")}
+}
+
+func (d *daemonChild) ready() {
+	if d != nil && d.report != nil {
+		fmt.Fprintln(d.report, "ready")
+		d.report.Close()
+		d.report = nil
+	}
+}
+
+func (d *daemonChild) failed(err error) {
+	if d != nil && d.report != nil {
+		fmt.Fprintln(d.report, strings.ReplaceAll(err.Error(), "\n", " "))
+		d.report.Close()
+		d.report = nil
+	}
+}
+
+// syslogLogger sends records to the local syslog daemon.
+func syslogLogger(verbose int) (*slog.Logger, error) {
+	w, err := syslog.New(syslog.LOG_INFO|syslog.LOG_DAEMON, "k8stunnel")
+	if err != nil {
+		return nil, fmt.Errorf("connecting to syslog: %w", err)
+	}
+	level := slog.LevelInfo
+	if verbose > 0 {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: level,
+		// syslog stamps its own time.
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	})), nil
+}
+
+// writePidfile writes pid atomically.
+func writePidfile(path string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("writing pidfile: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing pidfile: %w", err)
+	}
+	return nil
+}

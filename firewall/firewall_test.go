@@ -1,0 +1,250 @@
+package firewall
+
+import (
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// testWriter sends log lines to t.Log, so they show only for failing tests.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func mixedSpec(t testing.TB) Spec {
+	return Spec{
+		Port:    12300,
+		Include: targets(t, "10.96.0.0/12", "fd00::/8"),
+		Exclude: targets(t, "192.168.33.10"),
+	}
+}
+
+const mixedDump = `iptables -t nat -N K8STUNNEL-12300
+iptables -t nat -A PREROUTING -j K8STUNNEL-12300
+iptables -t nat -A OUTPUT -j K8STUNNEL-12300
+iptables -t nat -A K8STUNNEL-12300 -d 192.168.33.10/32 -j RETURN
+iptables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t nat -A K8STUNNEL-12300 -d 10.96.0.0/12 -p tcp -j REDIRECT --to-ports 12300
+ip6tables -t nat -N K8STUNNEL-12300
+ip6tables -t nat -A PREROUTING -j K8STUNNEL-12300
+ip6tables -t nat -A OUTPUT -j K8STUNNEL-12300
+ip6tables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
+ip6tables -t nat -A K8STUNNEL-12300 -d fd00::/8 -p tcp -j REDIRECT --to-ports 12300
+`
+
+func TestInstallRemove(t *testing.T) {
+	fake := &Fake{}
+	// Someone else's rule in OUTPUT must survive, and ours go in front of it.
+	v4, _ := fake.Family(IPv4)
+	if err := v4.Append("nat", "OUTPUT", "-d", "10.0.0.1/32", "-j", "ACCEPT"); err != nil {
+		t.Fatal(err)
+	}
+	fw := New(fake, testLogger(t))
+	for i := range 2 { // twice: Install replaces, it does not add
+		if err := fw.Install(mixedSpec(t)); err != nil {
+			t.Fatalf("Install #%d: %v", i+1, err)
+		}
+		want := strings.Replace(mixedDump, "iptables -t nat -A OUTPUT -j K8STUNNEL-12300\n",
+			"iptables -t nat -A OUTPUT -j K8STUNNEL-12300\niptables -t nat -A OUTPUT -d 10.0.0.1/32 -j ACCEPT\n", 1)
+		if got := fake.Dump(); got != want {
+			t.Fatalf("after Install #%d:\n%s\nwant\n%s", i+1, got, want)
+		}
+		if ok, err := fw.Check(); !ok || err != nil {
+			t.Fatalf("Check after Install #%d = %v, %v; want true", i+1, ok, err)
+		}
+	}
+	for i := range 2 {
+		if err := fw.Remove(); err != nil {
+			t.Fatalf("Remove #%d: %v", i+1, err)
+		}
+		if got, want := fake.Dump(), "iptables -t nat -A OUTPUT -d 10.0.0.1/32 -j ACCEPT\n"; got != want {
+			t.Fatalf("after Remove #%d:\n%s\nwant\n%s", i+1, got, want)
+		}
+	}
+}
+
+func TestInstallDifferentSpecReplaces(t *testing.T) {
+	fake := &Fake{}
+	fw := New(fake, testLogger(t))
+	if err := fw.Install(mixedSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Install(Spec{Port: 5, Include: targets(t, "10.0.0.0/8")}); err != nil {
+		t.Fatal(err)
+	}
+	const want = `iptables -t nat -N K8STUNNEL-5
+iptables -t nat -A PREROUTING -j K8STUNNEL-5
+iptables -t nat -A OUTPUT -j K8STUNNEL-5
+iptables -t nat -A K8STUNNEL-5 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t nat -A K8STUNNEL-5 -d 10.0.0.0/8 -p tcp -j REDIRECT --to-ports 5
+`
+	if got := fake.Dump(); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestInstallRemovesStaleChain(t *testing.T) {
+	fake := &Fake{}
+	// A previous run was killed before it could clean up, in both families,
+	// even though this run has no IPv6 targets.
+	if err := New(fake, testLogger(t)).Install(mixedSpec(t)); err != nil {
+		t.Fatal(err)
+	}
+	fw := New(fake, testLogger(t))
+	if err := fw.Install(Spec{Port: 12300, Include: targets(t, "10.0.0.0/8")}); err != nil {
+		t.Fatal(err)
+	}
+	const want = `iptables -t nat -N K8STUNNEL-12300
+iptables -t nat -A PREROUTING -j K8STUNNEL-12300
+iptables -t nat -A OUTPUT -j K8STUNNEL-12300
+iptables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t nat -A K8STUNNEL-12300 -d 10.0.0.0/8 -p tcp -j REDIRECT --to-ports 12300
+`
+	if got := fake.Dump(); got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestInstallWithoutIPv6(t *testing.T) {
+	fake := &Fake{Unavailable: map[Family]bool{IPv6: true}}
+	fw := New(fake, testLogger(t))
+	err := fw.Install(mixedSpec(t))
+	if !errors.Is(err, ErrFamilyUnavailable) || !strings.Contains(err.Error(), "drop the IPv6 targets") {
+		t.Fatalf("Install with an IPv6 target and no ip6tables = %v; want ErrFamilyUnavailable with a hint", err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("failed Install left rules behind:\n%s", got)
+	}
+	// IPv4-only specs do not need ip6tables.
+	if err := fw.Install(Spec{Port: 1, Include: targets(t, "10.0.0.0/8")}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInstallFailureRollsBack(t *testing.T) {
+	fake := &Fake{}
+	fake.Fail = func(op string, fam Family, table, chain string) error {
+		if fam == IPv6 && op == "-I" && chain == "PREROUTING" {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	fw := New(fake, testLogger(t))
+	if err := fw.Install(mixedSpec(t)); err == nil {
+		t.Fatal("Install succeeded despite the injected failure")
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("failed Install left rules behind:\n%s", got)
+	}
+	if ok, err := fw.Check(); !ok || err != nil {
+		t.Fatalf("Check after failed Install = %v, %v; want true (nothing installed)", ok, err)
+	}
+}
+
+func TestCheckDetectsChanges(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		mutate func(t *testing.T, fake *Fake)
+	}{
+		{"missing OUTPUT jump", func(t *testing.T, fake *Fake) {
+			v6, _ := fake.Family(IPv6)
+			if err := v6.Delete("nat", "OUTPUT", "-j", "K8STUNNEL-12300"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"missing PREROUTING jump", func(t *testing.T, fake *Fake) {
+			v4, _ := fake.Family(IPv4)
+			if err := v4.Delete("nat", "PREROUTING", "-j", "K8STUNNEL-12300"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"flushed nat table", func(t *testing.T, fake *Fake) { fake.Flush(IPv4, "nat") }},
+		{"chain deleted", func(t *testing.T, fake *Fake) {
+			fake.Flush(IPv6, "nat")
+			v6, _ := fake.Family(IPv6)
+			if err := v6.ClearAndDeleteChain("nat", "K8STUNNEL-12300"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"extra rule in chain", func(t *testing.T, fake *Fake) {
+			v4, _ := fake.Family(IPv4)
+			if err := v4.Append("nat", "K8STUNNEL-12300", "-j", "RETURN"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fake := &Fake{}
+			fw := New(fake, testLogger(t))
+			if err := fw.Install(mixedSpec(t)); err != nil {
+				t.Fatal(err)
+			}
+			tt.mutate(t, fake)
+			if ok, err := fw.Check(); ok || err != nil {
+				t.Fatalf("Check = %v, %v; want false", ok, err)
+			}
+			restored, err := fw.heal(mixedSpec(t))
+			if !restored || err != nil {
+				t.Fatalf("heal = %v, %v; want true", restored, err)
+			}
+			if got := fake.Dump(); got != mixedDump {
+				t.Fatalf("after heal:\n%s\nwant\n%s", got, mixedDump)
+			}
+		})
+	}
+}
+
+func TestCleanup(t *testing.T) {
+	fake := &Fake{}
+	for _, port := range []uint16{1000, 2000, 3000} {
+		// Separate Firewalls, as separate runs that all died would leave.
+		spec := Spec{Port: port, Include: targets(t, "10.0.0.0/8")}
+		if port == 2000 {
+			spec.Include = targets(t, "10.0.0.0/8", "fd00::/8")
+		}
+		if err := New(fake, testLogger(t)).Install(spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v4, _ := fake.Family(IPv4)
+	if err := v4.NewChain("nat", "OTHER"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v4.Append("nat", "OUTPUT", "-j", "OTHER"); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := Cleanup(fake, testLogger(t))
+	if err != nil || removed != 4 {
+		t.Fatalf("Cleanup = %d, %v; want 4 chains removed", removed, err)
+	}
+	const want = "iptables -t nat -N OTHER\niptables -t nat -A OUTPUT -j OTHER\n"
+	if got := fake.Dump(); got != want {
+		t.Fatalf("after Cleanup:\n%s\nwant\n%s", got, want)
+	}
+	if removed, err := Cleanup(fake, testLogger(t)); err != nil || removed != 0 {
+		t.Fatalf("second Cleanup = %d, %v; want 0, nil", removed, err)
+	}
+}
+
+func TestCleanupWithoutIPv6(t *testing.T) {
+	fake := &Fake{Unavailable: map[Family]bool{IPv6: true}}
+	if err := New(fake, testLogger(t)).Install(Spec{Port: 1, Include: targets(t, "10.0.0.0/8")}); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := Cleanup(fake, testLogger(t)); err != nil || removed != 1 {
+		t.Fatalf("Cleanup = %d, %v; want 1, nil", removed, err)
+	}
+	fake.Unavailable[IPv4] = true
+	if _, err := Cleanup(fake, testLogger(t)); !errors.Is(err, ErrFamilyUnavailable) {
+		t.Fatalf("Cleanup with no iptables at all = %v; want ErrFamilyUnavailable", err)
+	}
+}
