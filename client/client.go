@@ -225,10 +225,18 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.cfg.OnReady()
 	}
 
+	// The privileged part dying means the rules are gone: traffic would leak
+	// to the real gateway, so stop rather than run on unprotected.
+	var fwDone <-chan struct{}
+	if d, ok := fw.(interface{ Done() <-chan struct{} }); ok {
+		fwDone = d.Done()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-fwDone:
+			return errors.New("the firewall helper exited unexpectedly; its rules are gone")
 		case <-l.done:
 		}
 		c.setLink(nil)

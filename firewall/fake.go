@@ -12,7 +12,8 @@ import (
 // catch ordering mistakes: a chain must exist before rules go in, a jump
 // target must exist, and a chain still jumped to cannot be deleted. Dump
 // prints what it holds, so tests compare the whole rule set against a
-// literal. The zero value is ready to use and safe for concurrent use.
+// literal. The zero value is ready to use and safe for concurrent use; set
+// the exported fields before using it.
 type Fake struct {
 	// Unavailable families fail Family with ErrFamilyUnavailable, as a
 	// missing ip6tables would.

@@ -10,6 +10,15 @@ import (
 	"time"
 )
 
+var (
+	// ErrFamilyUnavailable means a family's iptables binary is missing or its
+	// nat table does not work (no ip6tables, or no IPv6 nat in the kernel).
+	ErrFamilyUnavailable = errors.New("iptables family unavailable")
+	// ErrNeedRoot is the hint given when the privileged helper, started
+	// through sudo, exits before it answers.
+	ErrNeedRoot = errors.New("k8stunnel needs root for iptables: run it with sudo, or allow sudo for this user")
+)
+
 // Firewall installs and removes one Spec's rules through a Runner.
 //
 // go-iptables' check-then-act helpers are not atomic, and the self-healing
@@ -59,7 +68,7 @@ func New(r Runner, log *slog.Logger) *Firewall {
 // rules. It first removes a stale chain for the same port (left by a run
 // that could not clean up), then per family creates the chain, fills it, and
 // only then inserts the jumps, so no connection ever sees a half-built chain.
-// On error, everything it created is removed again.
+// On error nothing is left installed: neither the old rules nor the new.
 func (f *Firewall) Install(spec Spec) error {
 	if err := spec.Validate(); err != nil {
 		return err
@@ -71,8 +80,9 @@ func (f *Firewall) Install(spec Spec) error {
 		return err
 	}
 	chain := ChainName(spec.Port)
+	plan := Plan(spec)
 	byFamily := map[Family][]Rule{}
-	for _, r := range Plan(spec) {
+	for _, r := range plan {
 		byFamily[r.Family] = append(byFamily[r.Family], r)
 	}
 
@@ -117,7 +127,7 @@ func (f *Firewall) Install(spec Spec) error {
 		inst.fams[len(inst.fams)-1].listed = listed
 	}
 	f.installed = inst
-	f.log.Debug("firewall rules installed", "chain", chain, "rules", len(Plan(spec)))
+	f.log.Debug("firewall rules installed", "chain", chain, "rules", len(plan))
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -44,9 +45,6 @@ const (
 	// before killing it (and again after killing it).
 	closeTimeout = 5 * time.Second
 )
-
-// ErrNeedRoot is the hint given when the privileged helper cannot start.
-var ErrNeedRoot = errors.New("k8stunnel needs root for iptables: run it with sudo, or allow sudo for this user")
 
 // ServeHelper is the privileged side of the split, run by the hidden
 // `k8stunnel firewall` subcommand as root. It answers requests read from in
@@ -241,7 +239,7 @@ func StartHelper(ctx context.Context, cfg HelperConfig) (*Helper, error) {
 		cfg.Stderr = os.Stderr
 	}
 	viaSudo := cfg.Sudo && os.Geteuid() != 0
-	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, term.IsTerminal(int(os.Stdin.Fd())))
+	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, canPrompt())
 	h, err := startHelper(ctx, argv, cfg)
 	if err != nil && viaSudo {
 		return nil, fmt.Errorf("%w: %w", err, ErrNeedRoot)
@@ -416,4 +414,16 @@ func (h *Helper) close() error {
 		return fmt.Errorf("firewall helper: %w", h.waitErr)
 	}
 	return nil
+}
+
+// canPrompt reports whether sudo may ask for a password: stdin is a terminal
+// and we are its foreground job. A background job (`k8stunnel ... &`) that
+// read the terminal would be stopped by SIGTTIN, so there sudo gets -n.
+func canPrompt() bool {
+	fd := int(os.Stdin.Fd())
+	if !term.IsTerminal(fd) {
+		return false
+	}
+	pgrp, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
+	return err == nil && pgrp == unix.Getpgrp()
 }

@@ -158,7 +158,16 @@ func waitMessage(t *testing.T, logged messages, msg string) {
 }
 
 func TestServeHelperHeals(t *testing.T) {
-	fake := &Fake{}
+	var fail sync.Mutex
+	failing := false
+	fake := &Fake{Fail: func(op string, fam Family, table, chain string) error {
+		fail.Lock()
+		defer fail.Unlock()
+		if failing && op == "-N" {
+			return errors.New("injected: xtables lock timeout")
+		}
+		return nil
+	}}
 	fw := New(fake, testLogger(t))
 	fw.healEvery = 5 * time.Millisecond
 	logged := make(messages, 100)
@@ -183,16 +192,9 @@ func TestServeHelperHeals(t *testing.T) {
 	}
 
 	// A heal that cannot install is retried until it can.
-	var fail sync.Mutex
-	failing := true
-	fake.Fail = func(op string, fam Family, table, chain string) error {
-		fail.Lock()
-		defer fail.Unlock()
-		if failing && op == "-N" {
-			return errors.New("injected: xtables lock timeout")
-		}
-		return nil
-	}
+	fail.Lock()
+	failing = true
+	fail.Unlock()
 	fake.Flush(IPv4, "nat")
 	waitMessage(t, logged, "checking firewall rules")
 	fail.Lock()
@@ -279,13 +281,9 @@ func startTestHelper(t *testing.T) (*Helper, *lockedBuffer) {
 	h, err := StartHelper(context.Background(), HelperConfig{
 		Exe:    os.Args[0],
 		Args:   []string{"-test.run=^TestHelperProcess$"},
-		Sudo:   true, // ignored: the tests run as root or not at all through sudo
 		Log:    testLogger(t),
 		Stderr: stderr,
 	})
-	if os.Geteuid() != 0 && err != nil {
-		t.Skipf("sudo is not usable here: %v", err)
-	}
 	if err != nil {
 		t.Fatalf("StartHelper: %v", err)
 	}
@@ -294,9 +292,6 @@ func startTestHelper(t *testing.T) (*Helper, *lockedBuffer) {
 }
 
 func TestHelper(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: as another user the helper would go through sudo")
-	}
 	h, stderr := startTestHelper(t)
 	if err := h.Install(mixedSpec(t)); err != nil {
 		t.Fatalf("Install: %v", err)
@@ -341,9 +336,6 @@ func TestHelper(t *testing.T) {
 }
 
 func TestHelperSIGTERM(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: as another user the helper would go through sudo")
-	}
 	h, stderr := startTestHelper(t)
 	if err := h.Install(mixedSpec(t)); err != nil {
 		t.Fatalf("Install: %v", err)

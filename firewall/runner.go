@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 
@@ -32,10 +31,6 @@ type Runner interface {
 	// ErrFamilyUnavailable when that family's iptables cannot be used.
 	Family(fam Family) (Tables, error)
 }
-
-// ErrFamilyUnavailable means a family's iptables binary is missing or its nat
-// table does not work (e.g. no ip6tables, or no IPv6 nat in the kernel).
-var ErrFamilyUnavailable = errors.New("iptables family unavailable")
 
 // lockTimeout bounds the wait for the xtables lock: go-iptables' default of
 // 0 waits forever behind whatever else holds it.
