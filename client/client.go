@@ -243,7 +243,10 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.log.Warn("tunnel lost; new connections are reset until it is back", "err", l.err())
 		l, err = c.reconnect(ctx)
 		if err != nil {
-			return nil // ctx ended
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
 		if l.server != server {
 			// The node's address changed (DNS): keep its traffic out of the tunnel.
@@ -279,6 +282,10 @@ func (c *Client) reconnect(ctx context.Context) (*link, error) {
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if errors.Is(err, ErrHostKeyChanged) || errors.Is(err, ErrUnknownHostKey) {
+			// Someone else may be answering for the node: never retry into that.
+			return nil, err
 		}
 		// One line for the first failure; the rest only with -v.
 		level := slog.LevelDebug

@@ -144,7 +144,7 @@ func DialSSH(ctx context.Context, cfg SSHConfig) (*ssh.Client, SSHTarget, error)
 	}
 	if err != nil {
 		conn.Close()
-		return nil, target, sshHandshakeError(rc.host, hostport, err, hk, auth)
+		return nil, target, sshHandshakeError(rc.host, err, hk, auth)
 	}
 	conn.SetDeadline(time.Time{})
 	log.Debug("ssh connected", "user", rc.user, "host", rc.host, "addr", target.Addr, "server", string(sc.ServerVersion()))
@@ -165,7 +165,7 @@ func sshDialCause(err error) error {
 	return err
 }
 
-func sshHandshakeError(host, hostport string, err error, hk *sshHostKeys, auth *sshAuth) error {
+func sshHandshakeError(host string, err error, hk *sshHostKeys, auth *sshAuth) error {
 	if hk.err != nil {
 		return hk.err
 	}
@@ -244,6 +244,12 @@ func sshResolve(cfg SSHConfig, log *slog.Logger) (*sshResolved, error) {
 			log.Debug("reading ssh config", "key", key, "err", err)
 		}
 		return strings.TrimSpace(v)
+	}
+
+	for _, k := range []string{"ProxyJump", "ProxyCommand"} {
+		if v := get(k); v != "" && !strings.EqualFold(v, "none") {
+			log.Warn("ssh config option not supported; connecting directly", "option", k, "value", v)
+		}
 	}
 
 	rc := &sshResolved{user: remoteUser, host: alias, port: port}

@@ -3,11 +3,14 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -19,6 +22,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
@@ -40,12 +44,16 @@ type sshTestServerOptions struct {
 	home       string        // run exec requests here; "" = refuse them
 	silent     bool          // never answer global requests (a hung node)
 	keepalives chan string   // receives the type of each global request
+	hostKeys   []ssh.Signer  // nil = one fresh ed25519 key; the first is hostKey
 }
 
 func startSSHTestServer(t *testing.T, opts sshTestServerOptions) *sshTestServer {
 	t.Helper()
-	hostKey, _ := sshTestKey(t)
-	s := &sshTestServer{hostKey: hostKey, opts: opts}
+	if len(opts.hostKeys) == 0 {
+		k, _ := sshTestKey(t)
+		opts.hostKeys = []ssh.Signer{k}
+	}
+	s := &sshTestServer{hostKey: opts.hostKeys[0], opts: opts}
 	cfg := &ssh.ServerConfig{
 		PublicKeyCallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 			if opts.user != "" && md.User() != opts.user {
@@ -57,7 +65,9 @@ func startSSHTestServer(t *testing.T, opts sshTestServerOptions) *sshTestServer 
 			return nil, nil
 		},
 	}
-	cfg.AddHostKey(hostKey)
+	for _, k := range opts.hostKeys {
+		cfg.AddHostKey(k)
+	}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -137,8 +147,17 @@ func (s *sshTestServer) exec(ch ssh.Channel, command string) {
 	cmd := exec.Command("sh", "-c", command)
 	cmd.Dir = s.opts.home
 	cmd.Env = []string{"HOME=" + s.opts.home, "PATH=" + os.Getenv("PATH")}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = ch, ch, ch.Stderr()
-	cmd.WaitDelay = time.Second
+	cmd.Stdout, cmd.Stderr = ch, ch.Stderr()
+	// Like sshd, end the session when the command exits, even if the client
+	// never closes stdin: exec.Cmd would wait for a Stdin copy forever.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return
+	}
+	go func() {
+		io.Copy(stdin, ch)
+		stdin.Close()
+	}()
 	status := 0
 	if err := cmd.Run(); err != nil {
 		status = 255
@@ -532,5 +551,133 @@ func TestSSHQuote(t *testing.T) {
 		if got := sshQuote(in); got != want {
 			t.Errorf("sshQuote(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+func TestDialSSHNoKeys(t *testing.T) {
+	sshTestEnv(t)
+	signer, _ := sshTestKey(t)
+	srv := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey()})
+
+	_, _, err := DialSSH(sshTestCtx(t), SSHConfig{Remote: srv.remote("u"), KnownHostsFile: srv.knownHosts(t)})
+	var he *HintError
+	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &he) || !strings.Contains(he.Hint, "no SSH key found") {
+		t.Fatalf("err = %v (%+v), want ErrAuthFailed with a hint that no key was found", err, he)
+	}
+}
+
+func TestDialSSHAgent(t *testing.T) {
+	home := sshTestEnv(t)
+	signer, priv := sshTestKey(t)
+	srv := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey()})
+
+	keyring := agent.NewKeyring()
+	if err := keyring.Add(agent.AddedKey{PrivateKey: priv}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				agent.ServeAgent(keyring, c)
+			}()
+		}
+	}()
+	t.Setenv("SSH_AUTH_SOCK", sock)
+
+	// The same key, encrypted on disk: with it in the agent nobody is asked.
+	keyFile := sshTestKeyFile(t, filepath.Join(home, ".ssh", "id_ed25519"), priv, "sesame")
+	c, _, err := DialSSH(sshTestCtx(t), SSHConfig{
+		Remote:         srv.remote("u"),
+		KnownHostsFile: srv.knownHosts(t),
+		Prompt: func(string) ([]byte, error) {
+			t.Errorf("asked for the passphrase of %s although the agent has the key", keyFile)
+			return nil, errors.New("no")
+		},
+	})
+	if err != nil {
+		t.Fatalf("DialSSH via agent: %v", err)
+	}
+	c.Close()
+}
+
+// golang/go#29286: the node prefers a key type known_hosts does not list for
+// it; we must ask for the type we know instead of failing as "changed".
+func TestDialSSHHostKeyAlgorithms(t *testing.T) {
+	home := sshTestEnv(t)
+	signer, priv := sshTestKey(t)
+	edHost, _ := sshTestKey(t)
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecHost, err := ssh.NewSignerFromKey(ecKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := sshTestKeyFile(t, filepath.Join(home, "k", "id"), priv, "")
+	srv := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey(), hostKeys: []ssh.Signer{edHost, ecHost}})
+	kh := srv.knownHosts(t) // lists only the Ed25519 key; x/crypto prefers ECDSA
+
+	c, _, err := DialSSH(sshTestCtx(t), SSHConfig{Remote: srv.remote("u"), Identities: []string{keyFile}, KnownHostsFile: kh})
+	if err != nil {
+		t.Fatalf("DialSSH: %v", err)
+	}
+	c.Close()
+
+	// A node that has only other key types than the known ones has changed.
+	srv2 := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey(), hostKeys: []ssh.Signer{ecHost}})
+	line := knownhosts.Line([]string{srv2.remote("")}, edHost.PublicKey()) + "\n"
+	if err := os.WriteFile(kh, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = DialSSH(sshTestCtx(t), SSHConfig{Remote: srv2.remote("u"), Identities: []string{keyFile}, KnownHostsFile: kh})
+	var he *HintError
+	if !errors.Is(err, ErrHostKeyChanged) || !errors.As(err, &he) || !strings.Contains(he.Hint, "ssh-keygen -R") {
+		t.Errorf("err = %v, want ErrHostKeyChanged with an ssh-keygen hint", err)
+	}
+}
+
+func TestDialSSHHandshakeBounded(t *testing.T) {
+	sshTestEnv(t)
+	// Accepts, then never says a word.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	held := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			held <- c
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case c := <-held:
+			c.Close()
+		default:
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	_, _, err = DialSSH(ctx, SSHConfig{Remote: ln.Addr().String(), KnownHostsFile: filepath.Join(t.TempDir(), "kh")})
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("err = %v, want a deadline error", err)
+	}
+	if !strings.HasPrefix(err.Error(), "ssh handshake with 127.0.0.1: ") {
+		t.Errorf("err = %q", err)
 	}
 }

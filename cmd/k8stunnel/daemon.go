@@ -100,20 +100,7 @@ func syslogLogger(verbose int) (*slog.Logger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to syslog: %w", err)
 	}
-	level := slog.LevelInfo
-	if verbose > 0 {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
-		Level: level,
-		// syslog stamps its own time.
-		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		},
-	})), nil
+	return newLogger(w, verbose, dropTime), nil
 }
 
 // writePidfile writes pid atomically.

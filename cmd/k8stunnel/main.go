@@ -60,10 +60,23 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-func newLogger(w io.Writer, verbose int) *slog.Logger {
+func newLogger(w io.Writer, verbose int, replace ...func([]string, slog.Attr) slog.Attr) *slog.Logger {
 	level := slog.LevelInfo
 	if verbose > 0 {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	if len(replace) > 0 {
+		opts.ReplaceAttr = replace[0]
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// dropTime leaves the time out of records whose receiver stamps its own
+// (syslog, the client relaying the helper's lines).
+func dropTime(groups []string, a slog.Attr) slog.Attr {
+	if len(groups) == 0 && a.Key == slog.TimeKey {
+		return slog.Attr{}
+	}
+	return a
 }

@@ -18,7 +18,8 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return usagef("server: %v", err)
 	}
-	log := newLogger(stderr, *verbose)
+	// Each line becomes one record in the client's log, which has its own time.
+	log := newLogger(stderr, *verbose, dropTime)
 	return server.Serve(ctx, stdio{}, server.Config{
 		Program: "k8stunnel " + version,
 		Log:     log,
