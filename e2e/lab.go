@@ -56,6 +56,27 @@ const namePrefix = "k8t-"
 
 var labSeq atomic.Int64
 
+// open holds the labs not yet closed, so a signal handler can remove them all (CloseAll) before the process dies.
+var open struct {
+	sync.Mutex
+	labs map[*Lab]bool
+}
+
+// CloseAll closes every lab of this process that is still open; for signal handlers.
+func CloseAll() error {
+	open.Lock()
+	var labs []*Lab
+	for l := range open.labs {
+		labs = append(labs, l)
+	}
+	open.Unlock()
+	var errs []error
+	for _, l := range labs {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(errs...)
+}
+
 // Options configures a Lab.
 type Options struct {
 	// Binary is the k8stunnel binary StartClient runs. Only needed for StartClient.
@@ -107,6 +128,12 @@ func New(opts Options) (lab *Lab, err error) {
 		Pod:    &Netns{Name: prefix + "-pod"},
 		opts:   opts,
 	}
+	open.Lock()
+	if open.labs == nil {
+		open.labs = map[*Lab]bool{}
+	}
+	open.labs[l] = true
+	open.Unlock()
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, l.Close())
@@ -226,7 +253,7 @@ func (l *Lab) startSSHD() error {
 		"PasswordAuthentication no",
 		"KbdInteractiveAuthentication no",
 		"StrictModes no",
-		"UsePAM no",
+		"UsePAM " + usePAM(),
 		"UseDNS no",
 		"PidFile " + filepath.Join(l.Dir, "sshd.pid"),
 		"SetEnv HOME=" + l.NodeHome,
@@ -267,6 +294,22 @@ func (l *Lab) startSSHD() error {
 	}
 }
 
+// usePAM says "no", as the lab wants, unless root's password is locked ("!" in /etc/shadow, common on hosts with
+// sudo only): without PAM, sshd refuses a locked account even for key logins. With PAM the lock only concerns
+// passwords; Debian's PAM stack for sshd works inside a network namespace.
+func usePAM() string {
+	shadow, err := os.ReadFile("/etc/shadow")
+	if err != nil {
+		return "no"
+	}
+	for _, line := range strings.Split(string(shadow), "\n") {
+		if pw, ok := strings.CutPrefix(line, "root:"); ok && strings.HasPrefix(pw, "!") {
+			return "yes"
+		}
+	}
+	return "no"
+}
+
 // SSHDLog returns what sshd has logged so far (it runs with -e and LogLevel VERBOSE).
 func (l *Lab) SSHDLog() string { return l.sshdLog.String() }
 
@@ -300,6 +343,9 @@ func (l *Lab) Close() error {
 }
 
 func (l *Lab) close() error {
+	open.Lock()
+	delete(open.labs, l)
+	open.Unlock()
 	var errs []error
 	l.mu.Lock()
 	clients := l.clients
@@ -310,7 +356,7 @@ func (l *Lab) close() error {
 	if l.httpServer != nil {
 		l.httpServer.Close()
 	}
-	if l.sshd != nil {
+	if l.sshdDone != nil {
 		syscall.Kill(-l.sshd.Process.Pid, syscall.SIGKILL)
 		<-l.sshdDone
 	}
@@ -647,6 +693,7 @@ func (c *Client) Wait(timeout time.Duration) error {
 	}
 }
 
+// kill ends the client's whole group (a surviving firewall child included) and waits for the client.
 func (c *Client) kill() {
 	syscall.Kill(-c.Pid(), syscall.SIGKILL)
 	<-c.exited

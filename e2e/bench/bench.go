@@ -1,0 +1,456 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/k8stunnel/k8stunnel/e2e"
+)
+
+const (
+	iperfPort = 5201
+	// delayPort is where the delay relay listens on the node, in front of sshd.
+	delayPort = 2222
+	// oneWayDelay makes a 50 ms round trip through the delay relay.
+	oneWayDelay = 25 * time.Millisecond
+)
+
+// echoPort gives each mode its own echo port on the pod, so the TIME_WAIT entries one mode's connection-rate run
+// leaves behind do not crowd the next mode's port space.
+var echoPort = map[string]int{"direct": 7001, "openssh": 7002, "sshuttle": 7003, "k8stunnel": 7004}
+
+var cidrs = []string{e2e.ServiceCIDR, e2e.PodCIDR}
+
+type bench struct {
+	cfg  config
+	lab  *e2e.Lab
+	self string
+	res  *results
+	// delayKnownHosts holds the node's host key under [NodeAddr]:delayPort, the name a client looks up there.
+	delayKnownHosts string
+}
+
+// prepare starts the pod's servers and the delay relay and tunes the namespaces for many short connections.
+func (b *bench) prepare() error {
+	for _, ns := range []*e2e.Netns{b.lab.Laptop, b.lab.Node} {
+		// Many short connections: reuse TIME_WAIT ports for new outgoing ones, and use a wide port range that
+		// stays clear of the listeners (12300, 15201, 17001-17004).
+		if _, err := runOutput(ns, 10*time.Second, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
+			"net.ipv4.ip_local_port_range=20000 65000"); err != nil {
+			return err
+		}
+	}
+	var ports []string
+	for _, p := range echoPort {
+		ports = append(ports, net.JoinHostPort(e2e.PodAddr, strconv.Itoa(p)))
+	}
+	echo, err := startProc(b.lab.Pod, b.self, "echo", "-listen", strings.Join(ports, ","))
+	if err != nil {
+		return err
+	}
+	if err := echo.waitOutput(readyLine, 10*time.Second); err != nil {
+		return err
+	}
+	relay, err := startProc(b.lab.Node, b.self, "delay", "-listen", net.JoinHostPort(e2e.NodeAddr, strconv.Itoa(delayPort)),
+		"-to", "127.0.0.1:22", "-delay", oneWayDelay.String())
+	if err != nil {
+		return err
+	}
+	if err := relay.waitOutput(readyLine, 10*time.Second); err != nil {
+		return err
+	}
+	kh, err := os.ReadFile(b.lab.KnownHosts)
+	if err != nil {
+		return err
+	}
+	b.delayKnownHosts = b.lab.Dir + "/known_hosts_delay"
+	alias := fmt.Sprintf("[%s]:%d ", e2e.NodeAddr, delayPort)
+	return os.WriteFile(b.delayKnownHosts, []byte(strings.Replace(string(kh), e2e.NodeAddr+" ", alias, 1)), 0o600)
+}
+
+func (b *bench) runAll() {
+	for _, m := range modes {
+		if !b.cfg.mode(m) || !(b.cfg.section("bulk") || b.cfg.section("rate") || b.cfg.section("hold")) {
+			continue
+		}
+		logf("%s: starting (load %s)", m, loadAvg())
+		t, err := b.start(m, false, 1)
+		if err != nil {
+			b.res.fail(m, "setup", err)
+			continue
+		}
+		b.measure(m, t)
+		t.stop()
+	}
+	if !b.cfg.section("rtt") {
+		return
+	}
+	for _, m := range rttModes(b.cfg.channels) {
+		if !b.cfg.mode(m.base) {
+			continue
+		}
+		logf("%s over 50 ms RTT: starting (load %s)", m.name, loadAvg())
+		t, err := b.start(m.base, true, m.channels)
+		if err != nil {
+			b.res.fail(m.name, "rtt setup", err)
+			continue
+		}
+		for _, dir := range []string{"up", "down"} {
+			v, err := b.iperf(t, dir == "down", m.parallel)
+			b.res.set("rtt_"+dir, m.name, v, err)
+		}
+		t.stop()
+	}
+}
+
+func (b *bench) measure(m string, t *tunnel) {
+	if b.cfg.section("bulk") {
+		for _, dir := range []string{"up", "down"} {
+			v, err := b.iperf(t, dir == "down", 1)
+			b.res.set("bulk_"+dir, m, v, err)
+		}
+	}
+	if b.cfg.section("rate") {
+		r, err := b.rate(t, echoPort[m])
+		b.res.setRate(m, r, err)
+	}
+	if b.cfg.section("hold") {
+		h, err := b.hold(t, echoPort[m])
+		b.res.setHold(m, h, err)
+	}
+}
+
+var modes = []string{"direct", "openssh", "sshuttle", "k8stunnel"}
+
+// rttMode is one run over the delayed path.
+type rttMode struct {
+	name     string // as shown
+	base     string // which tunnel
+	channels int    // k8stunnel --channels
+	parallel int    // iperf3 -P
+}
+
+func rttModes(n int) []rttMode {
+	return []rttMode{
+		{"openssh", "openssh", 1, 1},
+		{"sshuttle", "sshuttle", 1, 1},
+		{"k8stunnel", "k8stunnel", 1, 1},
+		{fmt.Sprintf("k8stunnel ×%d", n), "k8stunnel", n, n},
+	}
+}
+
+// tunnel is one way from the laptop to the pod, up and running.
+type tunnel struct {
+	name string
+	// host and ports say where the laptop dials to reach a pod port: the pod itself, or an ssh -L forward.
+	host  string
+	ports map[int]int
+	// pid is the laptop-side process whose memory a held connection costs; 0 when there is none.
+	pid   int
+	alive func() bool
+	stop  func()
+}
+
+func (t *tunnel) addr(podPort int) string {
+	p := podPort
+	if q, ok := t.ports[podPort]; ok {
+		p = q
+	}
+	return net.JoinHostPort(t.host, strconv.Itoa(p))
+}
+
+// start brings mode up; delayed routes SSH through the delay relay.
+func (b *bench) start(mode string, delayed bool, channels int) (*tunnel, error) {
+	sshPort, kh := 22, b.lab.KnownHosts
+	if delayed {
+		sshPort, kh = delayPort, b.delayKnownHosts
+	}
+	sshOpts := []string{"-F", "/dev/null", "-i", b.lab.Identity, "-o", "UserKnownHostsFile=" + kh,
+		"-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+		"-o", "Ciphers=aes128-gcm@openssh.com", "-p", strconv.Itoa(sshPort)}
+	lap := b.lab.Laptop
+	switch mode {
+	case "direct":
+		for _, c := range cidrs {
+			if _, err := runOutput(lap, 10*time.Second, "ip", "route", "add", c, "via", e2e.NodeAddr); err != nil {
+				return nil, err
+			}
+		}
+		return &tunnel{name: mode, host: e2e.PodAddr, alive: func() bool { return true }, stop: func() {
+			for _, c := range cidrs {
+				runOutput(lap, 10*time.Second, "ip", "route", "del", c, "via", e2e.NodeAddr)
+			}
+		}}, nil
+
+	case "openssh":
+		t := &tunnel{name: mode, host: "127.0.0.1", ports: map[int]int{}}
+		args := append([]string{"-N", "-o", "ExitOnForwardFailure=yes"}, sshOpts...)
+		for _, p := range []int{iperfPort, echoPort["openssh"]} {
+			t.ports[p] = 10000 + p
+			args = append(args, "-L", fmt.Sprintf("127.0.0.1:%d:%s:%d", 10000+p, e2e.PodAddr, p))
+		}
+		args = append(args, "root@"+e2e.NodeAddr)
+		p, err := startProc(lap, "ssh", args...)
+		if err != nil {
+			return nil, err
+		}
+		t.pid, t.alive, t.stop = p.Pid(), p.alive, p.stop
+		// ssh -N says nothing when its forwards are up: poll one until an echo comes back through it.
+		if err := b.pollEcho(t.addr(echoPort["openssh"]), p, 20*time.Second); err != nil {
+			p.stop()
+			return nil, err
+		}
+		return t, nil
+
+	case "sshuttle":
+		remote := "root@" + e2e.NodeAddr
+		if delayed {
+			remote += ":" + strconv.Itoa(delayPort)
+		}
+		// sshuttle passes -p itself when the remote names a port.
+		ssh := "ssh " + strings.Join(sshOpts[:len(sshOpts)-2], " ")
+		args := append([]string{"-r", remote, "-e", ssh}, cidrs...)
+		p, err := startProc(lap, "sshuttle", args...)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.waitOutput("Connected to server", 30*time.Second); err != nil {
+			p.stop()
+			return nil, err
+		}
+		// sshuttle says it is connected before its firewall rules are in.
+		t := &tunnel{name: mode, host: e2e.PodAddr, pid: p.Pid(), alive: p.alive, stop: p.stop}
+		if err := b.pollEcho(t.addr(echoPort["sshuttle"]), p, 20*time.Second); err != nil {
+			p.stop()
+			return nil, err
+		}
+		return t, nil
+
+	case "k8stunnel":
+		remote := "root@" + e2e.NodeAddr
+		if delayed {
+			remote += ":" + strconv.Itoa(delayPort)
+		}
+		args := []string{"-r", remote, "-i", b.lab.Identity, "--known-hosts", kh, "-F", "/dev/null",
+			"--channels", strconv.Itoa(channels)}
+		c, err := b.lab.StartClient(append(args, cidrs...)...)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.WaitReady(ctx); err != nil {
+			c.Stop(syscall.SIGKILL)
+			return nil, err
+		}
+		alive := func() bool {
+			select {
+			case <-c.Exited():
+				return false
+			default:
+				return true
+			}
+		}
+		return &tunnel{name: mode, host: e2e.PodAddr, pid: c.Pid(), alive: alive, stop: func() {
+			if os.Getenv("BENCH_DEBUG_STOP") != "" {
+				c.Signal(syscall.SIGTERM)
+				select {
+				case <-c.Exited():
+				case <-time.After(8 * time.Second):
+					c.Signal(syscall.SIGQUIT)
+					c.Wait(5 * time.Second)
+					os.WriteFile("/tmp/k8s-stop.txt", []byte(c.Stderr()), 0o644)
+				}
+			}
+			if err := c.Stop(syscall.SIGTERM); err != nil {
+				logf("k8stunnel did not stop cleanly: %v\n%s", err, tail(c.Stderr()))
+			}
+		}}, nil
+	}
+	return nil, fmt.Errorf("unknown mode %q", mode)
+}
+
+// pollEcho waits until addr echoes, from the laptop.
+func (b *bench) pollEcho(addr string, p *proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := b.lab.Laptop.Do(func() error { return echoOnce(addr, []byte("ping"), make([]byte, 4)) })
+		if err == nil {
+			return nil
+		}
+		if !p.alive() {
+			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, tail(p.out.String()))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no echo through %s within %v: %v\n%s", p.name, timeout, err, tail(p.out.String()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// iperf runs one iperf3 test through t and returns the receiver's throughput in Mbit/s.
+func (b *bench) iperf(t *tunnel, reverse bool, parallel int) (float64, error) {
+	srv, err := startProc(b.lab.Pod, "iperf3", "-s", "-1", "--forceflush", "-B", e2e.PodAddr, "-p", strconv.Itoa(iperfPort))
+	if err != nil {
+		return 0, err
+	}
+	defer srv.stop()
+	if err := srv.waitOutput("Server listening", 10*time.Second); err != nil {
+		return 0, err
+	}
+	host, port, _ := net.SplitHostPort(t.addr(iperfPort))
+	args := []string{"-c", host, "-p", port, "-t", strconv.Itoa(int(b.cfg.bulk.Seconds())), "-J",
+		"--connect-timeout", "5000", "-P", strconv.Itoa(parallel)}
+	if reverse {
+		args = append(args, "-R")
+	}
+	out, err := runOutput(b.lab.Laptop, b.cfg.bulk+30*time.Second, "iperf3", args...)
+	var r struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if jerr := json.Unmarshal(out, &r); jerr != nil {
+		if err == nil {
+			err = jerr
+		}
+		return 0, err
+	}
+	if r.Error != "" {
+		return 0, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	if err != nil {
+		return 0, err
+	}
+	v := r.End.SumReceived.BitsPerSecond / 1e6
+	dir := "laptop→pod"
+	if reverse {
+		dir = "pod→laptop"
+	}
+	logf("  %s %s -P %d: %.0f Mbit/s", t.name, dir, parallel, v)
+	return v, nil
+}
+
+// rate runs the connection-rate client through t.
+func (b *bench) rate(t *tunnel, podPort int) (rateResult, error) {
+	var r rateResult
+	out, err := runOutput(b.lab.Laptop, b.cfg.rate+30*time.Second, b.self, "rate", "-addr", t.addr(podPort),
+		"-c", "16", "-d", b.cfg.rate.String())
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return r, err
+	}
+	logf("  %s: %.0f conn/s, p50 %.2f ms, p99 %.2f ms, %d errors", t.name, r.Rate, r.P50ms, r.P99ms, r.Errors)
+	if r.Conns == 0 {
+		return r, fmt.Errorf("no connection succeeded: %s", r.Err)
+	}
+	return r, nil
+}
+
+// holdResult is the held-connections figure for one mode.
+type holdResult struct {
+	Steps []holdStep `json:"steps"`
+	// Held is the most connections that were open and all echoing at once.
+	Held int `json:"held"`
+	// RSSBeforeKiB and RSSPeakKiB are the laptop-side tunnel process's VmRSS before the first connection and with
+	// Held connections open.
+	RSSBeforeKiB int     `json:"rss_before_kib,omitempty"`
+	RSSPeakKiB   int     `json:"rss_peak_kib,omitempty"`
+	KiBPerConn   float64 `json:"kib_per_conn,omitempty"`
+	TunnelDied   bool    `json:"tunnel_died,omitempty"`
+}
+
+// hold steps the number of open connections through t up and reads the tunnel process's memory at each step.
+func (b *bench) hold(t *tunnel, podPort int) (holdResult, error) {
+	var h holdResult
+	if t.pid != 0 {
+		h.RSSBeforeKiB, _ = rssKiB(t.pid)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := b.lab.Laptop.Command(ctx, b.self, "hold", "-addr", t.addr(podPort), "-steps", b.cfg.steps)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return h, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return h, err
+	}
+	if err := cmd.Start(); err != nil {
+		return h, err
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	for {
+		var line string
+		var ok bool
+		select {
+		case line, ok = <-lines:
+		case <-time.After(90 * time.Second):
+			cancel()
+			return h, errors.New("hold: no step finished within 90 s")
+		}
+		if !ok {
+			break
+		}
+		var st holdStep
+		if err := json.Unmarshal([]byte(line), &st); err != nil {
+			return h, fmt.Errorf("hold: %w", err)
+		}
+		h.Steps = append(h.Steps, st)
+		rss := 0
+		if t.pid != 0 {
+			rss, _ = rssKiB(t.pid)
+		}
+		if st.Echoing == st.Target {
+			h.Held = st.Echoing
+			if rss > 0 {
+				h.RSSPeakKiB = rss
+			}
+		}
+		logf("  %s: %d/%d open, %d echoing in %.1f s, rss %d KiB %s", t.name, st.Open, st.Target, st.Echoing, st.Seconds, rss, st.Err)
+		if st.Echoing < st.Target {
+			if !t.alive() {
+				h.TunnelDied = true
+				logf("  %s: the tunnel process died", t.name)
+			}
+			break
+		}
+		if len(h.Steps) == strings.Count(b.cfg.steps, ",")+1 {
+			break
+		}
+		io.WriteString(stdin, "\n")
+	}
+	if h.Held > 0 && h.RSSPeakKiB > 0 && h.RSSBeforeKiB > 0 {
+		h.KiBPerConn = float64(h.RSSPeakKiB-h.RSSBeforeKiB) / float64(h.Held)
+	}
+	return h, nil
+}
