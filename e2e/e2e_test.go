@@ -509,7 +509,13 @@ func describe(pids []int) string {
 // stuck tunnel fails the test instead of hanging it.
 func servePod(t *testing.T, lab *Lab, handle func(net.Conn)) string {
 	t.Helper()
-	ln, err := lab.Pod.Listen("tcp", net.JoinHostPort(PodAddr, "0"))
+	return servePodAt(t, lab, net.JoinHostPort(PodAddr, "0"), handle)
+}
+
+// servePodAt serves handle on addr in the pod namespace and returns the address it listens on.
+func servePodAt(t *testing.T, lab *Lab, addr string, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := lab.Pod.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
