@@ -28,6 +28,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,8 +75,9 @@ type DNSConfig struct {
 	// Search makes short names resolve: each entry is a namespace ("default")
 	// or a domain under the cluster domain ("default.svc.cluster.local").
 	Search []string
-	// Upstreams are the laptop's resolvers (ReadResolvConf): where names
-	// outside the cluster domain go, and what the firewall captures.
+	// Upstreams are the laptop's resolvers (ReadResolvConf): what the
+	// firewall captures (Resolvers), and where names outside the cluster
+	// domain go unless All is set.
 	Upstreams []netip.AddrPort
 	// Listen are the addresses to serve on; empty means 127.0.0.1 and ::1
 	// (when this host has IPv6), where REDIRECT sends the host's own packets.
@@ -169,8 +171,8 @@ func NewDNSProxy(cfg DNSConfig, dial DNSDialer) (*DNSProxy, error) {
 	if _, ok := dns.IsDomainName(domain); !ok || domain == "." {
 		return nil, fmt.Errorf("bad cluster domain %q: want a DNS name such as %s", cfg.ClusterDomain, DefaultClusterDomain)
 	}
-	if !cfg.All && len(cfg.Upstreams) == 0 {
-		return nil, errors.New("dns proxy: no upstream resolver for names outside the cluster")
+	if len(cfg.Upstreams) == 0 {
+		return nil, errors.New("dns proxy: no laptop resolver to capture")
 	}
 	p := &DNSProxy{
 		cfg:        cfg,
@@ -223,6 +225,30 @@ func searchSuffix(s, domain string) (string, error) {
 		return name + "svc." + domain, nil
 	}
 	return "", fmt.Errorf("bad search namespace %q: want a namespace such as default, or a domain under %s", s, domain)
+}
+
+// Resolvers are the laptop's resolvers whose UDP and TCP traffic the firewall
+// must redirect to Port: the firewall's DNS.
+func (p *DNSProxy) Resolvers() []netip.AddrPort { return slices.Clone(p.cfg.Upstreams) }
+
+// String says where names go, for the "tunnel ready" line, e.g.
+// "cluster.local via 10.96.0.10, search default, others via 127.0.0.53:53".
+func (p *DNSProxy) String() string {
+	s := strings.TrimSuffix(p.domain, ".") + " via " + p.clusterDNS.Addr().String()
+	if len(p.cfg.Search) > 0 {
+		s += ", search " + strings.Join(p.cfg.Search, " ")
+	}
+	var others []string
+	if p.cfg.All {
+		for _, a := range p.nodeDNS {
+			others = append(others, a.Addr().String())
+		}
+		return s + ", others via the node's " + strings.Join(others, " ")
+	}
+	for _, a := range p.cfg.Upstreams {
+		others = append(others, a.String())
+	}
+	return s + ", others via " + strings.Join(others, " ")
 }
 
 // Port is where the proxy serves, UDP and TCP: the firewall's DNSPort.
@@ -400,14 +426,18 @@ func (p *DNSProxy) answer(base context.Context, w dns.ResponseWriter, req *dns.M
 	ctx, cancel := context.WithTimeout(base, queryTimeout)
 	defer cancel()
 	_, overUDP := w.LocalAddr().(*net.UDPAddr)
+	proto := "tcp"
+	if overUDP {
+		proto = "udp"
+	}
 	q := req.Question[0]
 	start := time.Now()
 	resp, route, err := p.resolve(ctx, req, !overUDP)
 	if err != nil {
-		p.log.Debug("dns query failed", "name", q.Name, "type", dns.Type(q.Qtype), "via", route, "err", err)
+		p.log.Debug("dns query failed", "name", q.Name, "type", dns.Type(q.Qtype), "proto", proto, "via", route, "err", err)
 		resp = new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
 	} else {
-		p.log.Debug("dns", "name", q.Name, "type", dns.Type(q.Qtype), "via", route,
+		p.log.Debug("dns", "name", q.Name, "type", dns.Type(q.Qtype), "proto", proto, "via", route,
 			"rcode", dns.RcodeToString[resp.Rcode], "answers", len(resp.Answer), "took", time.Since(start).Round(time.Millisecond))
 	}
 	resp.Id = req.Id

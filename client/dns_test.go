@@ -276,6 +276,14 @@ func TestDNSProxySplit(t *testing.T) {
 	}
 }
 
+func TestDNSProxyString(t *testing.T) {
+	fx := startProxy(t, DNSConfig{Search: []string{"default"}})
+	want := fmt.Sprintf("cluster.local via 10.96.0.53, search default, others via %v", fx.upstream.addr)
+	if got := fx.proxy.String(); got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+}
+
 func TestDNSProxyReusesStreams(t *testing.T) {
 	fx := startProxy(t, DNSConfig{})
 	for range 5 {
@@ -443,7 +451,7 @@ func TestNewDNSProxyErrors(t *testing.T) {
 		{"no cluster dns", DNSConfig{Upstreams: up, Listen: lo}, "--cluster-dns"},
 		{"bad domain", DNSConfig{ClusterDNS: testClusterDNS, ClusterDomain: "a..b", Upstreams: up, Listen: lo}, "bad cluster domain"},
 		{"bad search", DNSConfig{ClusterDNS: testClusterDNS, Search: []string{"corp.example.com"}, Upstreams: up, Listen: lo}, "want a namespace"},
-		{"no upstream", DNSConfig{ClusterDNS: testClusterDNS, Listen: lo}, "no upstream"},
+		{"no resolver", DNSConfig{ClusterDNS: testClusterDNS, All: true, Listen: lo}, "no laptop resolver"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,6 +89,35 @@ func IsolateDNS(ns *Netns) (undo func() error, err error) {
 	return func() error { return os.RemoveAll(dir) }, nil
 }
 
+// ServeNXDomain answers every DNS query that reaches 127.0.0.1:53 in ns with "no such name", as a resolver does
+// for a name that does not exist. With IsolateDNS it gives commands in ns a real "no such host" without a packet
+// leaving ns.
+func ServeNXDomain(ns *Netns) (stop func(), err error) {
+	var pc net.PacketConn
+	err = ns.Do(func() error {
+		pc, err = net.ListenPacket("udp", "127.0.0.1:53")
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listening for DNS in %s: %w", ns.Name, err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetRcode(q, dns.RcodeNameError)
+		w.WriteMsg(m)
+	})}
+	done := make(chan struct{})
+	go func() {
+		srv.ActivateAndServe()
+		close(done)
+	}()
+	return func() {
+		srv.Shutdown()
+		pc.Close()
+		<-done
+	}, nil
+}
+
 // StartClientCmd runs name args... in the laptop namespace and watches it like StartClient does (ReadyLine, exit,
 // cleanup with the lab), but lets customize change the command before it starts: its environment, stdin,
 // process attributes. name need not be the k8stunnel binary: a wrapper (setpriv, a shell) works, as long as the
@@ -134,7 +165,12 @@ func (c *Client) ExitErr() error {
 // AsUser prefixes argv so that it runs as user and group with no supplementary groups and no capabilities, the
 // way a normal login would run it. The bounding set is kept: sudo needs it to become root again.
 func AsUser(user, group string, argv ...string) []string {
-	return append([]string{"setpriv", "--reuid=" + user, "--regid=" + group, "--clear-groups", "--inh-caps=-all"}, argv...)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		setpriv = "setpriv" // the command fails and says so
+	}
+	// An absolute path, so the caller may give the user a PATH without it.
+	return append([]string{setpriv, "--reuid=" + user, "--regid=" + group, "--clear-groups", "--inh-caps=-all"}, argv...)
 }
 
 // UserEnv is a minimal login environment for a normal user with home as $HOME and path as $PATH.
@@ -295,6 +331,15 @@ func OpenPty() (ptm, pts *os.File, err error) {
 		return fail(err)
 	}
 	return ptm, pts, nil
+}
+
+// ForegroundGroup asks the terminal whose master side ptm is which process group is its foreground job.
+func ForegroundGroup(ptm *os.File) (int, error) {
+	pgrp, err := unix.IoctlGetInt(int(ptm.Fd()), unix.TIOCGPGRP)
+	if err != nil {
+		return 0, fmt.Errorf("reading the terminal's foreground group: %w", err)
+	}
+	return pgrp, nil
 }
 
 // Proc is what /proc says about one process.

@@ -47,6 +47,8 @@ type Facts struct {
 	ServiceCIDRs  []string `json:"service_cidrs,omitempty"`
 	DNS           []string `json:"dns,omitempty"`
 	ClusterDomain string   `json:"cluster_domain,omitempty"`
+	// NodeDNS are the node's own resolvers, used with --dns-all.
+	NodeDNS []string `json:"node_dns,omitempty"`
 	// Sources says where each fact came from, for the user.
 	Sources []string `json:"sources,omitempty"`
 }

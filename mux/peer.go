@@ -94,7 +94,25 @@ func NewServer(rwc io.ReadWriteCloser, answer func(Hello) Hello, log *slog.Logge
 }
 
 func newSession(ys *yamux.Session, peer Hello, log *slog.Logger) *Session {
-	return &Session{ys: ys, log: log, Peer: peer, active: make(map[uint32]*Stream)}
+	s := &Session{ys: ys, log: log, Peer: peer, active: make(map[uint32]*Stream)}
+	go s.unblockOnClose()
+	return s
+}
+
+// unblockOnClose wakes every stream's reader and writer when the session
+// ends. yamux marks its streams closed only after its receive loop has
+// stopped, which over SSH waits for the peer to confirm the channel close;
+// until then each blocked Read or Write wakes on the closed session, finds
+// its stream still open and waits again, in a loop that never sleeps. A
+// deadline in the past makes them return instead of spinning: with
+// thousands of streams that spin took both cores for seconds.
+func (s *Session) unblockOnClose() {
+	<-s.ys.CloseChan()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.active {
+		st.s.SetDeadline(time.Now())
+	}
 }
 
 // Dial opens a stream asking the helper to connect to dst. The request goes
@@ -155,6 +173,10 @@ func (s *Session) track(ys *yamux.Stream, needStatus bool) *Stream {
 	s.mu.Lock()
 	s.active[ys.StreamID()] = st
 	s.mu.Unlock()
+	if s.ys.IsClosed() {
+		// Too late for unblockOnClose, which may have run already.
+		ys.SetDeadline(time.Now())
+	}
 	return st
 }
 
@@ -229,7 +251,7 @@ func (c *Stream) readErr(err error) error {
 	switch {
 	case c.reset.Load():
 		return ErrPeerReset
-	case err == io.EOF && c.s.Session().IsClosed():
+	case (err == io.EOF || errors.Is(err, yamux.ErrTimeout)) && c.s.Session().IsClosed():
 		return ErrSessionLost
 	}
 	return err
@@ -237,8 +259,12 @@ func (c *Stream) readErr(err error) error {
 
 func (c *Stream) Write(b []byte) (int, error) {
 	n, err := c.s.Write(b)
-	if err != nil && c.reset.Load() {
+	switch {
+	case err == nil:
+	case c.reset.Load():
 		err = ErrPeerReset
+	case c.s.Session().IsClosed():
+		err = ErrSessionLost
 	}
 	return n, err
 }
@@ -256,6 +282,9 @@ func (c *Stream) Close() error {
 		// once it has aborted, so wait for that, bounded, then close ours.
 		go func() {
 			c.s.SetReadDeadline(time.Now().Add(abortLinger))
+			if c.s.Session().IsClosed() {
+				c.s.SetReadDeadline(time.Now()) // see unblockOnClose
+			}
 			io.Copy(io.Discard, c.s)
 			c.s.Close()
 			c.sess.forget(c.s.StreamID())

@@ -107,7 +107,7 @@ func (b *bench) runAll() {
 		}
 		for _, dir := range []string{"up", "down"} {
 			v, err := b.iperf(t, dir == "down", m.parallel)
-			b.res.set("rtt_"+dir, m.name, v, err)
+			b.res.set("rtt_"+dir, m.name, v.Mbits, err)
 		}
 		t.stop()
 	}
@@ -117,7 +117,10 @@ func (b *bench) measure(m string, t *tunnel) {
 	if b.cfg.section("bulk") {
 		for _, dir := range []string{"up", "down"} {
 			v, err := b.iperf(t, dir == "down", 1)
-			b.res.set("bulk_"+dir, m, v, err)
+			b.res.set("bulk_"+dir, m, v.Mbits, err)
+			if err == nil && m != "direct" {
+				b.res.set("cpu_"+dir, m, v.CPUPerGB, nil)
+			}
 		}
 	}
 	if b.cfg.section("rate") {
@@ -299,14 +302,14 @@ func (b *bench) pollEcho(addr string, p *proc, timeout time.Duration) error {
 }
 
 // iperf runs one iperf3 test through t and returns the receiver's throughput in Mbit/s.
-func (b *bench) iperf(t *tunnel, reverse bool, parallel int) (float64, error) {
+func (b *bench) iperf(t *tunnel, reverse bool, parallel int) (bulkResult, error) {
 	srv, err := startProc(b.lab.Pod, "iperf3", "-s", "-1", "--forceflush", "-B", e2e.PodAddr, "-p", strconv.Itoa(iperfPort))
 	if err != nil {
-		return 0, err
+		return bulkResult{}, err
 	}
 	defer srv.stop()
 	if err := srv.waitOutput("Server listening", 10*time.Second); err != nil {
-		return 0, err
+		return bulkResult{}, err
 	}
 	host, port, _ := net.SplitHostPort(t.addr(iperfPort))
 	args := []string{"-c", host, "-p", port, "-t", strconv.Itoa(int(b.cfg.bulk.Seconds())), "-J",
@@ -314,12 +317,15 @@ func (b *bench) iperf(t *tunnel, reverse bool, parallel int) (float64, error) {
 	if reverse {
 		args = append(args, "-R")
 	}
+	cpu0 := b.tunnelCPU()
 	out, err := runOutput(b.lab.Laptop, b.cfg.bulk+30*time.Second, "iperf3", args...)
+	cpu := b.tunnelCPU() - cpu0
 	var r struct {
 		Error string `json:"error"`
 		End   struct {
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
+				Bytes         float64 `json:"bytes"`
 			} `json:"sum_received"`
 		} `json:"end"`
 	}
@@ -327,21 +333,58 @@ func (b *bench) iperf(t *tunnel, reverse bool, parallel int) (float64, error) {
 		if err == nil {
 			err = jerr
 		}
-		return 0, err
+		return bulkResult{}, err
 	}
 	if r.Error != "" {
-		return 0, fmt.Errorf("iperf3: %s", r.Error)
+		return bulkResult{}, fmt.Errorf("iperf3: %s", r.Error)
 	}
 	if err != nil {
-		return 0, err
+		return bulkResult{}, err
 	}
 	v := r.End.SumReceived.BitsPerSecond / 1e6
 	dir := "laptop→pod"
 	if reverse {
 		dir = "pod→laptop"
 	}
-	logf("  %s %s -P %d: %.0f Mbit/s", t.name, dir, parallel, v)
-	return v, nil
+	gb := r.End.SumReceived.Bytes / 1e9
+	logf("  %s %s -P %d: %.0f Mbit/s, tunnel CPU %.2f s/GB", t.name, dir, parallel, v, cpu.Seconds()/gb)
+	return bulkResult{Mbits: v, CPUPerGB: cpu.Seconds() / gb}, nil
+}
+
+// bulkResult is one iperf3 run.
+type bulkResult struct {
+	Mbits float64
+	// CPUPerGB is the CPU time the tunnel's processes (everything in the lab but iperf3) spent per GB moved.
+	CPUPerGB float64
+}
+
+// tunnelCPU is the CPU time used so far by every process in the lab's namespaces except iperf3: the tunnel's
+// client, ssh, sshd, helper. It tells apart a tunnel that is slow from one that starves for CPU on a busy machine.
+func (b *bench) tunnelCPU() time.Duration {
+	var ticks int64
+	for _, ns := range []*e2e.Netns{b.lab.Laptop, b.lab.Node, b.lab.Pod} {
+		pids, _ := ns.Pids()
+		for _, pid := range pids {
+			stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil {
+				continue
+			}
+			// comm is in parentheses and may hold spaces: fields count from after the last ')'.
+			s := string(stat)
+			i := strings.LastIndexByte(s, ')')
+			if i < 0 || strings.Contains(s[:i], "(iperf3") {
+				continue
+			}
+			f := strings.Fields(s[i+1:])
+			if len(f) < 13 {
+				continue
+			}
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			k, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + k
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
 // rate runs the connection-rate client through t.

@@ -88,6 +88,8 @@ func newResults(cfg config) *results {
 	for _, m := range []metric{
 		{ID: "bulk_up", Title: "bulk laptop→pod", Unit: "Mbit/s", Better: "higher"},
 		{ID: "bulk_down", Title: "bulk pod→laptop", Unit: "Mbit/s", Better: "higher"},
+		{ID: "cpu_up", Title: "tunnel CPU, laptop→pod", Unit: "CPU-s/GB", Better: "lower"},
+		{ID: "cpu_down", Title: "tunnel CPU, pod→laptop", Unit: "CPU-s/GB", Better: "lower"},
 		{ID: "conn_rate", Title: "new connections (16 clients)", Unit: "conn/s", Better: "higher"},
 		{ID: "conn_p50", Title: "connect+echo+close p50", Unit: "ms", Better: "lower"},
 		{ID: "conn_p99", Title: "connect+echo+close p99", Unit: "ms", Better: "lower"},
@@ -240,7 +242,7 @@ func (r *results) cell(m *metric, mode string) string {
 		return "-"
 	}
 	switch {
-	case m.Unit == "ms" || m.Unit == "KiB":
+	case m.Unit == "ms" || m.Unit == "KiB" || m.Unit == "CPU-s/GB":
 		return fmt.Sprintf("%.2f", v)
 	case m.ID == "held" && m.Errors[mode] != "":
 		return fmt.Sprintf("%.0f (died)", v)
