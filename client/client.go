@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -42,6 +44,13 @@ type Config struct {
 	Listen  []string
 	Include []firewall.Target
 	Exclude []firewall.Target
+	// AutoCIDRs forwards the pod and service CIDRs the helper finds on the
+	// node, in addition to Include.
+	AutoCIDRs bool
+	// DNS, when set, answers the laptop's DNS queries (see DNSConfig). What
+	// it leaves unset (cluster DNS IP and domain, the node's resolvers) is
+	// filled in from what the helper finds on the node.
+	DNS *DNSConfig
 	// Channels is how many SSH channels (each with its own helper) carry the
 	// streams; 0 means 1.
 	Channels int
@@ -78,6 +87,8 @@ type Client struct {
 	log       *slog.Logger
 	listeners []*net.TCPListener
 	port      uint16
+	include   []firewall.Target // Include plus what AutoCIDRs found
+	dns       *DNSProxy         // nil without DNS
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -93,7 +104,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.SSH.Remote == "" {
 		return nil, errors.New("no remote given")
 	}
-	if len(cfg.Include) == 0 {
+	if len(cfg.Include) == 0 && !cfg.AutoCIDRs {
 		return nil, errors.New("no CIDRs to forward")
 	}
 	if cfg.StartFirewall == nil {
@@ -116,6 +127,13 @@ func New(cfg Config) (*Client, error) {
 	}
 	cfg.SSH.Log = cfg.Log
 	cfg.Helper.Log = cfg.Log
+	if cfg.DNS != nil {
+		d := *cfg.DNS
+		if d.Log == nil {
+			d.Log = cfg.Log
+		}
+		cfg.DNS = &d
+	}
 	c := &Client{cfg: cfg, log: cfg.Log}
 	if err := c.listen(); err != nil {
 		return nil, err
@@ -195,6 +213,13 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.setLink(nil)
 		c.wg.Wait()
 	}()
+	// Deferred before the firewall's removal, so it runs after it: until the
+	// capture rules are gone, captured queries still get answers.
+	defer func() {
+		if c.dns != nil {
+			c.dns.Close()
+		}
+	}()
 
 	fw, err := c.cfg.StartFirewall(ctx)
 	if err != nil {
@@ -211,6 +236,25 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		return err
 	}
 	server := l.server
+	if err := c.useFacts(l.facts); err != nil {
+		l.close()
+		return err
+	}
+	if c.cfg.DNS != nil {
+		p, err := NewDNSProxy(c.cfg.DNS.WithFacts(l.facts), c.dialDNS)
+		if err != nil {
+			l.close()
+			return err
+		}
+		c.dns = p
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := p.Run(ctx); err != nil {
+				c.log.Error("DNS stopped", "err", err)
+			}
+		}()
+	}
 	if err := fw.Install(c.spec(server)); err != nil {
 		l.close()
 		return fmt.Errorf("installing firewall rules: %w", err)
@@ -220,7 +264,11 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.wg.Add(1)
 		go c.acceptLoop(ctx, ln)
 	}
-	c.log.Info("tunnel ready", "remote", l.target, "port", c.port, "forward", targetsString(c.cfg.Include))
+	ready := []any{"remote", l.target, "port", c.port, "forward", targetsString(c.include)}
+	if c.dns != nil {
+		ready = append(ready, "dns", c.dns.String())
+	}
+	c.log.Info("tunnel ready", ready...)
 	if c.cfg.OnReady != nil {
 		c.cfg.OnReady()
 	}
@@ -266,7 +314,56 @@ func (c *Client) Run(ctx context.Context) (err error) {
 func (c *Client) spec(server netip.Addr) firewall.Spec {
 	ex := append([]firewall.Target(nil), c.cfg.Exclude...)
 	ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
-	return firewall.Spec{Port: c.port, Include: c.cfg.Include, Exclude: ex}
+	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex}
+	if c.dns != nil {
+		s.DNS, s.DNSPort, s.DNSBypassPort = c.dns.Resolvers(), c.dns.Port(), c.dns.BypassPort()
+	}
+	return s
+}
+
+// useFacts settles what to forward: Include, plus with AutoCIDRs the CIDRs
+// the helper found, each announced with where it came from.
+func (c *Client) useFacts(f *mux.Facts) error {
+	c.include = slices.Clone(c.cfg.Include)
+	if !c.cfg.AutoCIDRs {
+		return nil
+	}
+	if f == nil {
+		f = &mux.Facts{}
+	}
+	for _, s := range f.Sources {
+		c.log.Info("found on the node: " + s)
+	}
+	for _, s := range slices.Concat(f.ServiceCIDRs, f.PodCIDRs) {
+		t, err := firewall.ParseTarget(s)
+		if err != nil {
+			c.log.Warn("ignoring a CIDR from the node", "cidr", s, "err", err)
+			continue
+		}
+		if !slices.Contains(c.include, t) {
+			c.include = append(c.include, t)
+		}
+	}
+	if len(c.include) == 0 {
+		return &HintError{
+			Err: errors.New("-N found no pod or service CIDR on the node (no kubeadm manifests, kubelet, k3s or flannel files)"),
+			Hint: "name them as arguments, e.g. k8stunnel -r NODE 10.96.0.0/12 10.244.0.0/16 " +
+				"(kubectl cluster-info dump | grep -m2 -e service-cluster-ip-range -e cluster-cidr shows yours)",
+		}
+	}
+	if len(f.ServiceCIDRs) == 0 && len(c.cfg.Include) == 0 {
+		c.log.Warn("-N found no service CIDR on the node; service IPs are not forwarded. Pass the range as an argument, e.g. 10.96.0.0/12")
+	}
+	return nil
+}
+
+// dialDNS opens a stream for the DNS proxy: the helper dials dst from the node.
+func (c *Client) dialDNS(_ context.Context, dst netip.AddrPort) (io.ReadWriteCloser, error) {
+	sess := c.session()
+	if sess == nil {
+		return nil, errors.New("tunnel is down")
+	}
+	return sess.Dial(dst)
 }
 
 // reconnect retries with backoff until it gets a link or ctx ends. Each
@@ -401,6 +498,7 @@ type link struct {
 	target   string
 	server   netip.Addr
 	sessions []*mux.Session
+	facts    *mux.Facts // what the helper found on the node, if asked
 	done     chan struct{}
 
 	once    sync.Once
@@ -467,7 +565,8 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 			sc.Close()
 			return nil, err
 		}
-		sess, err := mux.NewClient(rwc, mux.Hello{Program: c.cfg.Program}, c.log)
+		hello := mux.Hello{Program: c.cfg.Program, Discover: i == 0 && (c.cfg.AutoCIDRs || c.cfg.DNS != nil)}
+		sess, err := mux.NewClient(rwc, hello, c.log)
 		if err != nil {
 			rwc.Close()
 			sc.Close()
@@ -477,6 +576,9 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 			return nil, fmt.Errorf("starting the helper on the node: %w", err)
 		}
 		l.sessions = append(l.sessions, sess)
+		if i == 0 {
+			l.facts = sess.Peer.Facts
+		}
 	}
 	if !stop() {
 		return nil, fmt.Errorf("connecting to %s: no answer in %v", l.target, setup)

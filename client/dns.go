@@ -161,8 +161,10 @@ func NewDNSProxy(cfg DNSConfig, dial DNSDialer) (*DNSProxy, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if !cfg.ClusterDNS.IsValid() {
-		return nil, errors.New("no cluster DNS IP known and none found on the node; pass it with --cluster-dns IP\n" +
-			"hint: kubectl -n kube-system get service kube-dns -o jsonpath='{.spec.clusterIP}'")
+		return nil, &HintError{
+			Err:  errors.New("no cluster DNS IP: none given and none found on the node"),
+			Hint: "pass it: --cluster-dns $(kubectl -n kube-system get service kube-dns -o jsonpath='{.spec.clusterIP}')",
+		}
 	}
 	if cfg.ClusterDomain == "" {
 		cfg.ClusterDomain = DefaultClusterDomain
@@ -282,7 +284,12 @@ func (p *DNSProxy) listen() error {
 
 func (p *DNSProxy) listenOn(addrs []netip.Addr, port uint16, optional bool) error {
 	fail := func(err error) error {
-		p.closeAll()
+		for _, u := range p.udpLns {
+			u.Close()
+		}
+		for _, t := range p.tcpLns {
+			t.Close()
+		}
 		p.udpLns, p.tcpLns = nil, nil
 		return err
 	}

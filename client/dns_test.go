@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -460,8 +461,13 @@ func TestNewDNSProxyErrors(t *testing.T) {
 				p.Close()
 				t.Fatalf("no error, want one mentioning %q", tt.want)
 			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error %q, want it to mention %q", err, tt.want)
+			msg := err.Error()
+			var he *HintError
+			if errors.As(err, &he) {
+				msg += "\nhint: " + he.Hint
+			}
+			if !strings.Contains(msg, tt.want) {
+				t.Errorf("error %q, want it to mention %q", msg, tt.want)
 			}
 		})
 	}
@@ -570,5 +576,35 @@ func TestReadResolvConf(t *testing.T) {
 	}
 	if _, _, err := ReadResolvConf(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("no error for a missing file")
+	}
+}
+
+func TestDNSProxyListenRetry(t *testing.T) {
+	// A port free for UDP but taken for TCP fails one attempt; the next
+	// attempt must start clean, with nothing of the failed one closed twice
+	// or left closed.
+	lo := netip.MustParseAddr("127.0.0.1")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	taken := uint16(l.Addr().(*net.TCPAddr).Port)
+	p := &DNSProxy{}
+	if err := p.listenOn([]netip.Addr{lo}, taken, false); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("port %d taken for TCP: err %v, want EADDRINUSE", taken, err)
+	}
+	if len(p.udpLns) != 0 || len(p.tcpLns) != 0 {
+		t.Fatalf("failed attempt left sockets: %d udp, %d tcp", len(p.udpLns), len(p.tcpLns))
+	}
+	if err := p.listenOn([]netip.Addr{lo}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if p.streams.closed {
+		t.Error("a failed attempt closed the stream pool")
+	}
+	p.closeAll()
+	if _, _, err := p.udpLns[0].ReadFrom(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("closeAll left the socket of the second attempt open: %v", err)
 	}
 }

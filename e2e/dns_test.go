@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -309,4 +310,106 @@ func TestDNSKilled(t *testing.T) {
 	if out, err := getent(ctx, lab, "hosts", ExternalName); err != nil || !strings.HasPrefix(out, ExternalAddr+" ") {
 		t.Errorf("after SIGKILL: getent hosts %s = %q, %v", ExternalName, out, err)
 	}
+}
+
+// TestDNSDiscover: with -N and --dns and nothing else, the helper finds the CIDRs and the cluster DNS on the node.
+func TestDNSDiscover(t *testing.T) {
+	requireRoot(t)
+	requireDNSFlag(t)
+	lab, _ := newDNSLab(t)
+	files := map[string]string{
+		"etc/kubernetes/manifests/kube-apiserver.yaml": "    - kube-apiserver\n    - --service-cluster-ip-range=" + ServiceCIDR + "\n",
+		"var/lib/kubelet/config.yaml":                  "clusterDNS:\n- " + ClusterDNSIP + "\nclusterDomain: cluster.local\n",
+		"run/flannel/subnet.env":                       "FLANNEL_NETWORK=" + PodCIDR + "\nFLANNEL_SUBNET=10.244.1.1/24\n",
+		"etc/resolv.conf":                              "nameserver " + ClusterDNSIP + "\n",
+	}
+	helper := fakeNodeHelper(t, lab, files)
+	c, err := lab.StartClient(append([]string{"-v", "-N", "--dns", "--remote-cmd", helper}, lab.ClientArgs()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("k8stunnel stderr:\n%s", c.Stderr())
+		}
+		c.Stop(syscall.SIGTERM)
+	})
+	if err := c.WaitReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"service CIDR " + ServiceCIDR + " from /etc/kubernetes/manifests/kube-apiserver.yaml",
+		"pod CIDR " + PodCIDR + " from /run/flannel/subnet.env",
+		"cluster DNS " + ClusterDNSIP + " from /var/lib/kubelet/config.yaml",
+	} {
+		if !strings.Contains(c.Stderr(), want) {
+			t.Errorf("k8stunnel does not report %q", want)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := lab.Laptop.Output(ctx, "curl", "-sS", "--max-time", "5", "http://"+ServiceName+"/")
+	if err != nil || !strings.Contains(out, "hello from pod") {
+		t.Errorf("curl http://%s/ with discovered CIDRs and DNS: %q, %v", ServiceName, out, err)
+	}
+	// The bind mounts lived and died with the helper's own mount namespace.
+	for path, text := range files {
+		if b, err := os.ReadFile("/" + path); err == nil && string(b) == text {
+			t.Errorf("the fake node's /%s shows in the machine's file system", path)
+		}
+	}
+}
+
+// TestDNSDiscoverNothing: -N on a node where nothing is found is an error that names what to pass instead.
+func TestDNSDiscoverNothing(t *testing.T) {
+	requireRoot(t)
+	requireDNSFlag(t)
+	lab := newLab(t)
+	helper := fakeNodeHelper(t, lab, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := lab.Laptop.Command(ctx, binary, append([]string{"-N", "--remote-cmd", helper}, lab.ClientArgs()...)...).CombinedOutput()
+	if err == nil {
+		t.Fatalf("k8stunnel -N on an empty node succeeded:\n%s", out)
+	}
+	for _, want := range []string{"found no pod or service CIDR", "hint:", "10.96.0.0/12 10.244.0.0/16"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if after := iptablesSave(t, lab); strings.Contains(after, "K8STUNNEL") {
+		t.Errorf("rules left behind:\n%s", after)
+	}
+}
+
+// fakeNodeHelper returns a --remote-cmd that runs the helper on a fake node: in a private mount namespace of its
+// own, with /etc, /var/lib and /run replaced by a tree holding only files (paths relative to /). The machine's
+// files stay untouched: the mounts end with the helper.
+func fakeNodeHelper(t *testing.T, lab *Lab, files map[string]string) string {
+	t.Helper()
+	fake := filepath.Join(lab.Dir, "fake-node")
+	for _, dir := range []string{"etc", "var/lib", "run"} {
+		if err := os.MkdirAll(filepath.Join(fake, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for path, text := range files {
+		full := filepath.Join(fake, path)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := "#!/bin/sh\nset -e\n"
+	for _, dir := range []string{"/etc", "/var/lib", "/run"} {
+		script += fmt.Sprintf("mount --bind %s %s\n", filepath.Join(fake, dir), dir)
+	}
+	script += fmt.Sprintf("exec %s server \"$@\"\n", binary)
+	helper := filepath.Join(lab.Dir, "fake-node-helper")
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return "unshare --mount --propagation private " + helper
 }

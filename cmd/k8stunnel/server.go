@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/server"
 )
 
@@ -21,8 +22,9 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	// Each line becomes one record in the client's log, which has its own time.
 	log := newLogger(stderr, *verbose, dropTime)
 	return server.Serve(ctx, stdio{}, server.Config{
-		Program: "k8stunnel " + version,
-		Log:     log,
+		Program:  "k8stunnel " + version,
+		Log:      log,
+		Discover: func() *mux.Facts { return server.Discover("/") },
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -25,6 +26,8 @@ Examples:
   sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
   sudo k8stunnel -r node1 -x 10.96.0.1 10.96.0.0/12 &      # in the background
   sudo k8stunnel -r admin@node1:2222 -i ~/.ssh/cluster 10.0.0.0/8:443
+  sudo k8stunnel -r root@node1 -N --dns --dns-search default  # CIDRs and cluster DNS found on the node;
+                                                           # then: curl http://my-svc.my-ns.svc.cluster.local/
   sudo k8stunnel cleanup                                   # remove rules left by a killed run
 
 The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
@@ -40,6 +43,12 @@ func runTunnel(ctx context.Context, args []string, stderr io.Writer) error {
 	var (
 		remote     = fs.StringP("remote", "r", "", "SSH destination `[user@]host[:port]` (an ssh_config Host works)")
 		excludes   = fs.StringArrayP("exclude", "x", nil, "do not forward this `CIDR` (repeatable)")
+		autoCIDRs  = fs.BoolP("auto-cidrs", "N", false, "also forward the pod and service CIDRs found on the node")
+		dnsOn      = fs.Bool("dns", false, "resolve cluster names through the tunnel; other names still use your resolver")
+		dnsAll     = fs.Bool("dns-all", false, "with --dns, resolve every name through the tunnel, with the node's resolver")
+		clusterDNS = fs.String("cluster-dns", "", "with --dns, the cluster DNS service `IP` (default: found on the node)")
+		clusterDom = fs.String("cluster-domain", "", "with --dns, the cluster's DNS `DOMAIN` (default: found on the node, else cluster.local)")
+		dnsSearch  = fs.StringArray("dns-search", nil, "with --dns, let short names (svc, svc.ns) resolve in namespace `NS` (repeatable)")
 		listen     = fs.StringArrayP("listen", "l", nil, "accept redirected connections on `ADDR` (default 127.0.0.1:12300 and [::1]:12300)")
 		identities = fs.StringArrayP("identity", "i", nil, "SSH private key `FILE` (repeatable)")
 		sshConfig  = fs.StringP("ssh-config", "F", "", "ssh_config `FILE` (default ~/.ssh/config)")
@@ -72,14 +81,18 @@ func runTunnel(ctx context.Context, args []string, stderr io.Writer) error {
 	if *remote == "" {
 		return usagef("missing -r/--remote: which node should the tunnel go to? (see k8stunnel --help)")
 	}
-	if fs.NArg() == 0 {
-		return usagef("no CIDR given: name the cluster's service and pod CIDRs, e.g. 10.96.0.0/12 10.244.0.0/16")
+	if fs.NArg() == 0 && !*autoCIDRs {
+		return usagef("no CIDR given: name the cluster's service and pod CIDRs, e.g. 10.96.0.0/12 10.244.0.0/16, or let -N find them on the node")
 	}
 	include, err := parseTargets(fs.Args())
 	if err != nil {
 		return err
 	}
 	exclude, err := parseTargets(*excludes)
+	if err != nil {
+		return err
+	}
+	dns, err := dnsConfig(*dnsOn, *dnsAll, *clusterDNS, *clusterDom, *dnsSearch)
 	if err != nil {
 		return err
 	}
@@ -109,7 +122,7 @@ func runTunnel(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	err = runClient(ctx, clientOptions{
 		remote: *remote, identities: *identities, sshConfig: *sshConfig, knownHosts: *knownHosts,
-		remoteCmd: *remoteCmd, listen: *listen, include: include, exclude: exclude,
+		remoteCmd: *remoteCmd, listen: *listen, include: include, exclude: exclude, autoCIDRs: *autoCIDRs, dns: dns,
 		channels: *channels, maxConns: *maxConns, verbose: *verbose, pidfile: *pidfile,
 	}, log, stderr, child)
 	if err != nil {
@@ -122,6 +135,8 @@ type clientOptions struct {
 	remote, sshConfig, knownHosts, remoteCmd, pidfile string
 	identities, listen                                []string
 	include, exclude                                  []firewall.Target
+	autoCIDRs                                         bool
+	dns                                               *client.DNSConfig
 	channels, maxConns, verbose                       int
 }
 
@@ -142,14 +157,16 @@ func runClient(ctx context.Context, o clientOptions, log *slog.Logger, stderr io
 			ConfigFile:     o.sshConfig,
 			KnownHostsFile: o.knownHosts,
 		},
-		Helper:   client.HelperOptions{RemoteCmd: o.remoteCmd, Exe: exe, Args: helperArgs},
-		Listen:   o.listen,
-		Include:  o.include,
-		Exclude:  o.exclude,
-		Channels: o.channels,
-		MaxConns: o.maxConns,
-		Program:  "k8stunnel " + version,
-		Log:      log,
+		Helper:    client.HelperOptions{RemoteCmd: o.remoteCmd, Exe: exe, Args: helperArgs},
+		Listen:    o.listen,
+		Include:   o.include,
+		Exclude:   o.exclude,
+		AutoCIDRs: o.autoCIDRs,
+		DNS:       o.dns,
+		Channels:  o.channels,
+		MaxConns:  o.maxConns,
+		Program:   "k8stunnel " + version,
+		Log:       log,
 		OnReady: func() {
 			if o.pidfile != "" {
 				if pidErr = writePidfile(o.pidfile); pidErr != nil {
@@ -170,6 +187,34 @@ func runClient(ctx context.Context, o clientOptions, log *slog.Logger, stderr io
 		os.Remove(o.pidfile)
 	}
 	return err
+}
+
+// dnsConfig turns the DNS flags into the proxy's config; nil without --dns.
+// The laptop's resolv.conf names the resolvers to capture and to ask.
+func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*client.DNSConfig, error) {
+	if !on {
+		if all || clusterDNS != "" || domain != "" || len(search) > 0 {
+			return nil, usagef("--dns-all, --cluster-dns, --cluster-domain and --dns-search need --dns")
+		}
+		return nil, nil
+	}
+	cfg := &client.DNSConfig{All: all, ClusterDomain: domain}
+	for _, s := range search {
+		cfg.Search = append(cfg.Search, strings.FieldsFunc(s, func(r rune) bool { return r == ',' })...)
+	}
+	if clusterDNS != "" {
+		a, err := netip.ParseAddr(clusterDNS)
+		if err != nil {
+			return nil, usagef("bad --cluster-dns %q: want the cluster DNS service IP, e.g. 10.96.0.10", clusterDNS)
+		}
+		cfg.ClusterDNS = a
+	}
+	servers, _, err := client.ReadResolvConf(client.ResolvConfPath)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Upstreams = servers
+	return cfg, nil
 }
 
 func parseTargets(args []string) ([]firewall.Target, error) {
