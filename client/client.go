@@ -284,7 +284,12 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		case <-ctx.Done():
 			return nil
 		case <-fwDone:
-			return errors.New("the firewall helper exited unexpectedly; its rules are gone")
+			// Killed, it removed nothing: its rules still send the CIDRs to
+			// our port, where nobody will listen once we are gone.
+			return &HintError{
+				Err:  errors.New("the firewall helper exited unexpectedly; its rules may be left behind"),
+				Hint: "remove them with: sudo k8stunnel cleanup",
+			}
 		case <-l.done:
 		}
 		c.setLink(nil)
@@ -569,11 +574,21 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 		sess, err := mux.NewClient(rwc, hello, c.log)
 		if err != nil {
 			rwc.Close()
-			sc.Close()
 			if sctx.Err() != nil {
 				err = fmt.Errorf("no answer in %v", setup)
 			}
-			return nil, fmt.Errorf("starting the helper on the node: %w", err)
+			if h, ok := rwc.(interface{ explainFailure(error) error }); ok {
+				err = h.explainFailure(err)
+			}
+			sc.Close()
+			err = fmt.Errorf("starting the helper on the node: %w", err)
+			if c.cfg.Helper.RemoteCmd != "" {
+				err = &HintError{Err: err, Hint: "--remote-cmd must run `k8stunnel server` of this version on the node"}
+			}
+			return nil, err
+		}
+		if h, ok := rwc.(interface{ Started() }); ok {
+			h.Started()
 		}
 		l.sessions = append(l.sessions, sess)
 		if i == 0 {

@@ -85,20 +85,27 @@ func StartRemoteHelper(ctx context.Context, c *ssh.Client, opt HelperOptions) (i
 		return nil, fmt.Errorf("starting the helper on the node: %w", err)
 	}
 
-	h := &helperStdio{Reader: stdout, stdin: stdin, sess: sess}
+	h := &helperStdio{Reader: stdout, stdin: stdin, sess: sess, log: log, starting: true,
+		stderrDone: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
+		defer close(h.stderrDone)
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 0, 4096), 64<<10)
 		for sc.Scan() {
-			log.Info(sc.Text(), "from", "node")
+			h.stderrLine(sc.Text())
 		}
 		// Unread stderr would stall the channel, stdout included.
 		io.Copy(io.Discard, stderr)
 	}()
 	go func() {
 		err := sess.Wait()
+		h.mu.Lock()
+		h.exitErr = err
+		starting := h.starting
+		h.mu.Unlock()
+		close(h.exited)
 		var exit *ssh.ExitError
-		if errors.As(err, &exit) && !h.closed.Load() {
+		if errors.As(err, &exit) && !h.closed.Load() && !starting {
 			log.Warn("the helper on the node exited", "err", err)
 			return
 		}
@@ -112,9 +119,82 @@ type helperStdio struct {
 	io.Reader
 	stdin  io.WriteCloser
 	sess   *ssh.Session
+	log    *slog.Logger
 	closed atomic.Bool
 	once   sync.Once
 	err    error
+
+	// Until Started, what the helper says on stderr is kept for the error
+	// that explains why it did not start, instead of being logged apart.
+	mu         sync.Mutex
+	starting   bool
+	early      []string
+	exitErr    error
+	stderrDone chan struct{}
+	exited     chan struct{}
+}
+
+// maxEarlyLines bounds what a helper that fails to start can make us keep.
+const maxEarlyLines = 3
+
+func (h *helperStdio) stderrLine(line string) {
+	h.mu.Lock()
+	if h.starting {
+		if len(h.early) < maxEarlyLines {
+			h.early = append(h.early, line)
+		}
+		h.mu.Unlock()
+		return
+	}
+	h.mu.Unlock()
+	h.log.Info(line, "from", "node")
+}
+
+// Started says the helper answered: from now on its stderr is logged as it
+// comes, starting with what it said so far.
+func (h *helperStdio) Started() {
+	h.mu.Lock()
+	early := h.early
+	h.starting, h.early = false, nil
+	h.mu.Unlock()
+	for _, line := range early {
+		h.log.Info(line, "from", "node")
+	}
+}
+
+// explainFailure adds to err what the node said and how the helper exited.
+// Call it after Close: the session's end brings the rest of its stderr.
+func (h *helperStdio) explainFailure(err error) error {
+	timer := time.NewTimer(time.Second)
+	defer timer.Stop()
+	select {
+	case <-h.stderrDone:
+	case <-timer.C:
+	}
+	select {
+	case <-h.exited:
+	case <-timer.C:
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var said []string
+	for _, line := range h.early {
+		if line = strings.TrimSpace(line); line != "" {
+			said = append(said, line)
+		}
+	}
+	var status string
+	var exit *ssh.ExitError
+	if errors.As(h.exitErr, &exit) {
+		status = fmt.Sprintf(" (exit status %d)", exit.ExitStatus())
+	}
+	if len(said) == 0 {
+		if status != "" {
+			return fmt.Errorf("%w; the helper exited%s", err, status)
+		}
+		return err
+	}
+	return fmt.Errorf("%w; on stderr the node said: %s%s", err, strings.Join(said, " / "), status)
 }
 
 func (h *helperStdio) Write(p []byte) (int, error) { return h.stdin.Write(p) }

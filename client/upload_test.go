@@ -91,6 +91,8 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first StartRemoteHelper: %v", err)
 	}
+	// Until the caller says the helper answered, its stderr is kept for the error that would explain a failure.
+	rwc.(*helperStdio).Started()
 	if from := logs.waitLog(t, "helper started"); from != "node" {
 		t.Errorf("helper stderr logged with from=%q, want node", from)
 	}

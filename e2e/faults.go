@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,6 +78,7 @@ func GatewayTouched(l *Lab) (bool, string, error) {
 // k8stunnel, sudo or libc) fails at once inside ns instead of reaching the machine's resolver. `ip netns exec`
 // bind-mounts /etc/netns/<name>/* over /etc for the commands it runs; Netns.Dial and Listen do not need it.
 func IsolateDNS(ns *Netns) (undo func() error, err error) {
+	removeStaleNetnsEtc()
 	dir := filepath.Join("/etc/netns", ns.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("isolating DNS in %s: %w", ns.Name, err)
@@ -116,6 +118,20 @@ func ServeNXDomain(ns *Netns) (stop func(), err error) {
 		pc.Close()
 		<-done
 	}, nil
+}
+
+// removeStaleNetnsEtc removes the /etc/netns dirs of labs whose process no longer runs.
+func removeStaleNetnsEtc() {
+	dirs, _ := filepath.Glob(filepath.Join("/etc/netns", namePrefix+"*"))
+	for _, d := range dirs {
+		m := leftoverName.FindStringSubmatch(filepath.Base(d))
+		if m == nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(m[1]); err == nil && syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // StartClientCmd runs name args... in the laptop namespace and watches it like StartClient does (ReadyLine, exit,
@@ -160,6 +176,19 @@ func StartClientCmd(l *Lab, customize func(*exec.Cmd), name string, arg ...strin
 func (c *Client) ExitErr() error {
 	<-c.exited
 	return c.err
+}
+
+// KillInNetns kills pid (with group, its whole process group) with SIGKILL, but only while pid is still a process
+// in ns: a pid that has exited may already belong to someone else.
+func KillInNetns(ns *Netns, pid int, group bool) {
+	pids, err := ns.Pids()
+	if err != nil || !slices.Contains(pids, pid) {
+		return
+	}
+	if group {
+		pid = -pid
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // AsUser prefixes argv so that it runs as user and group with no supplementary groups and no capabilities, the

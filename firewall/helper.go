@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -262,7 +263,10 @@ func helperArgv(exe string, args []string, viaSudo, interactive bool) []string {
 
 func startHelper(ctx context.Context, argv []string, cfg HelperConfig) (*Helper, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stderr = cfg.Stderr
+	// Until the helper answers, what it (or sudo) says is kept for the error
+	// that explains why it did not start, so the user gets one line.
+	stderr := &startupWriter{out: cfg.Stderr}
+	cmd.Stderr = stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("starting firewall helper: %w", err)
@@ -284,8 +288,12 @@ func startHelper(ctx context.Context, argv []string, cfg HelperConfig) (*Helper,
 	go h.read(stdout)
 	if err := h.request(ctx, helperRequest{Op: opPing}); err != nil {
 		_ = h.Close()
+		if said := stderr.said(); said != "" {
+			err = fmt.Errorf("%w; it said: %s", err, said)
+		}
 		return nil, fmt.Errorf("starting firewall helper: %w", err)
 	}
+	stderr.started()
 	cfg.Log.Debug("firewall helper started", "argv", argv, "pid", cmd.Process.Pid)
 	return h, nil
 }
@@ -364,10 +372,8 @@ func (h *Helper) Install(spec Spec) error {
 	if err := spec.Validate(); err != nil {
 		return err
 	}
-	if err := h.request(context.Background(), helperRequest{Op: opInstall, Spec: &spec}); err != nil {
-		return fmt.Errorf("installing firewall rules: %w", err)
-	}
-	return nil
+	// The caller says what it was installing for.
+	return h.request(context.Background(), helperRequest{Op: opInstall, Spec: &spec})
 }
 
 // Remove asks the helper to remove what it installed.
@@ -426,4 +432,43 @@ func canPrompt() bool {
 	}
 	pgrp, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
 	return err == nil && pgrp == unix.Getpgrp()
+}
+
+// startupWriter holds a starting helper's stderr, then passes it on.
+type startupWriter struct {
+	mu      sync.Mutex
+	out     io.Writer
+	buf     bytes.Buffer
+	passing bool
+}
+
+// maxStartupStderr bounds what a helper that fails to start can make us keep.
+const maxStartupStderr = 4 << 10
+
+func (w *startupWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.passing {
+		return w.out.Write(p)
+	}
+	if room := maxStartupStderr - w.buf.Len(); room > 0 {
+		w.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// started passes on what was held and everything from now on.
+func (w *startupWriter) started() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.passing = true
+	w.out.Write(w.buf.Bytes())
+	w.buf.Reset()
+}
+
+// said is what was held, as one line.
+func (w *startupWriter) said() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(strings.Fields(w.buf.String()), " ")
 }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/k8stunnel/k8stunnel/client"
 )
 
 // daemonEnv marks the detached child of --daemon; its value is the fd of the
@@ -49,19 +51,24 @@ func daemonize(logFile string, stderr io.Writer) error {
 		return fmt.Errorf("starting the daemon: %w", err)
 	}
 	w.Close()
-	line, _ := bufio.NewReader(r).ReadString('\n')
+	report := bufio.NewReader(r)
+	line, _ := report.ReadString('\n')
 	line = strings.TrimSpace(line)
 	if line == "ready" {
 		fmt.Fprintf(stderr, "k8stunnel: running in the background, pid %d\n", cmd.Process.Pid)
 		cmd.Process.Release()
 		return nil
 	}
+	hint, _ := report.ReadString('\n')
 	cmd.Wait()
 	if line == "" {
 		line = "the daemon exited before the tunnel came up"
 		if logFile != "" {
 			line += "; see " + logFile
 		}
+	}
+	if hint = strings.TrimSpace(hint); hint != "" {
+		return &client.HintError{Err: errors.New(line), Hint: hint}
 	}
 	return errors.New(line)
 }
@@ -86,9 +93,15 @@ func (d *daemonChild) ready() {
 	}
 }
 
+// failed reports err in one line and, when it has a hint, the hint in a
+// second one.
 func (d *daemonChild) failed(err error) {
 	if d != nil && d.report != nil {
 		fmt.Fprintln(d.report, strings.ReplaceAll(err.Error(), "\n", " "))
+		var he *client.HintError
+		if errors.As(err, &he) && he.Hint != "" {
+			fmt.Fprintln(d.report, strings.ReplaceAll(he.Hint, "\n", " "))
+		}
 		d.report.Close()
 		d.report = nil
 	}
