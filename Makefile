@@ -5,7 +5,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
-.PHONY: build test unit e2e demo deps cleanup
+.PHONY: build test unit e2e demo deps cleanup bench bench-deps
 
 build:
 	$(GO) build -o bin/k8stunnel ./cmd/k8stunnel
@@ -31,3 +31,11 @@ demo: deps
 # Removes namespaces, processes and temp dirs that interrupted e2e runs left behind.
 cleanup:
 	$(GO) run ./e2e/demo -cleanup
+
+bench-deps: deps
+	scripts/bench-deps.sh
+
+# k8stunnel side by side with direct routing, OpenSSH and sshuttle in the e2e lab (about 6 minutes, root): prints a
+# table and writes bench-out/results.json and bench-out/results.png.
+bench: bench-deps
+	$(GO) run ./e2e/bench -out bench-out

@@ -182,7 +182,11 @@ func (c *Client) listen() error {
 func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPListener, error) {
 	var ls []*net.TCPListener
 	for _, a := range addrs {
-		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(a.Addr(), port)))
+		// No TCP keepalive on accepted connections: four setsockopt calls each,
+		// for a peer that is a local process.
+		lc := net.ListenConfig{KeepAlive: -1}
+		nl, err := lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(a.Addr(), port).String())
+		l, _ := nl.(*net.TCPListener)
 		if err != nil {
 			if optional && a.Addr().Is6() && errors.Is(err, syscall.EADDRNOTAVAIL) {
 				continue

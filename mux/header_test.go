@@ -179,3 +179,18 @@ func BenchmarkRequestCodec(b *testing.B) {
 		}
 	}
 }
+
+func TestDescribeNoise(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"  \n", ""},
+		{"bash: k8stunnel: command not found\n", "bash: k8stunnel: command not found"},
+		{"a\nb\nc\nd\n", "a / b / c"},
+		{"\x00\x01\xff binary", "10 bytes that are not text"},
+	}
+	for _, tt := range tests {
+		if got := describeNoise([]byte(tt.in)); got != tt.want {
+			t.Errorf("describeNoise(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

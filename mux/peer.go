@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/yamux"
 )
@@ -42,12 +44,12 @@ func NewClient(rwc io.ReadWriteCloser, hello Hello, log *slog.Logger) (*Session,
 	}
 	br := bufio.NewReader(rwc)
 	peer, skipped, err := ReadHello(br)
-	if text := strings.TrimSpace(string(skipped)); text != "" {
+	if text := describeNoise(skipped); text != "" {
 		if err != nil {
 			// Most likely a shell saying why the helper did not start.
-			return nil, fmt.Errorf("%w; the node said: %s", err, firstLines(text, 3))
+			return nil, fmt.Errorf("%w; the node said: %s", err, text)
 		}
-		log.Debug("skipped output before the helper's handshake", "text", firstLines(text, 3))
+		log.Debug("skipped output before the helper's handshake", "text", text)
 	}
 	if err != nil {
 		return nil, err
@@ -323,10 +325,26 @@ type DialError struct{ Status Status }
 
 func (e *DialError) Error() string { return e.Status.String() }
 
-func firstLines(s string, n int) string {
-	lines := strings.SplitN(s, "\n", n+1)
-	if len(lines) > n {
-		lines = lines[:n]
+// describeNoise says what came before the hello in a form fit for one log
+// or error line: the first lines when it is text, its size when it is not
+// (a binary must never be poured onto the user's terminal).
+func describeNoise(b []byte) string {
+	text := strings.TrimSpace(string(b))
+	if text == "" {
+		return ""
 	}
-	return strings.Join(lines, " / ")
+	if !utf8.ValidString(text) || strings.ContainsFunc(text, func(r rune) bool {
+		return unicode.IsControl(r) && r != '\n' && r != '\t' && r != '\r'
+	}) {
+		return fmt.Sprintf("%d bytes that are not text", len(b))
+	}
+	lines := strings.SplitN(text, "\n", 4)
+	if len(lines) > 3 {
+		lines = lines[:3]
+	}
+	text = strings.Join(lines, " / ")
+	if len(text) > 300 {
+		text = text[:300] + "..."
+	}
+	return text
 }

@@ -25,8 +25,8 @@ const (
 	// thousands of quiet connections must not pin a large buffer each.
 	smallBuf = 1 << 10
 	// bigBuf is used while data flows. A yamux frame is this plus a 12-byte
-	// header, which makes exactly two 32 KiB SSH packets.
-	bigBuf = 64<<10 - yamuxHeaderLen
+	// header, which makes exactly four 32 KiB SSH packets.
+	bigBuf = 128<<10 - yamuxHeaderLen
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}

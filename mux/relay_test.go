@@ -155,13 +155,18 @@ func TestRelayHalfClose(t *testing.T) {
 func TestRelayBothDirectionsAtOnce(t *testing.T) {
 	const n = 8 << 20
 	h := newHarness(t, target(t, func(c *net.TCPConn) {
-		defer c.Close()
+		sent := make(chan struct{})
 		go func() {
 			src := rand.NewChaCha8([32]byte{2})
 			io.CopyN(c, src, n)
 			c.CloseWrite()
+			close(sent)
 		}()
 		io.Copy(io.Discard, c)
+		// Closing before our own sending is done would cut it short: the
+		// upstream can finish first.
+		<-sent
+		c.Close()
 	}))
 	c := h.dial(t)
 	go func() {

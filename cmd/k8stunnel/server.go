@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"io"
-	"os"
+	"runtime"
 
 	"github.com/spf13/pflag"
 
@@ -21,19 +21,13 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// Each line becomes one record in the client's log, which has its own time.
 	log := newLogger(stderr, *verbose, dropTime)
-	return server.Serve(ctx, stdio{}, server.Config{
+	// One P: the helper only moves bytes between sockets and a pipe, and on a
+	// small node a second P mostly spins looking for work and wakes threads.
+	// Each --channels helper is its own process, so channels still spread.
+	runtime.GOMAXPROCS(1)
+	return server.Serve(ctx, server.Stdio(), server.Config{
 		Program:  "k8stunnel " + version,
 		Log:      log,
 		Discover: func() *mux.Facts { return server.Discover("/") },
 	})
-}
-
-// stdio is the session channel as the helper sees it.
-type stdio struct{}
-
-func (stdio) Read(b []byte) (int, error)  { return os.Stdin.Read(b) }
-func (stdio) Write(b []byte) (int, error) { return os.Stdout.Write(b) }
-func (stdio) Close() error {
-	os.Stdin.Close()
-	return os.Stdout.Close()
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -265,16 +267,6 @@ func (b *bench) start(mode string, delayed bool, channels int) (*tunnel, error) 
 			}
 		}
 		return &tunnel{name: mode, host: e2e.PodAddr, pid: c.Pid(), alive: alive, stop: func() {
-			if os.Getenv("BENCH_DEBUG_STOP") != "" {
-				c.Signal(syscall.SIGTERM)
-				select {
-				case <-c.Exited():
-				case <-time.After(8 * time.Second):
-					c.Signal(syscall.SIGQUIT)
-					c.Wait(5 * time.Second)
-					os.WriteFile("/tmp/k8s-stop.txt", []byte(c.Stderr()), 0o644)
-				}
-			}
 			if err := c.Stop(syscall.SIGTERM); err != nil {
 				logf("k8stunnel did not stop cleanly: %v\n%s", err, tail(c.Stderr()))
 			}
@@ -319,7 +311,8 @@ func (b *bench) iperf(t *tunnel, reverse bool, parallel int) (bulkResult, error)
 	}
 	cpu0 := b.tunnelCPU()
 	out, err := runOutput(b.lab.Laptop, b.cfg.bulk+30*time.Second, "iperf3", args...)
-	cpu := b.tunnelCPU() - cpu0
+	cpu1 := b.tunnelCPU()
+	cpu := cpu1.total() - cpu0.total()
 	var r struct {
 		Error string `json:"error"`
 		End   struct {
@@ -347,7 +340,7 @@ func (b *bench) iperf(t *tunnel, reverse bool, parallel int) (bulkResult, error)
 		dir = "pod→laptop"
 	}
 	gb := r.End.SumReceived.Bytes / 1e9
-	logf("  %s %s -P %d: %.0f Mbit/s, tunnel CPU %.2f s/GB", t.name, dir, parallel, v, cpu.Seconds()/gb)
+	logf("  %s %s -P %d: %.0f Mbit/s, tunnel CPU %.2f s/GB (%s)", t.name, dir, parallel, v, cpu.Seconds()/gb, cpu1.since(cpu0, gb))
 	return bulkResult{Mbits: v, CPUPerGB: cpu.Seconds() / gb}, nil
 }
 
@@ -358,10 +351,11 @@ type bulkResult struct {
 	CPUPerGB float64
 }
 
-// tunnelCPU is the CPU time used so far by every process in the lab's namespaces except iperf3: the tunnel's
-// client, ssh, sshd, helper. It tells apart a tunnel that is slow from one that starves for CPU on a busy machine.
-func (b *bench) tunnelCPU() time.Duration {
-	var ticks int64
+// tunnelCPU is the CPU time used so far by every process in the lab's namespaces except iperf3, by command name:
+// the tunnel's client, ssh, sshd, helper. It tells apart a tunnel that is slow from one that starves for CPU on a
+// busy machine.
+func (b *bench) tunnelCPU() cpuTimes {
+	t := cpuTimes{}
 	for _, ns := range []*e2e.Netns{b.lab.Laptop, b.lab.Node, b.lab.Pod} {
 		pids, _ := ns.Pids()
 		for _, pid := range pids {
@@ -371,34 +365,70 @@ func (b *bench) tunnelCPU() time.Duration {
 			}
 			// comm is in parentheses and may hold spaces: fields count from after the last ')'.
 			s := string(stat)
-			i := strings.LastIndexByte(s, ')')
-			if i < 0 || strings.Contains(s[:i], "(iperf3") {
+			i, j := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+			if i < 0 || j < i {
 				continue
 			}
-			f := strings.Fields(s[i+1:])
-			if len(f) < 13 {
+			comm := s[i+1 : j]
+			f := strings.Fields(s[j+1:])
+			if comm == "iperf3" || comm == b.selfComm() || len(f) < 13 {
 				continue
 			}
 			u, _ := strconv.ParseInt(f[11], 10, 64)
 			k, _ := strconv.ParseInt(f[12], 10, 64)
-			ticks += u + k
+			t[comm] += time.Duration(u+k) * time.Second / 100 // USER_HZ
 		}
 	}
-	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+	return t
+}
+
+// selfComm is the kernel's name for this program, which also runs the echo server and the delay relay: they are
+// the lab's furniture, not the tunnel.
+func (b *bench) selfComm() string {
+	c := filepath.Base(b.self)
+	if len(c) > 15 {
+		c = c[:15]
+	}
+	return c
+}
+
+type cpuTimes map[string]time.Duration
+
+func (t cpuTimes) total() time.Duration {
+	var sum time.Duration
+	for _, d := range t {
+		sum += d
+	}
+	return sum
+}
+
+// since is what each command used after before was taken, per GB moved, as text.
+func (t cpuTimes) since(before cpuTimes, gb float64) string {
+	var parts []string
+	for comm, d := range t {
+		if d -= before[comm]; d > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.2f", comm, d.Seconds()/gb))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 // rate runs the connection-rate client through t.
 func (b *bench) rate(t *tunnel, podPort int) (rateResult, error) {
 	var r rateResult
+	cpu0 := b.tunnelCPU()
 	out, err := runOutput(b.lab.Laptop, b.cfg.rate+30*time.Second, b.self, "rate", "-addr", t.addr(podPort),
 		"-c", "16", "-d", b.cfg.rate.String())
+	cpu1 := b.tunnelCPU()
 	if err != nil {
 		return r, err
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
 		return r, err
 	}
-	logf("  %s: %.0f conn/s, p50 %.2f ms, p99 %.2f ms, %d errors", t.name, r.Rate, r.P50ms, r.P99ms, r.Errors)
+	logf("  %s: %.0f conn/s, p50 %.2f ms, p99 %.2f ms, %d errors; CPU ms per conn: %s", t.name, r.Rate, r.P50ms, r.P99ms,
+		r.Errors, cpu1.since(cpu0, float64(r.Conns)/1000))
 	if r.Conns == 0 {
 		return r, fmt.Errorf("no connection succeeded: %s", r.Err)
 	}
@@ -408,14 +438,15 @@ func (b *bench) rate(t *tunnel, podPort int) (rateResult, error) {
 // holdResult is the held-connections figure for one mode.
 type holdResult struct {
 	Steps []holdStep `json:"steps"`
-	// Held is the most connections that were open and all echoing at once.
+	// Held is the most connections that were open and echoing at once.
 	Held int `json:"held"`
-	// RSSBeforeKiB and RSSPeakKiB are the laptop-side tunnel process's VmRSS before the first connection and with
-	// Held connections open.
+	// RSSBeforeKiB and RSSPeakKiB are the laptop-side tunnel process's VmRSS before the first connection and at
+	// the last step where every connection echoed.
 	RSSBeforeKiB int     `json:"rss_before_kib,omitempty"`
 	RSSPeakKiB   int     `json:"rss_peak_kib,omitempty"`
 	KiBPerConn   float64 `json:"kib_per_conn,omitempty"`
 	TunnelDied   bool    `json:"tunnel_died,omitempty"`
+	rssHeld      int
 }
 
 // hold steps the number of open connections through t up and reads the tunnel process's memory at each step.
@@ -473,11 +504,11 @@ func (b *bench) hold(t *tunnel, podPort int) (holdResult, error) {
 		if t.pid != 0 {
 			rss, _ = rssKiB(t.pid)
 		}
-		if st.Echoing == st.Target {
-			h.Held = st.Echoing
-			if rss > 0 {
-				h.RSSPeakKiB = rss
-			}
+		// Held is how far the tunnel got: the most connections that echoed at once, also from a step that fell
+		// short. Memory is read only at steps where every connection echoed.
+		h.Held = max(h.Held, st.Echoing)
+		if st.Echoing == st.Target && rss > 0 {
+			h.RSSPeakKiB, h.rssHeld = rss, st.Echoing
 		}
 		logf("  %s: %d/%d open, %d echoing in %.1f s, rss %d KiB %s", t.name, st.Open, st.Target, st.Echoing, st.Seconds, rss, st.Err)
 		if st.Echoing < st.Target {
@@ -492,8 +523,8 @@ func (b *bench) hold(t *tunnel, podPort int) (holdResult, error) {
 		}
 		io.WriteString(stdin, "\n")
 	}
-	if h.Held > 0 && h.RSSPeakKiB > 0 && h.RSSBeforeKiB > 0 {
-		h.KiBPerConn = float64(h.RSSPeakKiB-h.RSSBeforeKiB) / float64(h.Held)
+	if h.rssHeld > 0 && h.RSSBeforeKiB > 0 {
+		h.KiBPerConn = float64(h.RSSPeakKiB-h.RSSBeforeKiB) / float64(h.rssHeld)
 	}
 	return h, nil
 }

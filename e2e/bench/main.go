@@ -5,7 +5,8 @@
 //
 // What is measured, for each way of reaching the pod from the laptop:
 //
-//   - bulk throughput both ways: iperf3 -c in the laptop, iperf3 -s in the pod, 10 s each (-R for pod→laptop);
+//   - bulk throughput both ways: iperf3 -c in the laptop, iperf3 -s in the pod, 10 s each (-R for pod→laptop),
+//     and the CPU time the tunnel's processes (client, ssh, sshd, helper; not iperf3) spent per GB moved;
 //   - new connections per second and p50/p99 latency: 16 clients doing connect, 32-byte echo, close;
 //   - connections held open and still echoing, stepped up to 10 000, and the client's RSS per held connection;
 //   - bulk throughput with 50 ms RTT on the path to the node: a userspace delay relay in front of sshd.

@@ -93,7 +93,7 @@ func newResults(cfg config) *results {
 		{ID: "conn_rate", Title: "new connections (16 clients)", Unit: "conn/s", Better: "higher"},
 		{ID: "conn_p50", Title: "connect+echo+close p50", Unit: "ms", Better: "lower"},
 		{ID: "conn_p99", Title: "connect+echo+close p99", Unit: "ms", Better: "lower"},
-		{ID: "held", Title: "connections held, all echoing", Unit: "conns", Better: "higher"},
+		{ID: "held", Title: "connections held open and echoing", Unit: "conns", Better: "higher"},
 		{ID: "rss_per_conn", Title: "client RSS per held connection", Unit: "KiB", Better: "lower"},
 		{ID: "rtt_up", Title: "bulk laptop→pod, 50 ms RTT", Unit: "Mbit/s", Better: "higher"},
 		{ID: "rtt_down", Title: "bulk pod→laptop, 50 ms RTT", Unit: "Mbit/s", Better: "higher"},

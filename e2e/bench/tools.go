@@ -121,15 +121,19 @@ type chunk struct {
 // delayQueue bounds what one direction holds: 2048 reads of at most 64 KiB.
 const delayQueue = 2048
 
+var delayBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+
 func delayed(dst, src *net.TCPConn, delay time.Duration) {
 	q := make(chan chunk, delayQueue)
 	go func() {
 		defer close(q)
-		buf := make([]byte, 64<<10)
 		for {
-			n, err := src.Read(buf)
+			buf := delayBufs.Get().(*[64 << 10]byte)
+			n, err := src.Read(buf[:])
 			if n > 0 {
-				q <- chunk{b: slices.Clone(buf[:n]), due: time.Now().Add(delay)}
+				q <- chunk{b: buf[:n], due: time.Now().Add(delay)}
+			} else {
+				delayBufs.Put(buf)
 			}
 			if err != nil {
 				return
@@ -140,7 +144,9 @@ func delayed(dst, src *net.TCPConn, delay time.Duration) {
 		if wait := time.Until(c.due); wait > 0 {
 			time.Sleep(wait)
 		}
-		if _, err := dst.Write(c.b); err != nil {
+		_, err := dst.Write(c.b)
+		delayBufs.Put((*[64 << 10]byte)(c.b[:64<<10]))
+		if err != nil {
 			src.Close()
 			for range q {
 			}
