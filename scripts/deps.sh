@@ -3,7 +3,7 @@
 # Needs root only when something is missing. Go itself is expected at /usr/local/go.
 set -euo pipefail
 
-packages=(openssh-server openssh-client iptables iproute2 curl procps sudo)
+packages=(openssh-server openssh-client iptables iproute2 curl procps sudo dnsmasq-base)
 
 missing=()
 for p in "${packages[@]}"; do
