@@ -150,6 +150,7 @@ func StartClientCmd(l *Lab, customize func(*exec.Cmd), name string, arg ...strin
 	c.cmd.Stdout = c.log
 	c.cmd.Stderr = c.log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A child that keeps stderr open after the client exits must not hang Wait; Wait then reports ErrWaitDelay.
 	c.cmd.WaitDelay = 2 * time.Second
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "SSH_AUTH_SOCK=") {

@@ -610,35 +610,7 @@ func (l *Lab) StartClient(args ...string) (*Client, error) {
 	if l.opts.Binary == "" {
 		return nil, errors.New("starting k8stunnel: the lab has no Options.Binary")
 	}
-	c := &Client{ready: make(chan struct{}), exited: make(chan struct{})}
-	var readyOnce sync.Once
-	c.log = &syncBuffer{tee: l.opts.ClientLog, onLine: func(line string) {
-		if strings.Contains(line, ReadyLine) {
-			readyOnce.Do(func() { close(c.ready) })
-		}
-	}}
-	c.cmd = l.Laptop.Command(context.Background(), l.opts.Binary, args...)
-	c.cmd.Stdout = c.log
-	c.cmd.Stderr = c.log
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// A child that keeps stderr open after the client exits must not hang Wait; Wait then reports ErrWaitDelay.
-	c.cmd.WaitDelay = 2 * time.Second
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SSH_AUTH_SOCK=") {
-			c.cmd.Env = append(c.cmd.Env, kv)
-		}
-	}
-	if err := c.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting k8stunnel: %w", err)
-	}
-	go func() {
-		c.err = c.cmd.Wait()
-		close(c.exited)
-	}()
-	l.mu.Lock()
-	l.clients = append(l.clients, c)
-	l.mu.Unlock()
-	return c, nil
+	return StartClientCmd(l, nil, l.opts.Binary, args...)
 }
 
 // Pid is the client's process id, which is also its process group id.

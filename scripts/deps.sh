@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the e2e tests and the demo need on Debian, and nothing when it is all there already.
-# Needs root only when something is missing. Go itself is expected at /usr/local/go.
+# Installs what the e2e tests and the demo need on Debian, plus any packages named as arguments, and nothing when it
+# is all there already. Needs root only when something is missing. Go itself is expected at /usr/local/go.
 set -euo pipefail
 
-packages=(openssh-server openssh-client iptables iproute2 curl procps sudo dnsmasq-base)
+packages=(openssh-server openssh-client iptables iproute2 curl procps sudo dnsmasq-base "$@")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -18,13 +18,15 @@ if ((${#missing[@]})); then
 		echo "hint: run as root: sudo scripts/deps.sh" >&2
 		exit 1
 	fi
-	# The tests start their own sshd inside a network namespace; installing openssh-server must not start the
-	# machine's sshd. A policy-rc.d that says 101 forbids service starts during the install.
+	# The tests start their own sshd (and the bench its own iperf3) inside network namespaces; installing the
+	# packages must not start the machine's. A policy-rc.d that says 101 forbids service starts during the install,
+	# and debconf is told not to set up iperf3's daemon.
 	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
 		chmod +x /usr/sbin/policy-rc.d
 		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 	fi
+	echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
 	echo "deps: installing ${missing[*]}" >&2
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
