@@ -260,6 +260,11 @@ func (c *Stream) readErr(err error) error {
 }
 
 func (c *Stream) Write(b []byte) (int, error) {
+	// yamux checks a write deadline only once the send window is used up,
+	// so a reset stream with window to spare would go on sending.
+	if c.reset.Load() {
+		return 0, ErrPeerReset
+	}
 	n, err := c.s.Write(b)
 	switch {
 	case err == nil:
