@@ -120,26 +120,21 @@ func newLab(t *testing.T) *Lab {
 // startClient runs k8stunnel for the service and pod CIDRs and waits until it says the tunnel is ready.
 func startClient(t *testing.T, lab *Lab) *Client {
 	t.Helper()
+	return startClientArgs(t, lab, append([]string{"-v"}, lab.ClientArgs(ServiceCIDR, PodCIDR)...)...)
+}
+
+// startClientArgs runs k8stunnel with args, waits until it is ready, and makes sure that a test that failed half-way
+// shows its log and does not leave it running into the next test on the same lab.
+func startClientArgs(t *testing.T, lab *Lab, args ...string) *Client {
+	t.Helper()
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	c, err := lab.StartClient(append([]string{"-v"}, lab.ClientArgs(ServiceCIDR, PodCIDR)...)...)
+	c, err := lab.StartClient(args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("k8stunnel stderr:\n%s", c.Stderr())
-		}
-	})
-	// A test that failed half-way must not leave its client running into the next test on the same lab.
-	t.Cleanup(func() {
-		select {
-		case <-c.Exited():
-		default:
-			c.kill()
-		}
-	})
+	watchClient(t, c)
 	start := time.Now()
 	if err := c.WaitReady(context.Background()); err != nil {
 		t.Fatal(err)

@@ -31,20 +31,7 @@ import (
 // ready. Without -v the log is what a user sees, so counting its lines says whether a fault floods it.
 func startQuietClient(t *testing.T, lab *Lab, extra ...string) *Client {
 	t.Helper()
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	c, err := lab.StartClient(append(extra, lab.ClientArgs(ServiceCIDR, PodCIDR)...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	watchClient(t, c)
-	start := time.Now()
-	if err := c.WaitReady(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("tunnel ready after %v", time.Since(start).Round(time.Millisecond))
-	return c
+	return startClientArgs(t, lab, append(extra, lab.ClientArgs(ServiceCIDR, PodCIDR)...)...)
 }
 
 // watchClient shows c's log when t fails and makes sure c is gone when t ends.
