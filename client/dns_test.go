@@ -298,11 +298,27 @@ func TestDNSProxyReusesStreams(t *testing.T) {
 func TestDNSProxyRetriesClosedStream(t *testing.T) {
 	fx := startProxy(t, DNSConfig{})
 	fx.ask(t, "udp", "web.default.svc.cluster.local.", dns.TypeA)
+	// The answer can reach us before the proxy has put its stream back in
+	// the idle list: wait for it there, or the stream below is not closed.
+	idle := func() int {
+		fx.proxy.streams.mu.Lock()
+		defer fx.proxy.streams.mu.Unlock()
+		n := 0
+		for _, list := range fx.proxy.streams.idle {
+			n += len(list)
+		}
+		return n
+	}
+	for deadline := time.Now().Add(5 * time.Second); idle() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first query's stream never went back to the idle list")
+		}
+	}
 	// The server (or a reconnect) ends the idle stream.
 	fx.proxy.streams.mu.Lock()
 	for _, list := range fx.proxy.streams.idle {
 		for _, s := range list {
-			s.rwc.(*net.TCPConn).CloseRead()
+			s.rwc.Close()
 		}
 	}
 	fx.proxy.streams.mu.Unlock()
@@ -597,8 +613,16 @@ func TestDNSProxyListenRetry(t *testing.T) {
 	if len(p.udpLns) != 0 || len(p.tcpLns) != 0 {
 		t.Fatalf("failed attempt left sockets: %d udp, %d tcp", len(p.udpLns), len(p.tcpLns))
 	}
-	if err := p.listenOn([]netip.Addr{lo}, 0, false); err != nil {
-		t.Fatal(err)
+	// Port 0 takes a random free UDP port that can still be taken for TCP;
+	// NewDNSProxy retries that, and so does this test.
+	for attempt := 0; ; attempt++ {
+		err := p.listenOn([]netip.Addr{lo}, 0, false)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 10 {
+			t.Fatal(err)
+		}
 	}
 	if p.streams.closed {
 		t.Error("a failed attempt closed the stream pool")
