@@ -25,7 +25,7 @@ type Target struct {
 func ParseTarget(s string) (Target, error) {
 	t, err := parseTarget(s)
 	if err != nil {
-		return Target{}, fmt.Errorf("parsing target %q: %w", s, err)
+		return Target{}, fmt.Errorf("bad CIDR %q: %w", s, err)
 	}
 	return t, nil
 }

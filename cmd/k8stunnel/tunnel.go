@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -228,11 +227,7 @@ func parseTargets(args []string) ([]firewall.Target, error) {
 		for _, f := range strings.FieldsFunc(a, func(r rune) bool { return r == ',' }) {
 			t, err := firewall.ParseTarget(f)
 			if err != nil {
-				var ue usageError
-				if errors.As(err, &ue) {
-					return nil, err
-				}
-				return nil, usagef("bad CIDR %q: %v", f, err)
+				return nil, usagef("%v", err) // it names the input already
 			}
 			ts = append(ts, t)
 		}
