@@ -312,6 +312,30 @@ func dataPathTests(t *testing.T, lab *Lab) {
 		wg.Wait()
 	})
 
+	t.Run("12-byte writes echo at once", func(t *testing.T) {
+		// PostgreSQL's "BEGIN;" is 12 bytes; these once looked like a yamux header to the batcher and waited for
+		// traffic that never came. The pod echoes each write as it arrives, so each direction is tested alone.
+		addr := servePod(t, lab, func(c net.Conn) { io.Copy(c, c) })
+		c := dialLaptop(t, lab, addr)
+		for _, p := range [][]byte{
+			{0x78, 0x00, 0x79, 0x79, 0x79, 0x79, 0x79, 0x79, 0x00, 0x00, 0x00, 0x01},
+			{'Q', 0, 0, 0, 11, 'B', 'E', 'G', 'I', 'N', ';', 0},
+			make([]byte, 12),
+		} {
+			if _, err := c.Write(p); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(p))
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatalf("no echo of % x within 2s: %v", p, err)
+			}
+			if string(got) != string(p) {
+				t.Fatalf("sent % x, echoed % x", p, got)
+			}
+		}
+	})
+
 	t.Run("refused port is a reset", func(t *testing.T) {
 		expectReset(t, lab, net.JoinHostPort(PodAddr, "9"), time.Second)
 	})

@@ -3,7 +3,7 @@
 # is all there already. Needs root only when something is missing. Go itself is expected at /usr/local/go.
 set -euo pipefail
 
-packages=(openssh-server openssh-client iptables iproute2 curl procps sudo dnsmasq-base "$@")
+packages=(openssh-server openssh-client iptables iproute2 curl procps sudo dnsmasq-base postgresql "$@")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,6 +25,11 @@ if ((${#missing[@]})); then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
 		chmod +x /usr/sbin/policy-rc.d
 		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
+	# postgresql would create and start a "main" cluster; the tests run their own server in a namespace.
+	if [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
+		mkdir -p /etc/postgresql-common
+		echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
 	fi
 	echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
 	echo "deps: installing ${missing[*]}" >&2
