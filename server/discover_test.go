@@ -166,6 +166,18 @@ func TestDiscover(t *testing.T) {
 				procRoutes:        "Iface\tDestination\ncni0\tzz\n",
 			},
 		},
+		{
+			name: "a scalar for a list, bad domains and route fields",
+			files: map[string]string{
+				kubeletConfig:    "clusterDNS: 10.96.0.10 # one\nclusterDomain: cluster..local\n",
+				k3sKubeletConfig: "clusterDomain: " + strings.Repeat("a", 64) + ".local\n",
+				procRoutes:       "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\ncni0\tzz\t0\t1\t0\t0\t0\t00FFFFFF\ncni0\t0001F40A\t0\t1\t0\t0\t0\tmask\n",
+			},
+			want: mux.Facts{
+				DNS:     []string{"10.96.0.10"},
+				Sources: []string{"cluster DNS 10.96.0.10 from " + kubeletConfig},
+			},
+		},
 		{name: "nothing"},
 	}
 	for _, tt := range tests {

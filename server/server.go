@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -55,6 +56,10 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 		return err
 	}
 	defer sess.Close()
+	// Canceled when Serve returns, so that dials in flight and relays end
+	// with the session, and Serve can wait for them.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -62,9 +67,32 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 		case <-sess.Done():
 		}
 	}()
-	return sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
+	// A stream accepted as the session ends may reach its handler after
+	// Serve has begun to wait; stopping turns it away instead.
+	var (
+		mu       sync.Mutex
+		stopping bool
+		handlers sync.WaitGroup
+	)
+	err = sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
+		mu.Lock()
+		if stopping {
+			mu.Unlock()
+			st.Close()
+			return
+		}
+		handlers.Add(1)
+		mu.Unlock()
+		defer handlers.Done()
 		handle(ctx, cfg, req, st)
 	})
+	sess.Close()
+	cancel()
+	mu.Lock()
+	stopping = true
+	mu.Unlock()
+	handlers.Wait()
+	return err
 }
 
 func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
@@ -84,6 +112,9 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 		st.Close()
 		return
 	}
+	// A relay whose stream side is done waits on the target alone, and a
+	// quiet target would keep it past the session's end.
+	defer context.AfterFunc(ctx, func() { mux.NetConn(c).Abort() })()
 	if err := mux.Relay(mux.NetConn(c), st); err != nil {
 		cfg.Log.Debug("relay ended", "dst", req.Dst, "err", err)
 	}

@@ -1,0 +1,652 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/k8stunnel/k8stunnel/mux"
+)
+
+var discard = slog.New(slog.DiscardHandler)
+
+// bound is how long a test waits for something that should happen at once.
+const bound = 10 * time.Second
+
+// pair is the real data path in one process: a mux client session joined to
+// Serve by net.Pipe, the way the SSH channel joins them in production.
+type pair struct {
+	client *mux.Session
+	cancel context.CancelFunc // ends Serve's context
+	served chan error
+	err    error
+	done   bool
+}
+
+// newPair starts Serve with cfg and a client saying hello. The leak check is
+// registered first, so it runs last: after the client is closed and Serve
+// has returned.
+func newPair(t *testing.T, cfg Config, hello mux.Hello) *pair {
+	t.Helper()
+	goroutineLeakCheck(t)
+	a, b := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &pair{cancel: cancel, served: make(chan error, 1)}
+	go func() { p.served <- Serve(ctx, b, cfg) }()
+	client, err := mux.NewClient(a, hello, discard)
+	if err != nil {
+		a.Close()
+		cancel()
+		<-p.served
+		t.Fatalf("client handshake: %v", err)
+	}
+	p.client = client
+	// The client accepts the streams that carry the helper's resets.
+	go client.Serve(context.Background(), func(_ mux.Request, st *mux.Stream) { st.Abort(); st.Close() })
+	t.Cleanup(func() {
+		client.Close()
+		cancel()
+		p.wait(t)
+	})
+	return p
+}
+
+// wait returns what Serve returned, failing the test if it does not return.
+func (p *pair) wait(t *testing.T) error {
+	t.Helper()
+	if !p.done {
+		select {
+		case p.err = <-p.served:
+			p.done = true
+		case <-time.After(bound):
+			t.Fatal("Serve did not return")
+		}
+	}
+	return p.err
+}
+
+// dial opens a stream to dst and registers its Close.
+func (p *pair) dial(t *testing.T, dst netip.AddrPort) *mux.Stream {
+	t.Helper()
+	st, err := p.client.Dial(dst)
+	if err != nil {
+		t.Fatalf("opening stream to %v: %v", dst, err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// goroutineLeakCheck fails the test if goroutines started during it are still
+// there when its cleanups are done, after a bounded wait for them to exit.
+// (wireguard-go device.goroutineLeakCheck, compared by goroutine ID here.)
+func goroutineLeakCheck(t *testing.T) {
+	before := goroutineIDs(stacks())
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		var leaked []string
+		for deadline := time.Now().Add(bound); ; {
+			leaked = leaked[:0]
+			for _, g := range strings.Split(stacks(), "\n\n") {
+				if id := goroutineID(g); !before[id] && !strings.Contains(g, "goroutineLeakCheck") {
+					leaked = append(leaked, g)
+				}
+			}
+			if len(leaked) == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Millisecond) // teardown, not readiness
+		}
+		if len(leaked) > 0 {
+			t.Errorf("%d goroutines left after Serve returned:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
+		}
+	})
+}
+
+func stacks() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+func goroutineIDs(all string) map[uint64]bool {
+	ids := make(map[uint64]bool)
+	for _, g := range strings.Split(all, "\n\n") {
+		ids[goroutineID(g)] = true
+	}
+	return ids
+}
+
+// goroutineID reads N from a stack's first line, "goroutine N [state]:".
+func goroutineID(stack string) uint64 {
+	f := strings.Fields(stack)
+	if len(f) < 2 || f[0] != "goroutine" {
+		return 0
+	}
+	id, _ := strconv.ParseUint(f[1], 10, 64)
+	return id
+}
+
+// timeoutError is a net.Error that timed out, as a resolver or a custom
+// dialer might return it.
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+func dialErr(errno syscall.Errno) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", errno)}
+}
+
+// TestDialStatus checks that each way a dial fails reaches the client as the
+// status a direct connection would have shown it.
+func TestDialStatus(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want mux.Status
+	}{
+		{"refused", dialErr(syscall.ECONNREFUSED), mux.StatusRefused},
+		{"host unreachable", dialErr(syscall.EHOSTUNREACH), mux.StatusUnreachable},
+		{"network unreachable", dialErr(syscall.ENETUNREACH), mux.StatusUnreachable},
+		{"context deadline", fmt.Errorf("dialing: %w", context.DeadlineExceeded), mux.StatusTimeout},
+		{"socket deadline", &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, mux.StatusTimeout},
+		{"net.Error timeout", timeoutError{}, mux.StatusTimeout},
+		{"generic", errors.New("no route in this test"), mux.StatusFailed},
+		{"canceled", context.Canceled, mux.StatusFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			type call struct{ network, addr string }
+			calls := make(chan call, 1)
+			p := newPair(t, Config{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				calls <- call{network, addr}
+				return nil, tt.err
+			}}, mux.Hello{})
+			dst := netip.MustParseAddrPort("[2001:db8::1]:443")
+			st := p.dial(t, dst)
+			st.Write([]byte("early bytes")) // the application may write before the status
+			_, err := st.Read(make([]byte, 1))
+			var de *mux.DialError
+			if !errors.As(err, &de) || de.Status != tt.want {
+				t.Fatalf("first Read: %v, want a DialError %q", err, tt.want)
+			}
+			if c := <-calls; c != (call{"tcp", dst.String()}) {
+				t.Errorf("Dial(%q, %q), want Dial(%q, %q)", c.network, c.addr, "tcp", dst.String())
+			}
+		})
+	}
+}
+
+// TestDialRefusedForReal dials a loopback port that is bound but not
+// listening, so the kernel refuses it and nobody else can take the port.
+func TestDialRefusedForReal(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+
+	p := newPair(t, Config{}, mux.Hello{})
+	_, err = p.dial(t, dst).Read(make([]byte, 1))
+	var de *mux.DialError
+	if !errors.As(err, &de) || de.Status != mux.StatusRefused {
+		t.Fatalf("first Read: %v, want a DialError %q", err, mux.StatusRefused)
+	}
+}
+
+// TestDialTimeout checks that DialTimeout bounds the dial, and that the 10 s
+// default applies when it is 0.
+func TestDialTimeout(t *testing.T) {
+	t.Run("set", func(t *testing.T) {
+		p := newPair(t, Config{
+			DialTimeout: 20 * time.Millisecond,
+			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			},
+		}, mux.Hello{})
+		_, err := p.dial(t, netip.MustParseAddrPort("192.0.2.1:80")).Read(make([]byte, 1))
+		var de *mux.DialError
+		if !errors.As(err, &de) || de.Status != mux.StatusTimeout {
+			t.Fatalf("first Read: %v, want a DialError %q", err, mux.StatusTimeout)
+		}
+	})
+	t.Run("default", func(t *testing.T) {
+		left := make(chan time.Duration, 1)
+		p := newPair(t, Config{Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			d, ok := ctx.Deadline()
+			if !ok {
+				left <- -1
+			} else {
+				left <- time.Until(d)
+			}
+			return nil, errors.New("not dialing in this test")
+		}}, mux.Hello{})
+		p.dial(t, netip.MustParseAddrPort("192.0.2.1:80")).Read(make([]byte, 1))
+		if l := <-left; l <= 5*time.Second || l > 10*time.Second {
+			t.Errorf("dial deadline %v away, want the 10 s default", l)
+		}
+	})
+}
+
+// target is a loopback listener standing in for a pod.
+func target(t *testing.T) (netip.AddrPort, <-chan *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make(chan *net.TCPConn, 1)
+	go func() {
+		defer close(conns)
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		conns <- c
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		if c := <-conns; c != nil {
+			c.Close()
+		}
+	})
+	return ln.Addr().(*net.TCPAddr).AddrPort(), conns
+}
+
+// accepted returns the target's connection, closed when the test ends.
+func accepted(t *testing.T, conns <-chan *net.TCPConn) *net.TCPConn {
+	t.Helper()
+	select {
+	case c := <-conns:
+		if c == nil {
+			t.Fatal("target accepted nothing")
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(bound):
+		t.Fatal("the helper did not connect to the target")
+	}
+	return nil
+}
+
+func readAll(t *testing.T, r io.Reader, what string) string {
+	t.Helper()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("reading %s: %v", what, err)
+	}
+	return string(b)
+}
+
+func write(t *testing.T, w io.Writer, s string) {
+	t.Helper()
+	if _, err := io.WriteString(w, s); err != nil {
+		t.Fatalf("writing %q: %v", s, err)
+	}
+}
+
+// TestHalfClose checks that a FIN from either end reaches the other as EOF
+// while the answer still flows back, through the default dialer.
+func TestHalfClose(t *testing.T) {
+	t.Run("client first", func(t *testing.T) {
+		dst, conns := target(t)
+		p := newPair(t, Config{}, mux.Hello{})
+		st := p.dial(t, dst)
+		write(t, st, "GET / HTTP/1.0\r\n\r\n")
+		if err := st.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c := accepted(t, conns)
+		if got := readAll(t, c, "the request at the target"); got != "GET / HTTP/1.0\r\n\r\n" {
+			t.Fatalf("target got %q", got)
+		}
+		write(t, c, "HTTP/1.0 200 OK\r\n\r\nbody")
+		c.CloseWrite()
+		if got := readAll(t, st, "the answer at the client"); got != "HTTP/1.0 200 OK\r\n\r\nbody" {
+			t.Fatalf("client got %q", got)
+		}
+	})
+	t.Run("target first", func(t *testing.T) {
+		dst, conns := target(t)
+		p := newPair(t, Config{}, mux.Hello{})
+		st := p.dial(t, dst)
+		c := accepted(t, conns)
+		write(t, c, "220 banner\r\n")
+		c.CloseWrite()
+		if got := readAll(t, st, "the banner at the client"); got != "220 banner\r\n" {
+			t.Fatalf("client got %q", got)
+		}
+		write(t, st, "QUIT\r\n")
+		if err := st.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, c, "the answer at the target"); got != "QUIT\r\n" {
+			t.Fatalf("target got %q", got)
+		}
+	})
+}
+
+// TestReset checks that an abort on either end reaches the other as an
+// error, never as a clean end.
+func TestReset(t *testing.T) {
+	t.Run("target resets", func(t *testing.T) {
+		dst, conns := target(t)
+		p := newPair(t, Config{}, mux.Hello{})
+		st := p.dial(t, dst)
+		c := accepted(t, conns)
+		// Reset only once the relay runs: a reset that beats the dial's own
+		// completion fails the dial instead (StatusFailed).
+		write(t, c, "x")
+		if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetLinger(0)
+		c.Close()
+		_, err := io.ReadAll(st)
+		if !errors.Is(err, mux.ErrPeerReset) {
+			t.Fatalf("client read %v, want %v", err, mux.ErrPeerReset)
+		}
+	})
+	t.Run("client aborts", func(t *testing.T) {
+		dst, conns := target(t)
+		p := newPair(t, Config{}, mux.Hello{})
+		st := p.dial(t, dst)
+		c := accepted(t, conns)
+		write(t, c, "hello") // the client reads the status: the relay has started
+		if _, err := io.ReadFull(st, make([]byte, 5)); err != nil {
+			t.Fatal(err)
+		}
+		st.Abort()
+		st.Close()
+		c.SetReadDeadline(time.Now().Add(bound))
+		_, err := io.ReadAll(c)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("target read %v, want %v", err, syscall.ECONNRESET)
+		}
+	})
+}
+
+// TestFacts checks that the helper looks on the node only when asked.
+func TestFacts(t *testing.T) {
+	facts := &mux.Facts{ServiceCIDRs: []string{"10.96.0.0/12"}, DNS: []string{"10.96.0.10"}, Sources: []string{"test"}}
+	tests := []struct {
+		name     string
+		ask      bool
+		discover bool // cfg.Discover is set
+		want     *mux.Facts
+		calls    int32
+	}{
+		{"asked", true, true, facts, 1},
+		{"not asked", false, true, nil, 0},
+		{"asked, nothing to look with", true, false, nil, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int32
+			cfg := Config{Program: "k8stunnel test"}
+			if tt.discover {
+				cfg.Discover = func() *mux.Facts { calls.Add(1); return facts }
+			}
+			p := newPair(t, cfg, mux.Hello{Program: "client", Discover: tt.ask})
+			if got := p.client.Peer; got.Program != "k8stunnel test" || !reflect.DeepEqual(got.Facts, tt.want) {
+				t.Errorf("helper said %+v with facts %+v, want program %q and facts %+v", got, got.Facts, "k8stunnel test", tt.want)
+			}
+			if n := calls.Load(); n != tt.calls {
+				t.Errorf("Discover called %d times, want %d", n, tt.calls)
+			}
+		})
+	}
+}
+
+// TestServeEnds checks both ways a session ends: the context, and the client
+// going away.
+func TestServeEnds(t *testing.T) {
+	t.Run("context canceled", func(t *testing.T) {
+		p := newPair(t, Config{}, mux.Hello{})
+		p.cancel()
+		if err := p.wait(t); err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		select {
+		case <-p.client.Done():
+		case <-time.After(bound):
+			t.Fatal("the client's session outlived Serve")
+		}
+	})
+	t.Run("client closed", func(t *testing.T) {
+		p := newPair(t, Config{}, mux.Hello{})
+		p.client.Close()
+		if err := p.wait(t); err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	})
+}
+
+// TestServeEndsItsWork checks that when Serve returns, nothing it started is
+// left behind: not a dial in flight, not a relay whose stream side is done
+// and whose target is quiet.
+func TestServeEndsItsWork(t *testing.T) {
+	t.Run("dial in flight", func(t *testing.T) {
+		entered, returned := make(chan struct{}), make(chan struct{})
+		near, far := net.Pipe()
+		t.Cleanup(func() { near.Close(); far.Close() })
+		p := newPair(t, Config{
+			DialTimeout: time.Hour,
+			Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				defer close(returned)
+				close(entered)
+				<-ctx.Done()
+				// A dial that completes just as the session ends.
+				return near, nil
+			},
+		}, mux.Hello{})
+		p.dial(t, netip.MustParseAddrPort("192.0.2.1:80"))
+		<-entered
+		p.client.Close()
+		p.wait(t)
+		select {
+		case <-returned:
+		default:
+			t.Fatal("Serve returned with a dial in flight")
+		}
+		far.SetReadDeadline(time.Now())
+		if _, err := far.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("the late connection: read %v after Serve returned, want it closed", err)
+		}
+	})
+	t.Run("quiet target", func(t *testing.T) {
+		near, far := net.Pipe()
+		t.Cleanup(func() { near.Close(); far.Close() })
+		fin := make(chan struct{})
+		p := newPair(t, Config{Dial: func(context.Context, string, string) (net.Conn, error) {
+			return finConn{near, fin}, nil
+		}}, mux.Hello{})
+		p.dial(t, netip.MustParseAddrPort("192.0.2.1:80")).CloseWrite()
+		select {
+		case <-fin:
+		case <-time.After(bound):
+			t.Fatal("the client's FIN did not reach the target")
+		}
+		p.client.Close()
+		p.wait(t)
+		// The target must not be left waiting for an answer to a session
+		// that is gone. A deadline in the past: closed is checked first.
+		far.SetReadDeadline(time.Now())
+		if _, err := far.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("target read %v after Serve returned, want it closed", err)
+		}
+	})
+}
+
+// finConn is a target that takes a FIN and stays silent, its socket open.
+type finConn struct {
+	net.Conn
+	fin chan struct{}
+}
+
+func (c finConn) CloseWrite() error { close(c.fin); return nil }
+
+// TestHandshakeFails checks that Serve reports a session that never started.
+func TestHandshakeFails(t *testing.T) {
+	t.Run("no hello", func(t *testing.T) {
+		goroutineLeakCheck(t)
+		a, b := net.Pipe()
+		a.Close()
+		if err := Serve(context.Background(), b, Config{}); !errors.Is(err, mux.ErrNoHello) {
+			t.Fatalf("Serve: %v, want %v", err, mux.ErrNoHello)
+		}
+	})
+	t.Run("other version", func(t *testing.T) {
+		goroutineLeakCheck(t)
+		a, b := net.Pipe()
+		defer a.Close()
+		served := make(chan error, 1)
+		go func() {
+			served <- Serve(context.Background(), b, Config{Discover: func() *mux.Facts {
+				t.Error("Discover called for a session that was refused")
+				return nil
+			}})
+		}()
+		if err := mux.WriteHello(a, mux.Hello{Version: mux.Version + 1, Discover: true}); err != nil {
+			t.Fatal(err)
+		}
+		answer, _, err := mux.ReadHello(bufio.NewReader(a))
+		if err != nil || answer.Error == "" {
+			t.Fatalf("helper answered %+v, %v; want a refusal", answer, err)
+		}
+		if err := <-served; !errors.Is(err, mux.ErrVersionMismatch) {
+			t.Fatalf("Serve: %v, want %v", err, mux.ErrVersionMismatch)
+		}
+	})
+}
+
+// TestStdio runs a session over Stdio with pipes in place of the ones sshd
+// would give the helper.
+func TestStdio(t *testing.T) {
+	goroutineLeakCheck(t)
+	inR, inW := pipe(t)
+	outR, outW := pipe(t)
+	oldIn, oldOut := os.Stdin, os.Stdout
+	os.Stdin, os.Stdout = inR, outW
+	t.Cleanup(func() { os.Stdin, os.Stdout = oldIn, oldOut })
+
+	rwc := Stdio()
+	if max := pipeMaxSize(t); max >= pipeSize || os.Geteuid() == 0 {
+		for _, f := range []*os.File{inR, outW} {
+			if n, err := unix.FcntlInt(f.Fd(), unix.F_GETPIPE_SZ, 0); err != nil || n != pipeSize {
+				t.Errorf("pipe size %d, %v; want %d", n, err, pipeSize)
+			}
+		}
+	}
+
+	near, far := net.Pipe()
+	t.Cleanup(func() { near.Close(); far.Close() })
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(context.Background(), rwc, Config{Dial: func(context.Context, string, string) (net.Conn, error) {
+			return near, nil
+		}})
+	}()
+	client, err := mux.NewClient(sshChannel{outR, inW}, mux.Hello{}, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := client.Dial(netip.MustParseAddrPort("192.0.2.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, st, "ping")
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(far, got); err != nil || string(got) != "ping" {
+		t.Fatalf("target read %q, %v", got, err)
+	}
+	write(t, far, "pong")
+	if _, err := io.ReadFull(st, got); err != nil || string(got) != "pong" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	client.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(bound):
+		t.Fatal("Serve did not return")
+	}
+	// The session's end closes the helper's stdin and stdout.
+	if _, err := inR.Read(make([]byte, 1)); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("stdin read after Serve: %v, want %v", err, os.ErrClosed)
+	}
+	if _, err := outW.Write([]byte{0}); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("stdout write after Serve: %v, want %v", err, os.ErrClosed)
+	}
+}
+
+func pipe(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return r, w
+}
+
+func pipeMaxSize(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// sshChannel is the client's end of the helper's stdio.
+type sshChannel struct {
+	r io.ReadCloser
+	w io.WriteCloser
+}
+
+func (c sshChannel) Read(b []byte) (int, error)  { return c.r.Read(b) }
+func (c sshChannel) Write(b []byte) (int, error) { return c.w.Write(b) }
+func (c sshChannel) Close() error {
+	c.w.Close()
+	return c.r.Close()
+}
