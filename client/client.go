@@ -87,7 +87,9 @@ type Client struct {
 	listeners []*net.TCPListener
 	port      uint16
 	include   []firewall.Target // Include plus what AutoCIDRs found
-	dns       *DNSProxy         // nil without DNS
+	// origDst is originalDst; tests, which have no redirecting rules, replace it.
+	origDst func(*net.TCPConn) (netip.AddrPort, error)
+	dns     *DNSProxy // nil without DNS
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -125,7 +127,7 @@ func New(cfg Config) (*Client, error) {
 		}
 		cfg.DNS = &d
 	}
-	c := &Client{cfg: cfg, log: cfg.Log}
+	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst}
 	if err := c.listen(); err != nil {
 		return nil, err
 	}
@@ -458,7 +460,7 @@ func (c *Client) handle(conn *net.TCPConn) {
 	}
 	defer c.active.Add(-1)
 
-	dst, err := originalDst(conn)
+	dst, err := c.origDst(conn)
 	if err != nil {
 		c.log.Debug("dropping connection", "from", conn.RemoteAddr(), "err", err)
 		local.Abort()
