@@ -33,7 +33,7 @@ func dial(ctx context.Context, cfg Config) (*ssh.Client, Target, error) {
 	return d.Dial(ctx)
 }
 
-func TestDialSSHIdentityFile(t *testing.T) {
+func TestDialIdentityFile(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{User: "alice", Key: signer.PublicKey()})
@@ -55,7 +55,7 @@ func TestDialSSHIdentityFile(t *testing.T) {
 	}
 }
 
-func TestDialSSHAuthFailure(t *testing.T) {
+func TestDialAuthFailure(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, _ := sshtest.Key(t)
 	_, otherPriv := sshtest.Key(t)
@@ -79,7 +79,7 @@ func TestDialSSHAuthFailure(t *testing.T) {
 	}
 }
 
-func TestDialSSHUnknownHostKey(t *testing.T) {
+func TestDialUnknownHostKey(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey()})
@@ -103,7 +103,7 @@ func TestDialSSHUnknownHostKey(t *testing.T) {
 	}
 }
 
-func TestDialSSHChangedHostKey(t *testing.T) {
+func TestDialChangedHostKey(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey()})
@@ -129,7 +129,7 @@ func TestDialSSHChangedHostKey(t *testing.T) {
 	}
 }
 
-func TestDialSSHAcceptNew(t *testing.T) {
+func TestDialAcceptNew(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey()})
@@ -142,7 +142,7 @@ func TestDialSSHAcceptNew(t *testing.T) {
 
 	c, _, err := dial(sshtest.Ctx(t), Config{Remote: srv.Remote("u"), Identities: []string{keyFile}, ConfigFile: conf})
 	if err != nil {
-		t.Fatalf("DialSSH with accept-new: %v", err)
+		t.Fatalf("Dial with accept-new: %v", err)
 	}
 	c.Close()
 	got, err := os.ReadFile(kh)
@@ -156,12 +156,12 @@ func TestDialSSHAcceptNew(t *testing.T) {
 	// The appended line must satisfy strict checking from now on.
 	c, _, err = dial(sshtest.Ctx(t), Config{Remote: srv.Remote("u"), Identities: []string{keyFile}, KnownHostsFile: kh})
 	if err != nil {
-		t.Fatalf("DialSSH with the appended key: %v", err)
+		t.Fatalf("Dial with the appended key: %v", err)
 	}
 	c.Close()
 }
 
-func TestDialSSHPassphrasePrompt(t *testing.T) {
+func TestDialPassphrasePrompt(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	_, otherPriv := sshtest.Key(t)
@@ -189,7 +189,7 @@ func TestDialSSHPassphrasePrompt(t *testing.T) {
 	}
 }
 
-func TestDialSSHPassphraseNoTerminal(t *testing.T) {
+func TestDialPassphraseNoTerminal(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey()})
@@ -218,7 +218,7 @@ func TestDialSSHPassphraseNoTerminal(t *testing.T) {
 	}
 }
 
-func TestDialSSHConfigAlias(t *testing.T) {
+func TestDialConfigAlias(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{User: "alice", Key: signer.PublicKey()})
@@ -304,7 +304,7 @@ func TestSSHParseRemote(t *testing.T) {
 	}
 }
 
-func TestDialSSHNoKeys(t *testing.T) {
+func TestDialNoKeys(t *testing.T) {
 	sshtest.Env(t)
 	signer, _ := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey()})
@@ -316,7 +316,7 @@ func TestDialSSHNoKeys(t *testing.T) {
 	}
 }
 
-func TestDialSSHAgent(t *testing.T) {
+func TestDialAgent(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey()})
@@ -356,14 +356,14 @@ func TestDialSSHAgent(t *testing.T) {
 		},
 	})
 	if err != nil {
-		t.Fatalf("DialSSH via agent: %v", err)
+		t.Fatalf("Dial via agent: %v", err)
 	}
 	c.Close()
 }
 
 // golang/go#29286: the node prefers a key type known_hosts does not list for
 // it; we must ask for the type we know instead of failing as "changed".
-func TestDialSSHHostKeyAlgorithms(t *testing.T) {
+func TestDialHostKeyAlgorithms(t *testing.T) {
 	home := sshtest.Env(t)
 	signer, priv := sshtest.Key(t)
 	edHost, _ := sshtest.Key(t)
@@ -398,7 +398,7 @@ func TestDialSSHHostKeyAlgorithms(t *testing.T) {
 	}
 }
 
-func TestDialSSHHandshakeBounded(t *testing.T) {
+func TestDialHandshakeBounded(t *testing.T) {
 	sshtest.Env(t)
 	// Accepts, then never says a word.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
