@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -153,10 +155,45 @@ func (e *engine) shutdown(t *testing.T) {
 		}
 	}
 	e.fw.mu.Lock()
-	defer e.fw.mu.Unlock()
-	if !e.fw.closed {
+	closed := e.fw.closed
+	e.fw.mu.Unlock()
+	if !closed {
 		t.Error("firewall not closed after Run returned")
 	}
+	checkNoEngineGoroutines(t)
+}
+
+// engineFrames are functions whose goroutines must all be gone once Run has
+// returned: the engine's, the helper's, the mux's and the fake transport's.
+var engineFrames = []string{
+	"k8stunnel/client.(*Client)", "k8stunnel/client.(*link)",
+	"k8stunnel/server.", "k8stunnel/mux.", "k8stunnel/transport/transporttest.", "hashicorp/yamux.",
+}
+
+// checkNoEngineGoroutines fails when a goroutine of the engine outlives Run.
+// A goroutine that has been told to stop may need a moment to get there, so
+// it looks again for a while before it calls that a leak.
+func checkNoEngineGoroutines(t *testing.T) {
+	t.Helper()
+	var left []string
+	for range 100 {
+		left = left[:0]
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		for _, g := range strings.Split(string(buf), "\n\n")[1:] { // [0] is this goroutine
+			for _, f := range engineFrames {
+				if strings.Contains(g, f) {
+					left = append(left, g)
+					break
+				}
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("%d goroutines left after Run returned:\n%s", len(left), strings.Join(left, "\n\n"))
 }
 
 func (e *engine) dial(t *testing.T) net.Conn {
