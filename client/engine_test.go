@@ -299,3 +299,31 @@ func TestEngineNeedsTransport(t *testing.T) {
 		t.Error("New without a Transport succeeded")
 	}
 }
+
+// While the link is down, a new connection is reset at once instead of
+// hanging until the node is back.
+func TestEngineResetsWhileDown(t *testing.T) {
+	release := make(chan struct{})
+	tr := &transporttest.Transport{
+		Fail: func(attempt int) error {
+			if attempt == 2 {
+				<-release
+			}
+			return nil
+		},
+	}
+	e := startEngine(t, Config{}, tr, echoTarget(t))
+	echo(t, e.dial(t), "hello")
+
+	tr.Links()[0].Kill(errors.New("cable cut"))
+	e.logs.wait(t, "tunnel lost; new connections are reset until it is back")
+	app := e.dial(t)
+	app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := app.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("read on a connection made while the link is down = %v, want a reset", err)
+	}
+	close(release)
+	e.logs.wait(t, "tunnel restored")
+	echo(t, e.dial(t), "back")
+	e.shutdown(t)
+}
