@@ -1,6 +1,7 @@
-// Package client is the laptop side of k8stunnel: it keeps an SSH connection
-// to the node with the helper running on it, accepts the connections the
-// firewall redirects to it, and sends each one down a mux stream.
+// Package client is the laptop side of k8stunnel: it keeps a link to the node
+// (an SSH connection, through the transport seam) with the helper running on
+// it, accepts the connections the firewall redirects to it, and sends each one
+// down a mux stream.
 package client
 
 import (
@@ -18,10 +19,10 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/k8stunnel/k8stunnel/firewall"
 	"github.com/k8stunnel/k8stunnel/mux"
+	"github.com/k8stunnel/k8stunnel/transport"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 // DefaultPort is where the client listens unless told otherwise; lower ports
@@ -37,8 +38,8 @@ type Firewall interface {
 
 // Config describes one tunnel.
 type Config struct {
-	SSH    SSHConfig
-	Helper HelperOptions
+	// Transport makes the links to the node (sshtransport in production).
+	Transport transport.Transport
 	// Listen are the addresses to accept redirected connections on; empty
 	// means 127.0.0.1 and [::1] on DefaultPort, or a lower free port.
 	Listen  []string
@@ -51,17 +52,15 @@ type Config struct {
 	// it leaves unset (cluster DNS IP and domain, the node's resolvers) is
 	// filled in from what the helper finds on the node.
 	DNS *DNSConfig
-	// Channels is how many SSH channels (each with its own helper) carry the
-	// streams; 0 means 1.
+	// Channels is how many channels of the link (each with its own helper)
+	// carry the streams; 0 means 1.
 	Channels int
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
 	MaxConns int
 	// StartFirewall starts the privileged part. It is called once, before the
-	// SSH connection is made, so a missing sudo fails fast.
+	// link is made, so a missing sudo fails fast.
 	StartFirewall func(ctx context.Context) (Firewall, error)
-	// KeepaliveInterval and KeepaliveTimeout tune SSH keepalives; 0 means 2 s and 6 s.
-	KeepaliveInterval, KeepaliveTimeout time.Duration
 	// OnReady, when set, is called once: when the tunnel first comes up with
 	// its rules installed (daemon mode reports success and writes its pidfile).
 	OnReady func()
@@ -70,8 +69,8 @@ type Config struct {
 	Log     *slog.Logger
 }
 
-// These bound one connection attempt: dial, SSH handshake, helper upload
-// and start. The first may upload the helper over a slow link.
+// These bound one connection attempt: the transport's Connect (dial, SSH
+// handshake) and each channel's Open (helper upload and start). The first may upload the helper over a slow link.
 const (
 	firstConnectTimeout     = 60 * time.Second
 	reconnectAttemptTimeout = 4 * time.Second
@@ -88,7 +87,9 @@ type Client struct {
 	listeners []*net.TCPListener
 	port      uint16
 	include   []firewall.Target // Include plus what AutoCIDRs found
-	dns       *DNSProxy         // nil without DNS
+	// origDst is originalDst; tests, which have no redirecting rules, replace it.
+	origDst func(*net.TCPConn) (netip.AddrPort, error)
+	dns     *DNSProxy // nil without DNS
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -101,8 +102,8 @@ type Client struct {
 // New validates cfg and binds the listeners, so the port is known before
 // anything else happens.
 func New(cfg Config) (*Client, error) {
-	if cfg.SSH.Remote == "" {
-		return nil, errors.New("no remote given")
+	if cfg.Transport == nil {
+		return nil, errors.New("no transport")
 	}
 	if len(cfg.Include) == 0 && !cfg.AutoCIDRs {
 		return nil, errors.New("no CIDRs to forward")
@@ -116,17 +117,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
-	if cfg.KeepaliveInterval <= 0 {
-		cfg.KeepaliveInterval = 2 * time.Second
-	}
-	if cfg.KeepaliveTimeout <= 0 {
-		cfg.KeepaliveTimeout = 6 * time.Second
-	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	cfg.SSH.Log = cfg.Log
-	cfg.Helper.Log = cfg.Log
 	if cfg.DNS != nil {
 		d := *cfg.DNS
 		if d.Log == nil {
@@ -134,7 +127,7 @@ func New(cfg Config) (*Client, error) {
 		}
 		cfg.DNS = &d
 	}
-	c := &Client{cfg: cfg, log: cfg.Log}
+	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst}
 	if err := c.listen(); err != nil {
 		return nil, err
 	}
@@ -290,7 +283,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		case <-fwDone:
 			// Killed, it removed nothing: its rules still send the CIDRs to
 			// our port, where nobody will listen once we are gone.
-			return &HintError{
+			return &tui.HintError{
 				Err:  errors.New("the firewall helper exited unexpectedly; its rules may be left behind"),
 				Hint: "remove them with: sudo k8stunnel cleanup",
 			}
@@ -354,7 +347,7 @@ func (c *Client) useFacts(f *mux.Facts) error {
 		}
 	}
 	if len(c.include) == 0 {
-		return &HintError{
+		return &tui.HintError{
 			Err: errors.New("-N found no pod or service CIDR on the node (no kubeadm manifests, kubelet, k3s or flannel files)"),
 			Hint: "name them as arguments, e.g. k8stunnel -r NODE 10.96.0.0/12 10.244.0.0/16 " +
 				"(kubectl cluster-info dump | grep -m2 -e service-cluster-ip-range -e cluster-cidr shows yours)",
@@ -389,8 +382,9 @@ func (c *Client) reconnect(ctx context.Context) (*link, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if errors.Is(err, ErrHostKeyChanged) || errors.Is(err, ErrUnknownHostKey) {
-			// Someone else may be answering for the node: never retry into that.
+		if errors.Is(err, transport.ErrPermanent) {
+			// A changed host key: someone else may be answering for the node,
+			// and retrying would never fix that.
 			return nil, err
 		}
 		// One line for the first failure; the rest only with -v.
@@ -466,7 +460,7 @@ func (c *Client) handle(conn *net.TCPConn) {
 	}
 	defer c.active.Add(-1)
 
-	dst, err := originalDst(conn)
+	dst, err := c.origDst(conn)
 	if err != nil {
 		c.log.Debug("dropping connection", "from", conn.RemoteAddr(), "err", err)
 		local.Abort()
@@ -501,9 +495,9 @@ func (c *Client) handle(conn *net.TCPConn) {
 	}
 }
 
-// link is one SSH connection and the mux sessions on its channels.
+// link is one transport link and the mux sessions on its channels.
 type link struct {
-	ssh      *ssh.Client
+	tl       transport.Link
 	target   string
 	server   netip.Addr
 	sessions []*mux.Session
@@ -549,51 +543,43 @@ func (l *link) close() {
 		for _, s := range l.sessions {
 			s.Close()
 		}
-		l.ssh.Close()
+		l.tl.Close()
 		close(l.done)
 	})
 }
 
-// connect makes one SSH connection, starts the helper on each channel and
-// watches them: the link is done when any of them ends. setup bounds the
-// attempt; what it starts lives until ctx ends or the link fails.
+// connect makes one link, starts the helper on each channel and watches
+// them: the link is done when any of them ends. setup bounds the attempt;
+// what it starts lives until ctx ends or the link fails.
 func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error) {
 	sctx, cancel := context.WithTimeout(ctx, setup)
 	defer cancel()
-	sc, target, err := DialSSH(sctx, c.cfg.SSH)
+	tl, err := c.cfg.Transport.Connect(sctx)
 	if err != nil {
 		return nil, err
 	}
-	l := &link{ssh: sc, target: fmt.Sprintf("%s@%s", target.User, target.Addr), server: target.Addr.Addr().Unmap(), done: make(chan struct{})}
-	// Closing the SSH connection unblocks every step below when time is up.
-	stop := context.AfterFunc(sctx, func() { sc.Close() })
+	l := &link{tl: tl, target: tl.Remote(), server: tl.Server(), done: make(chan struct{})}
+	// Closing the link unblocks every step below when time is up.
+	stop := context.AfterFunc(sctx, func() { tl.Close() })
 	defer stop()
 	for i := 0; i < c.cfg.Channels; i++ {
-		rwc, err := StartRemoteHelper(sctx, sc, c.cfg.Helper)
+		ch, err := tl.Open(sctx)
 		if err != nil {
-			sc.Close()
+			tl.Close()
 			return nil, err
 		}
 		hello := mux.Hello{Program: c.cfg.Program, Discover: i == 0 && (c.cfg.AutoCIDRs || c.cfg.DNS != nil)}
-		sess, err := mux.NewClient(rwc, hello, c.log)
+		sess, err := mux.NewClient(ch, hello, c.log)
 		if err != nil {
-			rwc.Close()
+			ch.Close()
 			if sctx.Err() != nil {
 				err = fmt.Errorf("no answer in %v", setup)
 			}
-			if h, ok := rwc.(interface{ explainFailure(error) error }); ok {
-				err = h.explainFailure(err)
-			}
-			sc.Close()
-			err = fmt.Errorf("starting the helper on the node: %w", err)
-			if c.cfg.Helper.RemoteCmd != "" {
-				err = &HintError{Err: err, Hint: "--remote-cmd must run `k8stunnel server` of this version on the node"}
-			}
-			return nil, err
+			err = ch.Explain(err)
+			tl.Close()
+			return nil, fmt.Errorf("starting the helper on the node: %w", err)
 		}
-		if h, ok := rwc.(interface{ Started() }); ok {
-			h.Started()
-		}
+		ch.Started()
 		l.sessions = append(l.sessions, sess)
 		if i == 0 {
 			l.facts = sess.Peer.Facts
@@ -610,12 +596,11 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 		}()
 	}
 	go func() {
-		if err := Keepalive(ctx, sc, c.cfg.KeepaliveInterval, c.cfg.KeepaliveTimeout); err != nil {
-			l.fail(err)
+		select {
+		case <-tl.Done():
+			l.fail(tl.Err())
+		case <-l.done:
 		}
-	}()
-	go func() {
-		l.fail(sc.Wait())
 	}()
 	return l, nil
 }

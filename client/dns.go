@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/k8stunnel/k8stunnel/mux"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 // DefaultClusterDomain is Kubernetes' default DNS domain.
@@ -161,7 +162,7 @@ func NewDNSProxy(cfg DNSConfig, dial DNSDialer) (*DNSProxy, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if !cfg.ClusterDNS.IsValid() {
-		return nil, &HintError{
+		return nil, &tui.HintError{
 			Err:  errors.New("no cluster DNS IP: none given and none found on the node"),
 			Hint: "pass it: --cluster-dns $(kubectl -n kube-system get service kube-dns -o jsonpath='{.spec.clusterIP}')",
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/k8stunnel/k8stunnel/mux"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 var (
@@ -478,7 +479,7 @@ func TestNewDNSProxyErrors(t *testing.T) {
 				t.Fatalf("no error, want one mentioning %q", tt.want)
 			}
 			msg := err.Error()
-			var he *HintError
+			var he *tui.HintError
 			if errors.As(err, &he) {
 				msg += "\nhint: " + he.Hint
 			}

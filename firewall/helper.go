@@ -17,8 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-	"golang.org/x/term"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 // The helper protocol: the parent writes one JSON request per line on the
@@ -240,7 +239,7 @@ func StartHelper(ctx context.Context, cfg HelperConfig) (*Helper, error) {
 		cfg.Stderr = os.Stderr
 	}
 	viaSudo := cfg.Sudo && os.Geteuid() != 0
-	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, canPrompt())
+	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, tui.CanPrompt())
 	h, err := startHelper(ctx, argv, cfg)
 	if err != nil && viaSudo {
 		return nil, fmt.Errorf("%w: %w", err, ErrNeedRoot)
@@ -420,18 +419,6 @@ func (h *Helper) close() error {
 		return fmt.Errorf("firewall helper: %w", h.waitErr)
 	}
 	return nil
-}
-
-// canPrompt reports whether sudo may ask for a password: stdin is a terminal
-// and we are its foreground job. A background job (`k8stunnel ... &`) that
-// read the terminal would be stopped by SIGTTIN, so there sudo gets -n.
-func canPrompt() bool {
-	fd := int(os.Stdin.Fd())
-	if !term.IsTerminal(fd) {
-		return false
-	}
-	pgrp, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
-	return err == nil && pgrp == unix.Getpgrp()
 }
 
 // startupWriter holds a starting helper's stderr, then passes it on.

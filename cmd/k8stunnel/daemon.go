@@ -13,7 +13,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/k8stunnel/k8stunnel/client"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 // daemonEnv marks the detached child of --daemon; its value is the fd of the
@@ -68,7 +68,7 @@ func daemonize(logFile string, stderr io.Writer) error {
 		}
 	}
 	if hint = strings.TrimSpace(hint); hint != "" {
-		return &client.HintError{Err: errors.New(line), Hint: hint}
+		return &tui.HintError{Err: errors.New(line), Hint: hint}
 	}
 	return errors.New(line)
 }
@@ -98,7 +98,7 @@ func (d *daemonChild) ready() {
 func (d *daemonChild) failed(err error) {
 	if d != nil && d.report != nil {
 		fmt.Fprintln(d.report, strings.ReplaceAll(err.Error(), "\n", " "))
-		var he *client.HintError
+		var he *tui.HintError
 		if errors.As(err, &he) && he.Hint != "" {
 			fmt.Fprintln(d.report, strings.ReplaceAll(he.Hint, "\n", " "))
 		}

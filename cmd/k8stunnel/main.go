@@ -12,7 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/k8stunnel/k8stunnel/client"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -31,7 +31,7 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Fprintf(os.Stderr, "k8stunnel: error: %v\n", err)
-	var he *client.HintError
+	var he *tui.HintError
 	if errors.As(err, &he) && he.Hint != "" {
 		fmt.Fprintf(os.Stderr, "k8stunnel: hint: %s\n", he.Hint)
 	}

@@ -14,6 +14,9 @@ import (
 
 	"github.com/k8stunnel/k8stunnel/client"
 	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/transport/helper"
+	"github.com/k8stunnel/k8stunnel/transport/sshdial"
+	"github.com/k8stunnel/k8stunnel/transport/sshtransport"
 )
 
 const usageText = `k8stunnel: reach a Kubernetes cluster's service and pod IPs through one SSH connection
@@ -154,14 +157,21 @@ func runClient(ctx context.Context, o clientOptions, log *slog.Logger, stderr io
 		helperArgs = []string{"-v"}
 	}
 	var pidErr error
-	c, err := client.New(client.Config{
-		SSH: client.SSHConfig{
+	tr, err := sshtransport.New(sshtransport.Config{
+		SSH: sshdial.Config{
 			Remote:         o.remote,
 			Identities:     o.identities,
 			ConfigFile:     o.sshConfig,
 			KnownHostsFile: o.knownHosts,
 		},
-		Helper:    client.HelperOptions{RemoteCmd: o.remoteCmd, Exe: exe, Args: helperArgs},
+		Helper: helper.Config{RemoteCmd: o.remoteCmd, Exe: exe, Args: helperArgs},
+		Log:    log,
+	})
+	if err != nil {
+		return err
+	}
+	c, err := client.New(client.Config{
+		Transport: tr,
 		Listen:    o.listen,
 		Include:   o.include,
 		Exclude:   o.exclude,

@@ -1,4 +1,8 @@
-package client
+// Package helper starts `k8stunnel server` next to the cluster over an SSH
+// connection: it copies this executable to a per-user cache on the node unless
+// told to run one already there, and hands back the helper's stdio as a
+// transport.Channel.
+package helper
 
 import (
 	"bufio"
@@ -20,35 +24,56 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/k8stunnel/k8stunnel/transport"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
-// HelperOptions says how to start the helper (`k8stunnel server`) on the node.
-type HelperOptions struct {
+// Config says how to start the helper (`k8stunnel server`) on the node.
+type Config struct {
 	RemoteCmd string       // --remote-cmd; when set, run it instead of uploading
 	Exe       string       // local executable to upload; "" = this process's own
 	Log       *slog.Logger // the helper's stderr lines end up here
 	Args      []string     // extra args appended after "server", e.g. "-v"
 }
 
-// StartRemoteHelper runs the helper on the node in a new SSH session, without
-// a PTY so the byte stream stays untouched, and returns its stdio: Read is the
-// helper's stdout, Write its stdin, Close closes stdin and the session. Unless
-// RemoteCmd is set it first copies this executable to a per-user cache on the
-// node, named by its hash, so nothing has to be installed there and later runs
-// reuse the copy. ctx bounds only the setup, not the returned stream.
-func StartRemoteHelper(ctx context.Context, c *ssh.Client, opt HelperOptions) (io.ReadWriteCloser, error) {
-	log := opt.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// Launcher starts helpers, as many as asked for, on any SSH connection.
+type Launcher struct {
+	cfg Config
+	log *slog.Logger
+
+	// The executable is hashed once per Launcher; a reconnect should not
+	// read megabytes again.
+	exeOnce sync.Once
+	exe     helperExe
+	exeErr  error
+}
+
+// New returns a Launcher for cfg.
+func New(cfg Config) *Launcher {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	cfg.Args = slices.Clone(cfg.Args)
+	return &Launcher{cfg: cfg, log: cfg.Log}
+}
+
+// Start runs the helper on the node in a new SSH session, without a PTY so
+// the byte stream stays untouched, and returns its stdio: Read is the helper's
+// stdout, Write its stdin, Close closes stdin and the session. Unless RemoteCmd
+// is set it first copies this executable to a per-user cache on the node,
+// named by its hash, so nothing has to be installed there and later runs reuse
+// the copy. ctx bounds only the setup, not the returned stream.
+func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
+	opt, log := l.cfg, l.log
 	var cmd string
 	if opt.RemoteCmd != "" {
 		cmd = opt.RemoteCmd
 		for _, a := range opt.Args {
-			cmd += " " + sshQuote(a)
+			cmd += " " + tui.Quote(a)
 		}
 	} else {
-		exe, err := helperLocalExe(opt.Exe)
+		exe, err := l.localExe()
 		if err != nil {
 			return nil, err
 		}
@@ -57,7 +82,7 @@ func StartRemoteHelper(ctx context.Context, c *ssh.Client, opt HelperOptions) (i
 		}
 		script := helperVars(exe.hash) + `exec "$p" server`
 		for _, a := range opt.Args {
-			script += " " + sshQuote(a)
+			script += " " + tui.Quote(a)
 		}
 		cmd = helperShell(script)
 	}
@@ -85,7 +110,7 @@ func StartRemoteHelper(ctx context.Context, c *ssh.Client, opt HelperOptions) (i
 		return nil, fmt.Errorf("starting the helper on the node: %w", err)
 	}
 
-	h := &helperStdio{Reader: stdout, stdin: stdin, sess: sess, log: log, starting: true,
+	h := &Stdio{Reader: stdout, stdin: stdin, sess: sess, log: log, starting: true, remoteCmd: opt.RemoteCmd != "",
 		stderrDone: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		defer close(h.stderrDone)
@@ -114,15 +139,16 @@ func StartRemoteHelper(ctx context.Context, c *ssh.Client, opt HelperOptions) (i
 	return h, nil
 }
 
-// helperStdio is the helper's session as one stream.
-type helperStdio struct {
+// Stdio is the helper's session as one stream.
+type Stdio struct {
 	io.Reader
-	stdin  io.WriteCloser
-	sess   *ssh.Session
-	log    *slog.Logger
-	closed atomic.Bool
-	once   sync.Once
-	err    error
+	stdin     io.WriteCloser
+	sess      *ssh.Session
+	log       *slog.Logger
+	remoteCmd bool
+	closed    atomic.Bool
+	once      sync.Once
+	err       error
 
 	// Until Started, what the helper says on stderr is kept for the error
 	// that explains why it did not start, instead of being logged apart.
@@ -137,7 +163,7 @@ type helperStdio struct {
 // maxEarlyLines bounds what a helper that fails to start can make us keep.
 const maxEarlyLines = 3
 
-func (h *helperStdio) stderrLine(line string) {
+func (h *Stdio) stderrLine(line string) {
 	h.mu.Lock()
 	if h.starting {
 		if len(h.early) < maxEarlyLines {
@@ -152,7 +178,7 @@ func (h *helperStdio) stderrLine(line string) {
 
 // Started says the helper answered: from now on its stderr is logged as it
 // comes, starting with what it said so far.
-func (h *helperStdio) Started() {
+func (h *Stdio) Started() {
 	h.mu.Lock()
 	early := h.early
 	h.starting, h.early = false, nil
@@ -162,9 +188,18 @@ func (h *helperStdio) Started() {
 	}
 }
 
-// explainFailure adds to err what the node said and how the helper exited.
-// Call it after Close: the session's end brings the rest of its stderr.
-func (h *helperStdio) explainFailure(err error) error {
+// Explain adds to err what the node said and how the helper exited, and with
+// RemoteCmd a hint about what that command must be. Call it after Close: the
+// session's end brings the rest of its stderr.
+func (h *Stdio) Explain(err error) error {
+	err = h.explain(err)
+	if h.remoteCmd {
+		return &tui.HintError{Err: err, Hint: "--remote-cmd must run `k8stunnel server` of this version on the node"}
+	}
+	return err
+}
+
+func (h *Stdio) explain(err error) error {
 	timer := time.NewTimer(time.Second)
 	defer timer.Stop()
 	select {
@@ -197,10 +232,10 @@ func (h *helperStdio) explainFailure(err error) error {
 	return fmt.Errorf("%w; on stderr the node said: %s%s", err, strings.Join(said, " / "), status)
 }
 
-func (h *helperStdio) Write(p []byte) (int, error) { return h.stdin.Write(p) }
+func (h *Stdio) Write(p []byte) (int, error) { return h.stdin.Write(p) }
 
 // Close is safe to call more than once.
-func (h *helperStdio) Close() error {
+func (h *Stdio) Close() error {
 	h.once.Do(func() {
 		h.closed.Store(true)
 		err := errors.Join(h.stdin.Close(), h.sess.Close())
@@ -219,14 +254,9 @@ type helperExe struct {
 	size int64
 }
 
-// helperExes hashes each executable once per process; a reconnect should not
-// read megabytes again.
-var helperExes sync.Map // path -> *helperExeOnce
-
-type helperExeOnce struct {
-	once sync.Once
-	exe  helperExe
-	err  error
+func (l *Launcher) localExe() (helperExe, error) {
+	l.exeOnce.Do(func() { l.exe, l.exeErr = helperLocalExe(l.cfg.Exe) })
+	return l.exe, l.exeErr
 }
 
 func helperLocalExe(path string) (helperExe, error) {
@@ -242,24 +272,17 @@ func helperLocalExe(path string) (helperExe, error) {
 			path = p
 		}
 	}
-	v, _ := helperExes.LoadOrStore(path, &helperExeOnce{})
-	h := v.(*helperExeOnce)
-	h.once.Do(func() {
-		f, err := os.Open(path)
-		if err != nil {
-			h.err = fmt.Errorf("reading this executable: %w", err)
-			return
-		}
-		defer f.Close()
-		sum := sha256.New()
-		n, err := io.Copy(sum, f)
-		if err != nil {
-			h.err = fmt.Errorf("reading this executable: %w", err)
-			return
-		}
-		h.exe = helperExe{path: path, hash: hex.EncodeToString(sum.Sum(nil))[:16], size: n}
-	})
-	return h.exe, h.err
+	f, err := os.Open(path)
+	if err != nil {
+		return helperExe{}, fmt.Errorf("reading this executable: %w", err)
+	}
+	defer f.Close()
+	sum := sha256.New()
+	n, err := io.Copy(sum, f)
+	if err != nil {
+		return helperExe{}, fmt.Errorf("reading this executable: %w", err)
+	}
+	return helperExe{path: path, hash: hex.EncodeToString(sum.Sum(nil))[:16], size: n}, nil
 }
 
 // helperVars names the cache on the node in shell variables d and p, so the
@@ -271,7 +294,7 @@ func helperVars(hash string) string {
 // helperShell runs script under sh: the login shell on the node may be one
 // (fish, csh) that does not speak POSIX.
 func helperShell(script string) string {
-	return "sh -c " + sshQuote(script)
+	return "sh -c " + tui.Quote(script)
 }
 
 // helperInstall makes sure the node has exe in its cache, uploading it if not.
@@ -288,7 +311,7 @@ func helperInstall(ctx context.Context, c *ssh.Client, exe helperExe, log *slog.
 	}
 	uname := strings.TrimSpace(lines[0])
 	if !helperPlatformMatches(uname, runtime.GOOS, runtime.GOARCH) {
-		return &HintError{
+		return &tui.HintError{
 			Err:  fmt.Errorf("the node runs %s, this k8stunnel is %s/%s", uname, runtime.GOOS, runtime.GOARCH),
 			Hint: "install a matching k8stunnel on the node and pass --remote-cmd '/path/to/k8stunnel server'",
 		}
@@ -364,3 +387,6 @@ func helperPlatformMatches(uname, goos, goarch string) bool {
 	}
 	return slices.Contains(machines, f[1])
 }
+
+// Stdio is what the engine reads and writes.
+var _ transport.Channel = (*Stdio)(nil)

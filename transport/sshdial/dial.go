@@ -1,4 +1,8 @@
-package client
+// Package sshdial is the pure-Go SSH dialer: it reads ssh_config and
+// known_hosts the way OpenSSH would, offers agent and file keys, asks for
+// passphrases through tui, and keeps the connection proven alive. It knows
+// nothing of helpers or tunnels.
+package sshdial
 
 import (
 	"bufio"
@@ -25,34 +29,25 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
-	"golang.org/x/sys/unix"
-	"golang.org/x/term"
+
+	"github.com/k8stunnel/k8stunnel/transport"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
-// Errors of the SSH transport. They reach the user wrapped, usually inside a
-// HintError; callers tell them apart with errors.Is (for example to stop
-// reconnecting when retrying cannot help).
+// Errors of the SSH dialer. They reach the user wrapped, usually inside a
+// tui.HintError; callers tell them apart with errors.Is. The host key ones are
+// transport.ErrPermanent: someone else may be answering for the node, and a
+// reconnect must never retry into that.
 var (
-	ErrUnknownHostKey   = errors.New("unknown host key")
-	ErrHostKeyChanged   = errors.New("host key changed")
+	ErrUnknownHostKey   = transport.Permanent("unknown host key")
+	ErrHostKeyChanged   = transport.Permanent("host key changed")
 	ErrAuthFailed       = errors.New("ssh authentication failed")
-	ErrNoTerminal       = errors.New("no terminal to ask on")
 	ErrKeepaliveTimeout = errors.New("no answer from the node")
 )
 
-// HintError is an error the user can fix; Hint says how. The CLI prints the
-// error and then the hint on a line of its own.
-type HintError struct {
-	Err  error
-	Hint string
-}
-
-func (e *HintError) Error() string { return e.Err.Error() }
-func (e *HintError) Unwrap() error { return e.Err }
-
-// SSHConfig says where and how to connect; DialSSH fills the gaps from
-// ssh_config the way OpenSSH would.
-type SSHConfig struct {
+// Config says where and how to connect; Dial fills the gaps from ssh_config
+// the way OpenSSH would.
+type Config struct {
 	Remote         string   // [user@]host[:port], host may be an ssh_config Host alias
 	Identities     []string // -i files (repeatable)
 	ConfigFile     string   // -F; "" = ~/.ssh/config (missing file is fine)
@@ -63,9 +58,9 @@ type SSHConfig struct {
 	Prompt func(prompt string) ([]byte, error)
 }
 
-// SSHTarget is what DialSSH resolved: for logging, and so the firewall can
-// exclude the server's own address from redirection.
-type SSHTarget struct {
+// Target is what Dial resolved: for logging, and so the firewall can exclude
+// the server's own address from redirection.
+type Target struct {
 	User, Host string
 	Port       int
 	Addr       netip.AddrPort // the address actually connected to
@@ -86,27 +81,45 @@ var sshCiphers = []string{
 
 var sshDefaultIdentities = []string{"~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa"}
 
-// DialSSH connects and authenticates to the node named by cfg.Remote.
-// ctx bounds the TCP connect and the SSH handshake, not the returned client.
-func DialSSH(ctx context.Context, cfg SSHConfig) (*ssh.Client, SSHTarget, error) {
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// Dialer connects to one node, again on every reconnect.
+type Dialer struct {
+	cfg Config
+	log *slog.Logger
+	// Decrypted keys are kept for the life of the Dialer: Dial runs again on
+	// every reconnect, when nobody may be at the terminal any more.
+	decrypted keyCache
+}
+
+// New checks cfg; nothing is read or dialed until Dial.
+func New(cfg Config) (*Dialer, error) {
+	if cfg.Remote == "" {
+		return nil, errors.New("no remote given")
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	cfg.Identities = slices.Clone(cfg.Identities)
+	return &Dialer{cfg: cfg, log: cfg.Log}, nil
+}
+
+// Dial connects and authenticates to the node named by Config.Remote.
+// ctx bounds the TCP connect and the SSH handshake, not the returned client.
+func (dl *Dialer) Dial(ctx context.Context) (*ssh.Client, Target, error) {
+	cfg, log := dl.cfg, dl.log
 	rc, err := sshResolve(cfg, log)
 	if err != nil {
-		return nil, SSHTarget{}, err
+		return nil, Target{}, err
 	}
-	target := SSHTarget{User: rc.user, Host: rc.host, Port: rc.port}
+	target := Target{User: rc.user, Host: rc.host, Port: rc.port}
 	hostport := net.JoinHostPort(rc.host, strconv.Itoa(rc.port))
 
 	hk, err := sshNewHostKeys(rc, hostport, log)
 	if err != nil {
 		return nil, target, err
 	}
-	auth := &sshAuth{ctx: ctx, log: log, identities: rc.identities, prompt: sshTTYPrompt}
+	auth := &sshAuth{ctx: ctx, log: log, identities: rc.identities, prompt: tui.Password, cache: &dl.decrypted}
 	if cfg.Prompt != nil {
-		auth.prompt = func(ctx context.Context, p string) ([]byte, error) { return sshPromptCtx(ctx, cfg.Prompt, p) }
+		auth.prompt = func(ctx context.Context, p string) ([]byte, error) { return tui.Ask(ctx, cfg.Prompt, p) }
 	}
 	defer auth.close()
 
@@ -181,10 +194,10 @@ func sshHandshakeError(host string, err error, hk *sshHostKeys, auth *sshAuth) e
 	if errors.As(err, &neg) && neg.What == "host key" && len(hk.algorithms) > 0 {
 		// golang/go#29286 the other way round: we only offer the key types
 		// known_hosts has for this host, and the node has none of them.
-		return &HintError{
+		return &tui.HintError{
 			Err: fmt.Errorf("%w for %s: known hosts has %s keys for it, the node offers only %s",
 				ErrHostKeyChanged, hk.name, strings.Join(hk.algorithms, ", "), strings.Join(neg.RequestedAlgorithms, ", ")),
-			Hint: "if the node was reinstalled, remove the old key with: ssh-keygen -R " + sshQuote(hk.name) + " -f " + sshQuote(hk.writeFile),
+			Hint: "if the node was reinstalled, remove the old key with: ssh-keygen -R " + tui.Quote(hk.name) + " -f " + tui.Quote(hk.writeFile),
 		}
 	}
 	var op *net.OpError
@@ -195,7 +208,7 @@ func sshHandshakeError(host string, err error, hk *sshHostKeys, auth *sshAuth) e
 		} else {
 			hint += " (offered: " + strings.Join(auth.offered, ", ") + ")"
 		}
-		return &HintError{Err: sshAuthError{fmt.Errorf("ssh handshake with %s: %w", host, err)}, Hint: hint}
+		return &tui.HintError{Err: sshAuthError{fmt.Errorf("ssh handshake with %s: %w", host, err)}, Hint: hint}
 	}
 	return fmt.Errorf("ssh handshake with %s: %w", host, err)
 }
@@ -207,7 +220,7 @@ type sshAuthError struct{ error }
 func (e sshAuthError) Unwrap() error        { return e.error }
 func (e sshAuthError) Is(target error) bool { return target == ErrAuthFailed }
 
-// sshResolved is SSHConfig with ssh_config and defaults applied.
+// sshResolved is Config with ssh_config and defaults applied.
 type sshResolved struct {
 	user, host string
 	port       int
@@ -221,7 +234,7 @@ type sshIdentity struct {
 	explicit bool // from -i: a missing file is worth a warning
 }
 
-func sshResolve(cfg SSHConfig, log *slog.Logger) (*sshResolved, error) {
+func sshResolve(cfg Config, log *slog.Logger) (*sshResolved, error) {
 	home, err := os.UserHomeDir()
 	if err != nil {
 		return nil, fmt.Errorf("finding home directory: %w", err)
@@ -377,7 +390,7 @@ func sshLoadConfig(file, home string) (*ssh_config.Config, error) {
 }
 
 // sshHostKeys verifies the node's host key against known_hosts and remembers
-// what went wrong, so DialSSH can report that instead of the library's wrapping.
+// what went wrong, so Dial can report that instead of the library's wrapping.
 type sshHostKeys struct {
 	log        *slog.Logger
 	db         ssh.HostKeyCallback
@@ -476,9 +489,9 @@ func (hk *sshHostKeys) verify(hostname string, remote net.Addr, key ssh.PublicKe
 			hk.log.Info("added the node's host key to known hosts", "host", hk.name, "key", fp, "file", hk.writeFile)
 			return nil
 		}
-		return &HintError{
+		return &tui.HintError{
 			Err: fmt.Errorf("%w for %s (the node offers %s)", ErrUnknownHostKey, hk.name, fp),
-			Hint: "add it with: " + sshKeyscan(hostname) + " >> " + sshQuote(hk.writeFile) +
+			Hint: "add it with: " + sshKeyscan(hostname) + " >> " + tui.Quote(hk.writeFile) +
 				" (or set StrictHostKeyChecking accept-new)",
 		}
 	}
@@ -489,22 +502,22 @@ func (hk *sshHostKeys) verify(hostname string, remote net.Addr, key ssh.PublicKe
 			break
 		}
 	}
-	return &HintError{
+	return &tui.HintError{
 		Err: fmt.Errorf("%w for %s: the node offers %s, but %s:%d has a different key",
 			ErrHostKeyChanged, hk.name, fp, old.Filename, old.Line),
-		Hint: "if the node was reinstalled, remove the old key with: ssh-keygen -R " + sshQuote(hk.name) + " -f " + sshQuote(old.Filename),
+		Hint: "if the node was reinstalled, remove the old key with: ssh-keygen -R " + tui.Quote(hk.name) + " -f " + tui.Quote(old.Filename),
 	}
 }
 
 func sshKeyscan(hostport string) string {
 	host, port, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return "ssh-keyscan " + sshQuote(hostport)
+		return "ssh-keyscan " + tui.Quote(hostport)
 	}
 	if port == "22" {
-		return "ssh-keyscan " + sshQuote(host)
+		return "ssh-keyscan " + tui.Quote(host)
 	}
-	return "ssh-keyscan -p " + port + " " + sshQuote(host)
+	return "ssh-keyscan -p " + port + " " + tui.Quote(host)
 }
 
 func sshAppendKnownHost(file, hostport string, key ssh.PublicKey) error {
@@ -538,6 +551,7 @@ type sshAuth struct {
 	log        *slog.Logger
 	identities []sshIdentity
 	prompt     func(ctx context.Context, prompt string) ([]byte, error)
+	cache      *keyCache
 
 	conn    net.Conn
 	agent   net.Conn
@@ -601,7 +615,7 @@ func (a *sshAuth) signers() ([]ssh.Signer, error) {
 			}
 			continue
 		}
-		if s := sshDecryptedKey(data); s != nil {
+		if s := a.cache.get(data); s != nil {
 			add(s, id.path)
 			continue
 		}
@@ -636,21 +650,29 @@ func (a *sshAuth) signers() ([]ssh.Signer, error) {
 	return out, nil
 }
 
-// Decrypted keys are kept for the life of the process: DialSSH runs again on
-// every reconnect, when nobody may be at the terminal any more.
-var sshDecrypted struct {
-	sync.Mutex
-	m map[[sha256.Size]byte]ssh.Signer
+// keyCache holds decrypted keys by the hash of their file's contents.
+type keyCache struct {
+	mu sync.Mutex
+	m  map[[sha256.Size]byte]ssh.Signer
 }
 
-func sshDecryptedKey(data []byte) ssh.Signer {
-	sshDecrypted.Lock()
-	defer sshDecrypted.Unlock()
-	return sshDecrypted.m[sha256.Sum256(data)]
+func (c *keyCache) get(data []byte) ssh.Signer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[sha256.Sum256(data)]
+}
+
+func (c *keyCache) put(data []byte, s ssh.Signer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[[sha256.Size]byte]ssh.Signer{}
+	}
+	c.m[sha256.Sum256(data)] = s
 }
 
 func (a *sshAuth) decrypt(path string, data []byte) (ssh.Signer, error) {
-	if s := sshDecryptedKey(data); s != nil {
+	if s := a.cache.get(data); s != nil {
 		return s, nil
 	}
 	// The deadline would otherwise expire while someone is typing.
@@ -660,10 +682,10 @@ func (a *sshAuth) decrypt(path string, data []byte) (ssh.Signer, error) {
 	}
 	for range sshPassphraseTries {
 		pass, err := a.prompt(a.ctx, fmt.Sprintf("Enter passphrase for key '%s': ", path))
-		if errors.Is(err, ErrNoTerminal) {
-			return nil, &HintError{
+		if errors.Is(err, tui.ErrNoTerminal) {
+			return nil, &tui.HintError{
 				Err:  fmt.Errorf("key %s is passphrase-protected and there is %w", path, err),
-				Hint: "load it into ssh-agent: ssh-add " + sshQuote(path),
+				Hint: "load it into ssh-agent: ssh-add " + tui.Quote(path),
 			}
 		}
 		if err != nil {
@@ -678,12 +700,7 @@ func (a *sshAuth) decrypt(path string, data []byte) (ssh.Signer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decrypting %s: %w", path, err)
 		}
-		sshDecrypted.Lock()
-		if sshDecrypted.m == nil {
-			sshDecrypted.m = map[[sha256.Size]byte]ssh.Signer{}
-		}
-		sshDecrypted.m[sha256.Sum256(data)] = s
-		sshDecrypted.Unlock()
+		a.cache.put(data, s)
 		return s, nil
 	}
 	return nil, fmt.Errorf("wrong passphrase for %s, %d times", path, sshPassphraseTries)
@@ -714,7 +731,7 @@ func (l *sshLazySigner) Sign(rand io.Reader, data []byte) (*ssh.Signature, error
 func (l *sshLazySigner) SignWithAlgorithm(rand io.Reader, data []byte, algorithm string) (*ssh.Signature, error) {
 	s, err := l.a.decrypt(l.path, l.data)
 	if err != nil {
-		// x/crypto replaces this with a generic message; DialSSH reports ours.
+		// x/crypto replaces this with a generic message; Dial reports ours.
 		if l.a.signErr == nil {
 			l.a.signErr = err
 		}
@@ -724,78 +741,6 @@ func (l *sshLazySigner) SignWithAlgorithm(rand io.Reader, data []byte, algorithm
 		return as.SignWithAlgorithm(rand, data, algorithm)
 	}
 	return s.Sign(rand, data)
-}
-
-// sshPromptCtx lets a cancelled context win over a prompt that never returns.
-func sshPromptCtx(ctx context.Context, prompt func(string) ([]byte, error), text string) ([]byte, error) {
-	type result struct {
-		b   []byte
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		b, err := prompt(text)
-		ch <- result{b, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.b, r.err
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
-}
-
-// sshTTYPrompt asks on /dev/tty, but only when we own the terminal: a
-// background job reading it would be stopped by SIGTTIN, and a service has none.
-func sshTTYPrompt(ctx context.Context, prompt string) ([]byte, error) {
-	in := int(os.Stdin.Fd())
-	if !term.IsTerminal(in) {
-		return nil, ErrNoTerminal
-	}
-	if pgrp, err := unix.IoctlGetInt(in, unix.TIOCGPGRP); err != nil || pgrp != unix.Getpgrp() {
-		return nil, ErrNoTerminal
-	}
-	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
-	if err != nil {
-		return nil, ErrNoTerminal
-	}
-	fd := int(tty.Fd())
-	state, err := term.GetState(fd)
-	if err != nil {
-		tty.Close()
-		return nil, ErrNoTerminal
-	}
-	fmt.Fprint(tty, prompt)
-	type result struct {
-		b   []byte
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		defer tty.Close()
-		b, err := term.ReadPassword(fd)
-		fmt.Fprintln(tty)
-		ch <- result{b, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.b, r.err
-	case <-ctx.Done():
-		// Leaving echo off would break the user's shell after we exit.
-		term.Restore(fd, state)
-		return nil, context.Cause(ctx)
-	}
-}
-
-// sshQuote quotes s for a POSIX shell, leaving plain words alone so hints
-// stay readable.
-func sshQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-./:@%+=,", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // readAhead gives x/crypto/ssh a connection that reads as much as the socket

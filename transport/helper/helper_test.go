@@ -1,13 +1,18 @@
-package client
+package helper
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/k8stunnel/k8stunnel/transport/internal/sshtest"
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 // uploadTestLog hands every log record to the test over a channel.
@@ -67,32 +72,32 @@ func uploadTestEcho(t *testing.T, rwc io.ReadWriteCloser) {
 }
 
 func TestStartRemoteHelperUploadsOnce(t *testing.T) {
-	sshTestEnv(t)
-	signer, _ := sshTestKey(t)
+	sshtest.Env(t)
+	signer, _ := sshtest.Key(t)
 	nodeHome := t.TempDir()
-	srv := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey(), home: nodeHome})
-	c := sshTestClient(t, srv, signer)
+	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey(), Home: nodeHome})
+	c := sshtest.Client(t, srv, signer)
 
 	// A fake helper: it ignores "server" and echoes its stdin.
 	exe := filepath.Join(t.TempDir(), "fake-k8stunnel")
 	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho helper started >&2\nexec cat\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	local, err := helperLocalExe(exe)
+	logs := make(uploadTestLog, 100)
+	l := New(Config{Exe: exe, Log: slog.New(logs), Args: []string{"-v"}})
+	local, err := l.localExe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cached := filepath.Join(nodeHome, ".cache", "k8stunnel", "k8stunnel-"+local.hash)
-	logs := make(uploadTestLog, 100)
-	opt := HelperOptions{Exe: exe, Log: slog.New(logs), Args: []string{"-v"}}
-	ctx := sshTestCtx(t)
+	ctx := sshtest.Ctx(t)
 
-	rwc, err := StartRemoteHelper(ctx, c, opt)
+	rwc, err := l.Start(ctx, c)
 	if err != nil {
-		t.Fatalf("first StartRemoteHelper: %v", err)
+		t.Fatalf("first Start: %v", err)
 	}
 	// Until the caller says the helper answered, its stderr is kept for the error that would explain a failure.
-	rwc.(*helperStdio).Started()
+	rwc.Started()
 	if from := logs.waitLog(t, "helper started"); from != "node" {
 		t.Errorf("helper stderr logged with from=%q, want node", from)
 	}
@@ -105,12 +110,12 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 		t.Errorf("cached helper: mode %v size %d, want 0700 and %d", st.Mode().Perm(), st.Size(), local.size)
 	}
 
-	rwc, err = StartRemoteHelper(ctx, c, opt)
+	rwc, err = l.Start(ctx, c)
 	if err != nil {
-		t.Fatalf("second StartRemoteHelper: %v", err)
+		t.Fatalf("second Start: %v", err)
 	}
 	uploadTestEcho(t, rwc)
-	if n := srv.execCount("cat > "); n != 1 {
+	if n := srv.ExecCount("cat > "); n != 1 {
 		t.Errorf("%d uploads, want 1: the second start must reuse the cache", n)
 	}
 
@@ -118,26 +123,26 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 	if err := os.WriteFile(cached, []byte("#!/bin/sh\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	rwc, err = StartRemoteHelper(ctx, c, opt)
+	rwc, err = l.Start(ctx, c)
 	if err != nil {
-		t.Fatalf("third StartRemoteHelper: %v", err)
+		t.Fatalf("third Start: %v", err)
 	}
 	uploadTestEcho(t, rwc)
-	if n := srv.execCount("cat > "); n != 2 {
+	if n := srv.ExecCount("cat > "); n != 2 {
 		t.Errorf("%d uploads, want 2 after the cache was damaged", n)
 	}
 }
 
 func TestStartRemoteHelperRemoteCmd(t *testing.T) {
-	sshTestEnv(t)
-	signer, _ := sshTestKey(t)
-	srv := startSSHTestServer(t, sshTestServerOptions{key: signer.PublicKey(), home: t.TempDir()})
-	c := sshTestClient(t, srv, signer)
+	sshtest.Env(t)
+	signer, _ := sshtest.Key(t)
+	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey(), Home: t.TempDir()})
+	c := sshtest.Client(t, srv, signer)
 
-	rwc, err := StartRemoteHelper(sshTestCtx(t), c, HelperOptions{
+	rwc, err := New(Config{
 		RemoteCmd: "printf '%s|' server",
 		Args:      []string{"a b", "it's", "-v"},
-	})
+	}).Start(sshtest.Ctx(t), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +151,7 @@ func TestStartRemoteHelperRemoteCmd(t *testing.T) {
 	if want := "server|a b|it's|-v|"; string(out) != want || err != nil {
 		t.Errorf("helper printed %q, %v; want %q", out, err, want)
 	}
-	if n := srv.execCount("cat > "); n != 0 {
+	if n := srv.ExecCount("cat > "); n != 0 {
 		t.Errorf("%d uploads with --remote-cmd, want 0", n)
 	}
 }
@@ -169,5 +174,27 @@ func TestHelperPlatformMatches(t *testing.T) {
 		if got := helperPlatformMatches(tc.uname, tc.goos, tc.goarch); got != tc.want {
 			t.Errorf("helperPlatformMatches(%q, %s/%s) = %v, want %v", tc.uname, tc.goos, tc.goarch, got, tc.want)
 		}
+	}
+}
+
+func TestExplain(t *testing.T) {
+	sshtest.Env(t)
+	signer, _ := sshtest.Key(t)
+	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey(), Home: t.TempDir()})
+	c := sshtest.Client(t, srv, signer)
+
+	ch, err := New(Config{RemoteCmd: "echo nope >&2; exit 3; :"}).Start(sshtest.Ctx(t), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, ch)
+	ch.Close()
+	err = ch.Explain(errors.New("handshake"))
+	if want := "handshake; on stderr the node said: nope (exit status 3)"; err.Error() != want {
+		t.Errorf("Explain = %q, want %q", err, want)
+	}
+	var he *tui.HintError
+	if !errors.As(err, &he) || !strings.Contains(he.Hint, "--remote-cmd") {
+		t.Errorf("Explain = %#v, want a hint about --remote-cmd", err)
 	}
 }

@@ -1,4 +1,4 @@
-package client
+package sshdial
 
 import (
 	"context"
@@ -14,9 +14,9 @@ import (
 // only when TCP gives up, many minutes later. x/crypto has no keepalive of its
 // own and SendRequest has no timeout, so each request races a timer.
 //
-// On a missing answer or a failed request Keepalive closes c, which fails
-// everything running over it, and returns the reason. It returns nil when ctx
-// is done.
+// On a missing answer or a failed request Keepalive returns the reason; the
+// caller records it and then closes c, so the reason, not the closed
+// connection it causes, is what gets reported. It returns nil when ctx is done.
 func Keepalive(ctx context.Context, c *ssh.Client, interval time.Duration, timeout time.Duration) error {
 	if interval <= 0 || timeout <= 0 {
 		return errors.New("ssh keepalive: interval and timeout must be positive")
@@ -41,11 +41,9 @@ func Keepalive(ctx context.Context, c *ssh.Client, interval time.Duration, timeo
 		case err := <-reply:
 			timer.Stop()
 			if err != nil {
-				c.Close()
 				return fmt.Errorf("ssh keepalive: %w", err)
 			}
 		case <-timer.C:
-			c.Close()
 			return fmt.Errorf("ssh keepalive: %w in %s", ErrKeepaliveTimeout, timeout)
 		case <-ctx.Done():
 			timer.Stop()

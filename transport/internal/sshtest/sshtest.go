@@ -1,0 +1,270 @@
+// Package sshtest is an in-process SSH server and key helpers for the tests
+// of the SSH transport: the dialer, the helper launcher and the transport
+// that joins them all need a node to talk to.
+package sshtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Server is an in-process SSH server on 127.0.0.1:0. With Home set it runs
+// "exec" requests with sh -c there, like sshd would on a node.
+type Server struct {
+	Port    int
+	HostKey ssh.Signer
+	opts    Options
+
+	mu    sync.Mutex
+	execs []string
+	conns []net.Conn
+}
+
+// Options says what the server accepts and how it behaves.
+type Options struct {
+	User       string        // the only user allowed in; "" = anyone
+	Key        ssh.PublicKey // the only key allowed in
+	Home       string        // run exec requests here; "" = refuse them
+	Silent     bool          // never answer global requests (a hung node)
+	Keepalives chan string   // receives the type of each global request
+	HostKeys   []ssh.Signer  // nil = one fresh ed25519 key; the first is HostKey
+}
+
+// Start runs a server until the test ends.
+func Start(t *testing.T, opts Options) *Server {
+	t.Helper()
+	if len(opts.HostKeys) == 0 {
+		k, _ := Key(t)
+		opts.HostKeys = []ssh.Signer{k}
+	}
+	s := &Server{HostKey: opts.HostKeys[0], opts: opts}
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if opts.User != "" && md.User() != opts.User {
+				return nil, fmt.Errorf("user %q not allowed", md.User())
+			}
+			if opts.Key == nil || !bytes.Equal(key.Marshal(), opts.Key.Marshal()) {
+				return nil, errors.New("key not authorized")
+			}
+			return nil, nil
+		},
+	}
+	for _, k := range opts.HostKeys {
+		cfg.AddHostKey(k)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Port = ln.Addr().(*net.TCPAddr).Port
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		s.mu.Lock()
+		for _, c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, nc)
+			s.mu.Unlock()
+			wg.Go(func() { s.serve(nc, cfg, &wg) })
+		}
+	})
+	return s
+}
+
+func (s *Server) serve(nc net.Conn, cfg *ssh.ServerConfig, wg *sync.WaitGroup) {
+	_, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+	if err != nil {
+		nc.Close()
+		return
+	}
+	wg.Go(func() {
+		for r := range reqs {
+			select {
+			case s.opts.Keepalives <- r.Type:
+			default: // a nil or full channel must not stall the connection
+			}
+			if !s.opts.Silent && r.WantReply {
+				r.Reply(false, nil)
+			}
+		}
+	})
+	for nch := range chans {
+		if nch.ChannelType() != "session" || s.opts.Home == "" {
+			nch.Reject(ssh.UnknownChannelType, "no")
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			continue
+		}
+		wg.Go(func() {
+			for r := range creqs {
+				var p struct{ Command string }
+				if r.Type != "exec" || ssh.Unmarshal(r.Payload, &p) != nil {
+					r.Reply(false, nil)
+					continue
+				}
+				r.Reply(true, nil)
+				s.mu.Lock()
+				s.execs = append(s.execs, p.Command)
+				s.mu.Unlock()
+				wg.Go(func() { s.exec(ch, p.Command) })
+			}
+		})
+	}
+}
+
+func (s *Server) exec(ch ssh.Channel, command string) {
+	defer ch.Close()
+	cmd := exec.Command("sh", "-c", command)
+	cmd.Dir = s.opts.Home
+	cmd.Env = []string{"HOME=" + s.opts.Home, "PATH=" + os.Getenv("PATH")}
+	cmd.Stdout, cmd.Stderr = ch, ch.Stderr()
+	// Like sshd, end the session when the command exits, even if the client
+	// never closes stdin: exec.Cmd would wait for a Stdin copy forever.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return
+	}
+	go func() {
+		io.Copy(stdin, ch)
+		stdin.Close()
+	}()
+	status := 0
+	if err := cmd.Run(); err != nil {
+		status = 255
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			status = exit.ExitCode()
+		}
+	}
+	ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(status)}))
+}
+
+// ExecCount counts the exec requests whose command contains substr.
+func (s *Server) ExecCount(substr string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range s.execs {
+		if strings.Contains(e, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// Remote is user@127.0.0.1:port, or without user@ when user is "".
+func (s *Server) Remote(user string) string {
+	r := fmt.Sprintf("127.0.0.1:%d", s.Port)
+	if user != "" {
+		r = user + "@" + r
+	}
+	return r
+}
+
+// KnownHosts writes a known_hosts file that trusts s and returns its path.
+func (s *Server) KnownHosts(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "known_hosts")
+	line := knownhosts.Line([]string{s.Remote("")}, s.HostKey.PublicKey()) + "\n"
+	if err := os.WriteFile(f, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// Key makes a fresh ed25519 key.
+func Key(t *testing.T) (ssh.Signer, ed25519.PrivateKey) {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, priv
+}
+
+// KeyFile writes priv in OpenSSH format, encrypted when passphrase is set.
+func KeyFile(t *testing.T, path string, priv ed25519.PrivateKey, passphrase string) string {
+	t.Helper()
+	var block *pem.Block
+	var err error
+	if passphrase == "" {
+		block, err = ssh.MarshalPrivateKey(priv, "test")
+	} else {
+		block, err = ssh.MarshalPrivateKeyWithPassphrase(priv, "test", []byte(passphrase))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Env keeps the real ~/.ssh and ssh-agent out of the test.
+func Env(t *testing.T) string {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("SSH_AUTH_SOCK", "")
+	return home
+}
+
+// Ctx is the test context, bounded to 10 s.
+func Ctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Client connects to srv directly, for tests about what comes after dialing.
+func Client(t *testing.T, srv *Server, signer ssh.Signer) *ssh.Client {
+	t.Helper()
+	c, err := ssh.Dial("tcp", srv.Remote(""), &ssh.ClientConfig{
+		User:            "u",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(srv.HostKey.PublicKey()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
