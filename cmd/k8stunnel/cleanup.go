@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 
@@ -10,10 +9,7 @@ import (
 
 // runCleanup removes every k8stunnel chain on this host, whichever port made
 // it: for after a reboot-less crash, or a killed privileged helper.
-func runCleanup(_ context.Context, args []string, stderr io.Writer) error {
-	if len(args) > 0 {
-		return usagef("cleanup takes no arguments")
-	}
+func runCleanup(stderr io.Writer) error {
 	log := newLogger(stderr, 0)
 	n, err := firewall.Cleanup(nil, log)
 	if err != nil {

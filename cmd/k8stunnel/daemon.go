@@ -23,7 +23,7 @@ const daemonEnv = "K8STUNNEL_DAEMON_FD"
 // daemonize starts this command again, detached in a new session, and waits
 // until it reports that the tunnel is up, so a first connection that fails
 // still fails here, with its error and a non-zero exit status.
-func daemonize(logFile string, stderr io.Writer) error {
+func daemonize(logFile string, args []string, stderr io.Writer) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding my own executable: %w", err)
@@ -41,7 +41,7 @@ func daemonize(logFile string, stderr io.Writer) error {
 		return err
 	}
 	defer r.Close()
-	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), daemonEnv+"=3")
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.ExtraFiles = []*os.File{w}

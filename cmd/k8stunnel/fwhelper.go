@@ -11,10 +11,7 @@ import (
 // removes them all when its parent goes away (stdin closes). It must not
 // share the parent's fate on Ctrl-C or a hangup, which reach the whole
 // process group: the parent handles those and then closes our stdin.
-func runFirewall(_ context.Context, args []string, stderr io.Writer) error {
-	if len(args) > 0 {
-		return usagef("firewall takes no arguments")
-	}
+func runFirewall(stderr io.Writer) error {
 	log := newLogger(stderr, 0)
 	return firewall.ServeHelperProcess(context.Background(), firewall.New(nil, log), log)
 }

@@ -20,37 +20,54 @@ var version = "0.1.0"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	err := run(ctx, os.Args[1:], os.Stderr)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	os.Exit(code)
+}
+
+// run parses args, starts what they ask for and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	inv, err := parse(args)
 	if err == nil {
-		return
+		err = start(ctx, inv, args, stdout, stderr)
+	}
+	return report(err, stderr)
+}
+
+// start dispatches a parsed invocation to its subcommand.
+func start(ctx context.Context, inv invocation, args []string, stdout, stderr io.Writer) error {
+	if inv.output != "" {
+		io.WriteString(stdout, inv.output)
+		return nil
+	}
+	switch inv.cmd {
+	case cmdServer:
+		return runServer(ctx, inv.verbose, stderr)
+	case cmdFirewall:
+		return runFirewall(stderr)
+	case cmdCleanup:
+		return runCleanup(stderr)
+	}
+	return runTunnel(ctx, inv, args, stderr)
+}
+
+// report prints err, if any, and returns the exit status for it: 2 for a
+// usage error (one line), else 1, with a hint line when the error has one.
+func report(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
 	}
 	var ue usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(os.Stderr, "k8stunnel: %v\n", err)
-		os.Exit(2)
+		fmt.Fprintf(stderr, "k8stunnel: %v\n", err)
+		return 2
 	}
-	fmt.Fprintf(os.Stderr, "k8stunnel: error: %v\n", err)
+	fmt.Fprintf(stderr, "k8stunnel: error: %v\n", err)
 	var he *tui.HintError
 	if errors.As(err, &he) && he.Hint != "" {
-		fmt.Fprintf(os.Stderr, "k8stunnel: hint: %s\n", he.Hint)
+		fmt.Fprintf(stderr, "k8stunnel: hint: %s\n", he.Hint)
 	}
-	os.Exit(1)
-}
-
-// run dispatches to a subcommand; the tunnel itself is the default.
-func run(ctx context.Context, args []string, stderr io.Writer) error {
-	if len(args) > 0 {
-		switch args[0] {
-		case "server":
-			return runServer(ctx, args[1:], stderr)
-		case "firewall":
-			return runFirewall(ctx, args[1:], stderr)
-		case "cleanup":
-			return runCleanup(ctx, args[1:], stderr)
-		}
-	}
-	return runTunnel(ctx, args, stderr)
+	return 1
 }
 
 // usageError is a mistake on the command line: one line, exit status 2.

@@ -5,22 +5,14 @@ import (
 	"io"
 	"runtime"
 
-	"github.com/spf13/pflag"
-
 	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/server"
 )
 
 // runServer is the helper on the node: mux on stdin/stdout, logs on stderr.
-func runServer(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := pflag.NewFlagSet("k8stunnel server", pflag.ContinueOnError)
-	verbose := fs.CountP("verbose", "v", "log every connection")
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		return usagef("server: %v", err)
-	}
+func runServer(ctx context.Context, verbose int, stderr io.Writer) error {
 	// Each line becomes one record in the client's log, which has its own time.
-	log := newLogger(stderr, *verbose, dropTime)
+	log := newLogger(stderr, verbose, dropTime)
 	// One P: the helper only moves bytes between sockets and a pipe, and on a
 	// small node a second P mostly spins looking for work and wakes threads.
 	// Each --channels helper is its own process, so channels still spread.

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"io"
+	"net/netip"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/k8stunnel/k8stunnel/client"
+	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/transport/helper"
+	"github.com/k8stunnel/k8stunnel/transport/sshdial"
+	"github.com/k8stunnel/k8stunnel/transport/sshtransport"
+)
+
+const usageText = `k8stunnel: reach a Kubernetes cluster's service and pod IPs through one SSH connection
+
+Usage:
+  sudo k8stunnel [flags] -r [user@]host[:port] CIDR[:port[-port]]...
+  sudo k8stunnel cleanup
+
+Examples:
+  sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
+  sudo k8stunnel -r node1 -x 10.96.0.1 10.96.0.0/12 &      # in the background
+  sudo k8stunnel -r admin@node1:2222 -i ~/.ssh/cluster 10.0.0.0/8:443
+  sudo k8stunnel -r root@node1 -N --dns --dns-search default  # CIDRs and cluster DNS found on the node;
+                                                           # then: curl http://my-svc.my-ns.svc.cluster.local/
+  sudo k8stunnel cleanup                                   # remove rules left by a killed run
+
+The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
+and runs it as the helper, unless --remote-cmd names one already installed.
+
+Flags:
+`
+
+// The subcommands; the tunnel is the default and has none.
+const (
+	cmdTunnel   = ""
+	cmdServer   = "server"
+	cmdFirewall = "firewall"
+	cmdCleanup  = "cleanup"
+)
+
+// invocation is what a command line asks for, decided without looking at the
+// host, so that every usage error is found (and tested) before anything
+// starts. run adds what comes from the host: the executable, sudo, files,
+// the resolvers, the logger's destination.
+type invocation struct {
+	cmd string
+	// output, when set, is what --help or --version prints on stdout; nothing
+	// else happens.
+	output string
+	// cfg is the engine's config as far as the tunnel's flags determine it.
+	cfg client.Config
+	// transport says how to reach the node; run adds the executable to
+	// upload and builds the transport into cfg.
+	transport sshtransport.Config
+	verbose   int
+	daemon    bool
+	pidfile   string
+	logFile   string
+	syslog    bool
+}
+
+// parse turns argv (without the program name) into an invocation, or a
+// usageError.
+func parse(args []string) (invocation, error) {
+	if len(args) > 0 {
+		switch args[0] {
+		case cmdServer:
+			return parseServer(args[1:])
+		case cmdFirewall, cmdCleanup:
+			if len(args) > 1 {
+				return invocation{}, usagef("%s takes no arguments", args[0])
+			}
+			return invocation{cmd: args[0]}, nil
+		}
+	}
+	return parseTunnel(args)
+}
+
+func parseServer(args []string) (invocation, error) {
+	fs := pflag.NewFlagSet("k8stunnel server", pflag.ContinueOnError)
+	verbose := fs.CountP("verbose", "v", "log every connection")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return invocation{}, usagef("server: %v", err)
+	}
+	return invocation{cmd: cmdServer, verbose: *verbose}, nil
+}
+
+// tunnelFlags holds the tunnel's flag values as pflag parsed them.
+type tunnelFlags struct {
+	remote, sshConfig, knownHosts, remoteCmd string
+	identities, listen, excludes             []string
+	autoCIDRs                                bool
+	dnsOn, dnsAll                            bool
+	clusterDNS, clusterDomain                string
+	dnsSearch                                []string
+	channels, maxConns                       int
+}
+
+func parseTunnel(args []string) (invocation, error) {
+	var (
+		inv       invocation
+		f         tunnelFlags
+		help, ver bool
+	)
+	fs := pflag.NewFlagSet("k8stunnel", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVarP(&f.remote, "remote", "r", "", "SSH destination `[user@]host[:port]` (an ssh_config Host works)")
+	fs.StringArrayVarP(&f.excludes, "exclude", "x", nil, "do not forward this `CIDR` (repeatable)")
+	fs.BoolVarP(&f.autoCIDRs, "auto-cidrs", "N", false, "also forward the pod and service CIDRs found on the node")
+	fs.BoolVar(&f.dnsOn, "dns", false, "resolve cluster names through the tunnel; other names still use your resolver")
+	fs.BoolVar(&f.dnsAll, "dns-all", false, "with --dns, resolve every name through the tunnel, with the node's resolver")
+	fs.StringVar(&f.clusterDNS, "cluster-dns", "", "with --dns, the cluster DNS service `IP` (default: found on the node)")
+	fs.StringVar(&f.clusterDomain, "cluster-domain", "", "with --dns, the cluster's DNS `DOMAIN` (default: found on the node, else cluster.local)")
+	fs.StringArrayVar(&f.dnsSearch, "dns-search", nil, "with --dns, let short names (svc, svc.ns) resolve in namespace `NS` (repeatable)")
+	fs.StringArrayVarP(&f.listen, "listen", "l", nil, "accept redirected connections on `ADDR` (default 127.0.0.1:12300 and [::1]:12300)")
+	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "SSH private key `FILE` (repeatable)")
+	fs.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh_config `FILE` (default ~/.ssh/config)")
+	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts `FILE` (default ~/.ssh/known_hosts)")
+	fs.StringVar(&f.remoteCmd, "remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
+	fs.IntVar(&f.channels, "channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
+	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
+	fs.BoolVar(&inv.daemon, "daemon", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
+	fs.StringVar(&inv.pidfile, "pidfile", "", "write the process ID to `FILE` once the tunnel is up")
+	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon; default: discard)")
+	fs.BoolVar(&inv.syslog, "syslog", false, "send logs to syslog")
+	fs.CountVarP(&inv.verbose, "verbose", "v", "log every connection (repeatable)")
+	fs.BoolVar(&ver, "version", false, "print the version and exit")
+	fs.BoolVarP(&help, "help", "h", false, "show this help")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return invocation{}, usagef("%v (see k8stunnel --help)", err)
+	}
+	if help {
+		return invocation{output: usageText + fs.FlagUsages()}, nil
+	}
+	if ver {
+		return invocation{output: "k8stunnel " + version + "\n"}, nil
+	}
+	if f.remote == "" {
+		return invocation{}, usagef("missing -r/--remote: which node should the tunnel go to? (see k8stunnel --help)")
+	}
+	if fs.NArg() == 0 && !f.autoCIDRs {
+		return invocation{}, usagef("no CIDR given: name the cluster's service and pod CIDRs, e.g. 10.96.0.0/12 10.244.0.0/16, or let -N find them on the node")
+	}
+	include, err := parseTargets(fs.Args())
+	if err != nil {
+		return invocation{}, err
+	}
+	exclude, err := parseTargets(f.excludes)
+	if err != nil {
+		return invocation{}, err
+	}
+	dns, err := dnsConfig(f.dnsOn, f.dnsAll, f.clusterDNS, f.clusterDomain, f.dnsSearch)
+	if err != nil {
+		return invocation{}, err
+	}
+	if f.channels < 1 || f.channels > 64 {
+		return invocation{}, usagef("--channels must be between 1 and 64")
+	}
+	if inv.logFile != "" && inv.syslog {
+		return invocation{}, usagef("--log-file and --syslog: pick one")
+	}
+	inv.cfg, inv.transport = engineConfig(f, include, exclude, dns, inv.verbose)
+	return inv, nil
+}
+
+// engineConfig is the one place flags become the engine's and the
+// transport's config; run fills in the rest (helper executable, firewall,
+// resolvers, logger).
+func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *client.DNSConfig, verbose int) (client.Config, sshtransport.Config) {
+	var helperArgs []string
+	if verbose > 0 {
+		helperArgs = []string{"-v"}
+	}
+	tr := sshtransport.Config{
+		SSH: sshdial.Config{
+			Remote:         f.remote,
+			Identities:     f.identities,
+			ConfigFile:     f.sshConfig,
+			KnownHostsFile: f.knownHosts,
+		},
+		Helper: helper.Config{RemoteCmd: f.remoteCmd, Args: helperArgs},
+	}
+	return client.Config{
+		Listen:    f.listen,
+		Include:   include,
+		Exclude:   exclude,
+		AutoCIDRs: f.autoCIDRs,
+		DNS:       dns,
+		Channels:  f.channels,
+		MaxConns:  f.maxConns,
+		Program:   "k8stunnel " + version,
+	}, tr
+}
+
+// dnsConfig turns the DNS flags into the proxy's config; nil without --dns.
+// Upstreams, from the laptop's resolv.conf, are left for run to fill in.
+func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*client.DNSConfig, error) {
+	if !on {
+		if all || clusterDNS != "" || domain != "" || len(search) > 0 {
+			return nil, usagef("--dns-all, --cluster-dns, --cluster-domain and --dns-search need --dns")
+		}
+		return nil, nil
+	}
+	cfg := &client.DNSConfig{All: all, ClusterDomain: domain}
+	for _, s := range search {
+		cfg.Search = append(cfg.Search, splitCommas(s)...)
+	}
+	if clusterDNS != "" {
+		a, err := netip.ParseAddr(clusterDNS)
+		if err != nil {
+			return nil, usagef("bad --cluster-dns %q: want the cluster DNS service IP, e.g. 10.96.0.10", clusterDNS)
+		}
+		cfg.ClusterDNS = a
+	}
+	return cfg, nil
+}
+
+func parseTargets(args []string) ([]firewall.Target, error) {
+	var ts []firewall.Target
+	for _, a := range args {
+		for _, f := range splitCommas(a) {
+			t, err := firewall.ParseTarget(f)
+			if err != nil {
+				return nil, usagef("%v", err) // it names the input already
+			}
+			ts = append(ts, t)
+		}
+	}
+	return ts, nil
+}
+
+// splitCommas splits a repeatable flag's value on commas, dropping empty parts.
+func splitCommas(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' })
+}
