@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 )
@@ -20,12 +19,6 @@ const (
 	maxHelloBody = 64 << 10
 	// maxGarbage bounds how much non-protocol output we skip before giving up.
 	maxGarbage = 64 << 10
-)
-
-var (
-	ErrNoHello         = errors.New("no k8stunnel handshake from the helper")
-	ErrVersionMismatch = errors.New("protocol version mismatch")
-	ErrHelloTooLarge   = errors.New("handshake too large")
 )
 
 // Hello is what each end says first. The body is JSON so new, optional

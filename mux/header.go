@@ -2,7 +2,6 @@ package mux
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -50,13 +49,6 @@ func (s Status) String() string {
 	return fmt.Sprintf("status %d", uint8(s))
 }
 
-var (
-	ErrBadVersion = errors.New("unsupported stream header version")
-	ErrBadKind    = errors.New("unknown stream kind")
-	ErrBadAddress = errors.New("bad address in stream header")
-	ErrBadStatus  = errors.New("unknown status")
-)
-
 // Request is the header a stream opens with.
 type Request struct {
 	Kind Kind
@@ -89,7 +81,7 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 	case KindReset:
 		b = binary.BigEndian.AppendUint32(b, r.StreamID)
 	default:
-		return nil, ErrBadKind
+		return nil, errBadKind
 	}
 	return b, nil
 }
@@ -112,7 +104,7 @@ func ReadRequest(rd io.Reader) (Request, error) {
 		return Request{}, err
 	}
 	if buf[0] != Version {
-		return Request{}, fmt.Errorf("%w: %d", ErrBadVersion, buf[0])
+		return Request{}, fmt.Errorf("%w: %d", errBadVersion, buf[0])
 	}
 	r := Request{Kind: Kind(buf[1])}
 	switch r.Kind {
@@ -135,7 +127,7 @@ func ReadRequest(rd io.Reader) (Request, error) {
 		}
 		r.StreamID = binary.BigEndian.Uint32(buf[:4])
 	default:
-		return Request{}, fmt.Errorf("%w: %d", ErrBadKind, r.Kind)
+		return Request{}, fmt.Errorf("%w: %d", errBadKind, r.Kind)
 	}
 	return r, nil
 }

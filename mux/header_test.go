@@ -57,8 +57,8 @@ func TestReadRequestErrors(t *testing.T) {
 		want error
 	}{
 		{"empty", nil, io.EOF},
-		{"bad version", []byte{9, 1}, ErrBadVersion},
-		{"bad kind", []byte{1, 7}, ErrBadKind},
+		{"bad version", []byte{9, 1}, errBadVersion},
+		{"bad kind", []byte{1, 7}, errBadKind},
 		{"bad address length", []byte{1, 1, 5}, ErrBadAddress},
 		{"short address", []byte{1, 1, 4, 10, 0}, io.ErrUnexpectedEOF},
 		{"short reset", []byte{1, 2, 0}, io.ErrUnexpectedEOF},

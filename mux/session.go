@@ -18,9 +18,6 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// ErrPeerReset is returned by a stream's Read when the other end aborted it.
-var ErrPeerReset = errors.New("stream reset by peer")
-
 // requestTimeout bounds how long an accepted stream may take to send its header.
 const requestTimeout = 30 * time.Second
 
