@@ -88,7 +88,7 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 			bufPool.Put(big)
 			big, buf = nil, small
 			if s, ok := src.(*Stream); ok {
-				s.Shrink()
+				s.shrink()
 			}
 		}
 	}
