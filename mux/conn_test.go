@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -87,6 +88,7 @@ func streamPair(t testing.TB) (c1, c2 *Stream, stop func()) {
 // of it, both ways round: the dialled end's first Read also consumes the
 // status byte.
 func TestStreamIsNetConn(t *testing.T) {
+	goroutineLeakCheck(t)
 	t.Run("Dialled", func(t *testing.T) {
 		nettest.TestConn(t, func() (net.Conn, net.Conn, func(), error) {
 			c1, c2, stop := streamPair(t)
@@ -124,6 +126,7 @@ func TestStreamAddrs(t *testing.T) {
 // a reset stays ErrPeerReset, a lost session ErrSessionLost, a closed
 // stream net.ErrClosed, and only a deadline is a timeout.
 func TestStreamErrors(t *testing.T) {
+	goroutineLeakCheck(t)
 	buf := make([]byte, 8)
 	t.Run("deadline", func(t *testing.T) {
 		c1, c2, stop := streamPair(t)
@@ -192,6 +195,24 @@ func TestStreamErrors(t *testing.T) {
 		// The peer sees a clean end, not a reset.
 		if _, err := io.ReadAll(c2); err != nil {
 			t.Fatalf("peer of a closed stream: got %v, want EOF", err)
+		}
+	})
+}
+
+// goroutineLeakCheck fails t if, once t's cleanups before it have run, more
+// goroutines are left than there were at the start. yamux's goroutines end
+// shortly after Close, not at once, so it polls for a while before failing.
+func goroutineLeakCheck(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	})
 }

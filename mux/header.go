@@ -132,7 +132,7 @@ func readRequest(rd io.Reader) (Request, error) {
 	return r, nil
 }
 
-// WriteStatus answers a connect request.
+// writeStatus answers a connect request.
 func writeStatus(w io.Writer, s Status) error {
 	_, err := w.Write([]byte{byte(s)})
 	return err
