@@ -13,4 +13,4 @@ require (
 	golang.org/x/term v0.48.0
 )
 
-require golang.org/x/net v0.62.0 // indirect
+require golang.org/x/net v0.62.0

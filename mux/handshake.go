@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 )
@@ -22,16 +21,10 @@ const (
 	maxGarbage = 64 << 10
 )
 
-var (
-	ErrNoHello         = errors.New("no k8stunnel handshake from the helper")
-	ErrVersionMismatch = errors.New("protocol version mismatch")
-	ErrHelloTooLarge   = errors.New("handshake too large")
-)
-
 // Hello is what each end says first. The body is JSON so new, optional
 // fields can be added without a version bump.
 type Hello struct {
-	Version int    `json:"-"`
+	version int    `json:"-"`
 	Program string `json:"program,omitempty"` // e.g. "k8stunnel 0.1.0"
 	// Discover asks the helper to look for the cluster's CIDRs and DNS (client to helper).
 	Discover bool `json:"discover,omitempty"`
@@ -53,8 +46,8 @@ type Facts struct {
 	Sources []string `json:"sources,omitempty"`
 }
 
-// WriteHello writes h as: magic(8) version(1) length(4, big endian) JSON body.
-func WriteHello(w io.Writer, h Hello) error {
+// writeHello writes h as: magic(8) version(1) length(4, big endian) JSON body.
+func writeHello(w io.Writer, h Hello) error {
 	body, err := json.Marshal(h)
 	if err != nil {
 		return err
@@ -64,19 +57,19 @@ func WriteHello(w io.Writer, h Hello) error {
 	}
 	b := make([]byte, 0, len(magic)+5+len(body))
 	b = append(b, magic[:]...)
-	b = append(b, byte(h.Version))
+	b = append(b, byte(h.version))
 	b = binary.BigEndian.AppendUint32(b, uint32(len(body)))
 	b = append(b, body...)
 	_, err = w.Write(b)
 	return err
 }
 
-// ReadHello reads a hello, skipping up to 64 KiB of anything before the magic.
+// readHello reads a hello, skipping up to 64 KiB of anything before the magic.
 // skipped holds what was skipped, so the caller can show it.
 //
 // It reads byte by byte through r's buffer and never past the hello, so the
 // bufio.Reader can be handed on to yamux afterwards.
-func ReadHello(r *bufio.Reader) (h Hello, skipped []byte, err error) {
+func readHello(r *bufio.Reader) (h Hello, skipped []byte, err error) {
 	var window []byte
 	for {
 		c, err := r.ReadByte()
@@ -110,6 +103,6 @@ func ReadHello(r *bufio.Reader) (h Hello, skipped []byte, err error) {
 	if err := json.Unmarshal(body, &h); err != nil {
 		return Hello{}, window, fmt.Errorf("decoding handshake: %w", err)
 	}
-	h.Version = int(hdr[0])
+	h.version = int(hdr[0])
 	return h, window, nil
 }

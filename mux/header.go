@@ -2,25 +2,24 @@ package mux
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 )
 
-// Version is the stream-header and handshake version. Both ends must speak the
-// same one; the handshake refuses a mismatch before any stream is opened.
-const Version = 1
+// protocolVersion is the stream-header and handshake version. Both ends
+// must speak the same one; the handshake refuses a mismatch before any stream is opened.
+const protocolVersion = 1
 
-// Kind says what a stream is for.
-type Kind uint8
+// streamKind says what a stream is for.
+type streamKind uint8
 
 const (
-	// KindConnect asks the helper to dial a TCP destination and relay.
-	KindConnect Kind = 1
-	// KindReset asks the peer to abort the stream with the given ID: yamux has
+	// kindConnect asks the helper to dial a TCP destination and relay.
+	kindConnect streamKind = 1
+	// kindReset asks the peer to abort the stream with the given ID: yamux has
 	// no reset of its own, and a half-close is not the same thing.
-	KindReset Kind = 2
+	kindReset streamKind = 2
 )
 
 // Status is the helper's answer to a connect request.
@@ -50,34 +49,27 @@ func (s Status) String() string {
 	return fmt.Sprintf("status %d", uint8(s))
 }
 
-var (
-	ErrBadVersion = errors.New("unsupported stream header version")
-	ErrBadKind    = errors.New("unknown stream kind")
-	ErrBadAddress = errors.New("bad address in stream header")
-	ErrBadStatus  = errors.New("unknown status")
-)
-
 // Request is the header a stream opens with.
 type Request struct {
-	Kind Kind
-	// Dst is the original destination, for KindConnect.
+	kind streamKind
+	// Dst is the original destination, for kindConnect.
 	Dst netip.AddrPort
-	// StreamID names the stream to abort, for KindReset.
-	StreamID uint32
+	// StreamID names the stream to abort, for kindReset.
+	streamID uint32
 }
 
 // maxRequestLen is the longest encoded request: version, kind, family,
 // 16 address bytes, port.
 const maxRequestLen = 3 + 16 + 2
 
-// AppendRequest appends the encoding of r to b. Layout:
+// appendRequest appends the encoding of r to b. Layout:
 //
 //	connect: version(1) kind(1) addrlen(1: 4 or 16) addr port(2, big endian)
 //	reset:   version(1) kind(1) streamID(4, big endian)
-func AppendRequest(b []byte, r Request) ([]byte, error) {
-	b = append(b, Version, byte(r.Kind))
-	switch r.Kind {
-	case KindConnect:
+func appendRequest(b []byte, r Request) ([]byte, error) {
+	b = append(b, protocolVersion, byte(r.kind))
+	switch r.kind {
+	case kindConnect:
 		a := r.Dst.Addr().Unmap()
 		if !a.IsValid() || a.Zone() != "" {
 			return nil, fmt.Errorf("encoding %v: %w", r.Dst, ErrBadAddress)
@@ -86,18 +78,18 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 		b = append(b, byte(len(raw)))
 		b = append(b, raw...)
 		b = binary.BigEndian.AppendUint16(b, r.Dst.Port())
-	case KindReset:
-		b = binary.BigEndian.AppendUint32(b, r.StreamID)
+	case kindReset:
+		b = binary.BigEndian.AppendUint32(b, r.streamID)
 	default:
-		return nil, ErrBadKind
+		return nil, errBadKind
 	}
 	return b, nil
 }
 
-// WriteRequest writes r in one Write, so it travels in one frame.
-func WriteRequest(w io.Writer, r Request) error {
+// writeRequest writes r in one Write, so it travels in one frame.
+func writeRequest(w io.Writer, r Request) error {
 	var buf [maxRequestLen]byte
-	b, err := AppendRequest(buf[:0], r)
+	b, err := appendRequest(buf[:0], r)
 	if err != nil {
 		return err
 	}
@@ -105,18 +97,18 @@ func WriteRequest(w io.Writer, r Request) error {
 	return err
 }
 
-// ReadRequest reads one request header, and nothing past it.
-func ReadRequest(rd io.Reader) (Request, error) {
+// readRequest reads one request header, and nothing past it.
+func readRequest(rd io.Reader) (Request, error) {
 	var buf [maxRequestLen]byte
 	if _, err := io.ReadFull(rd, buf[:2]); err != nil {
 		return Request{}, err
 	}
-	if buf[0] != Version {
-		return Request{}, fmt.Errorf("%w: %d", ErrBadVersion, buf[0])
+	if buf[0] != protocolVersion {
+		return Request{}, fmt.Errorf("%w: %d", errBadVersion, buf[0])
 	}
-	r := Request{Kind: Kind(buf[1])}
-	switch r.Kind {
-	case KindConnect:
+	r := Request{kind: streamKind(buf[1])}
+	switch r.kind {
+	case kindConnect:
 		if _, err := io.ReadFull(rd, buf[:1]); err != nil {
 			return Request{}, noEOF(err)
 		}
@@ -129,25 +121,25 @@ func ReadRequest(rd io.Reader) (Request, error) {
 		}
 		a, _ := netip.AddrFromSlice(buf[:n])
 		r.Dst = netip.AddrPortFrom(a, binary.BigEndian.Uint16(buf[n:]))
-	case KindReset:
+	case kindReset:
 		if _, err := io.ReadFull(rd, buf[:4]); err != nil {
 			return Request{}, noEOF(err)
 		}
-		r.StreamID = binary.BigEndian.Uint32(buf[:4])
+		r.streamID = binary.BigEndian.Uint32(buf[:4])
 	default:
-		return Request{}, fmt.Errorf("%w: %d", ErrBadKind, r.Kind)
+		return Request{}, fmt.Errorf("%w: %d", errBadKind, r.kind)
 	}
 	return r, nil
 }
 
-// WriteStatus answers a connect request.
-func WriteStatus(w io.Writer, s Status) error {
+// writeStatus answers a connect request.
+func writeStatus(w io.Writer, s Status) error {
 	_, err := w.Write([]byte{byte(s)})
 	return err
 }
 
-// ReadStatus reads the helper's answer to a connect request.
-func ReadStatus(r io.Reader) (Status, error) {
+// readStatus reads the helper's answer to a connect request.
+func readStatus(r io.Reader) (Status, error) {
 	var b [1]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return 0, err

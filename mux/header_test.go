@@ -16,25 +16,25 @@ func TestRequestRoundTrip(t *testing.T) {
 		req  Request
 		want []byte
 	}{
-		{"ipv4", Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("10.96.0.10:80")},
+		{"ipv4", Request{kind: kindConnect, Dst: netip.MustParseAddrPort("10.96.0.10:80")},
 			[]byte{1, 1, 4, 10, 96, 0, 10, 0, 80}},
-		{"ipv4 mapped becomes ipv4", Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("[::ffff:10.0.0.1]:443")},
+		{"ipv4 mapped becomes ipv4", Request{kind: kindConnect, Dst: netip.MustParseAddrPort("[::ffff:10.0.0.1]:443")},
 			[]byte{1, 1, 4, 10, 0, 0, 1, 1, 187}},
-		{"ipv6", Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:8080")},
+		{"ipv6", Request{kind: kindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:8080")},
 			[]byte{1, 1, 16, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x1f, 0x90}},
-		{"reset", Request{Kind: KindReset, StreamID: 0x01020304}, []byte{1, 2, 1, 2, 3, 4}},
+		{"reset", Request{kind: kindReset, streamID: 0x01020304}, []byte{1, 2, 1, 2, 3, 4}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			if err := WriteRequest(&buf, tt.req); err != nil {
+			if err := writeRequest(&buf, tt.req); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(buf.Bytes(), tt.want) {
 				t.Fatalf("encoded % x, want % x", buf.Bytes(), tt.want)
 			}
 			buf.WriteString("payload")
-			got, err := ReadRequest(&buf)
+			got, err := readRequest(&buf)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -44,7 +44,7 @@ func TestRequestRoundTrip(t *testing.T) {
 				t.Fatalf("decoded %+v, want %+v", got, want)
 			}
 			if buf.String() != "payload" {
-				t.Fatalf("ReadRequest consumed past the header: %q left", buf.String())
+				t.Fatalf("readRequest consumed past the header: %q left", buf.String())
 			}
 		})
 	}
@@ -57,21 +57,21 @@ func TestReadRequestErrors(t *testing.T) {
 		want error
 	}{
 		{"empty", nil, io.EOF},
-		{"bad version", []byte{9, 1}, ErrBadVersion},
-		{"bad kind", []byte{1, 7}, ErrBadKind},
+		{"bad version", []byte{9, 1}, errBadVersion},
+		{"bad kind", []byte{1, 7}, errBadKind},
 		{"bad address length", []byte{1, 1, 5}, ErrBadAddress},
 		{"short address", []byte{1, 1, 4, 10, 0}, io.ErrUnexpectedEOF},
 		{"short reset", []byte{1, 2, 0}, io.ErrUnexpectedEOF},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ReadRequest(bytes.NewReader(tt.in))
+			_, err := readRequest(bytes.NewReader(tt.in))
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("got %v, want %v", err, tt.want)
 			}
 		})
 	}
-	if _, err := AppendRequest(nil, Request{Kind: KindConnect}); !errors.Is(err, ErrBadAddress) {
+	if _, err := appendRequest(nil, Request{kind: kindConnect}); !errors.Is(err, ErrBadAddress) {
 		t.Fatalf("encoding a zero address: got %v, want ErrBadAddress", err)
 	}
 }
@@ -79,13 +79,13 @@ func TestReadRequestErrors(t *testing.T) {
 func TestStatus(t *testing.T) {
 	for s := StatusOK; s <= StatusFailed; s++ {
 		var buf bytes.Buffer
-		WriteStatus(&buf, s)
-		got, err := ReadStatus(&buf)
+		writeStatus(&buf, s)
+		got, err := readStatus(&buf)
 		if err != nil || got != s {
 			t.Fatalf("status %v: got %v, %v", s, got, err)
 		}
 	}
-	if _, err := ReadStatus(bytes.NewReader([]byte{200})); !errors.Is(err, ErrBadStatus) {
+	if _, err := readStatus(bytes.NewReader([]byte{200})); !errors.Is(err, ErrBadStatus) {
 		t.Fatalf("got %v, want ErrBadStatus", err)
 	}
 }
@@ -93,17 +93,17 @@ func TestStatus(t *testing.T) {
 func TestHelloSkipsShellNoise(t *testing.T) {
 	var buf bytes.Buffer
 	buf.WriteString("Welcome to node1\nlast login: never\n")
-	h := Hello{Version: Version, Program: "k8stunnel test", Facts: &Facts{PodCIDRs: []string{"10.244.0.0/16"}}}
-	if err := WriteHello(&buf, h); err != nil {
+	h := Hello{version: protocolVersion, Program: "k8stunnel test", Facts: &Facts{PodCIDRs: []string{"10.244.0.0/16"}}}
+	if err := writeHello(&buf, h); err != nil {
 		t.Fatal(err)
 	}
 	buf.WriteString("yamux bytes")
 	r := bufio.NewReader(&buf)
-	got, skipped, err := ReadHello(r)
+	got, skipped, err := readHello(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Program != h.Program || got.Version != Version || got.Facts.PodCIDRs[0] != "10.244.0.0/16" {
+	if got.Program != h.Program || got.version != protocolVersion || got.Facts.PodCIDRs[0] != "10.244.0.0/16" {
 		t.Fatalf("got %+v", got)
 	}
 	if !strings.Contains(string(skipped), "Welcome to node1") {
@@ -111,45 +111,45 @@ func TestHelloSkipsShellNoise(t *testing.T) {
 	}
 	rest, _ := io.ReadAll(r)
 	if string(rest) != "yamux bytes" {
-		t.Fatalf("ReadHello consumed past the hello: %q left", rest)
+		t.Fatalf("readHello consumed past the hello: %q left", rest)
 	}
 }
 
 func TestHelloErrors(t *testing.T) {
-	if _, _, err := ReadHello(bufio.NewReader(strings.NewReader("bash: k8stunnel: command not found\n"))); !errors.Is(err, ErrNoHello) {
+	if _, _, err := readHello(bufio.NewReader(strings.NewReader("bash: k8stunnel: command not found\n"))); !errors.Is(err, ErrNoHello) {
 		t.Fatalf("no magic: got %v", err)
 	}
 	big := append(append([]byte{}, magic[:]...), 1, 0xff, 0xff, 0xff, 0xff)
-	if _, _, err := ReadHello(bufio.NewReader(bytes.NewReader(big))); !errors.Is(err, ErrHelloTooLarge) {
+	if _, _, err := readHello(bufio.NewReader(bytes.NewReader(big))); !errors.Is(err, ErrHelloTooLarge) {
 		t.Fatalf("huge body: got %v", err)
 	}
 	noise := bytes.Repeat([]byte("x"), maxGarbage+10)
-	if _, _, err := ReadHello(bufio.NewReader(bytes.NewReader(noise))); !errors.Is(err, ErrNoHello) {
+	if _, _, err := readHello(bufio.NewReader(bytes.NewReader(noise))); !errors.Is(err, ErrNoHello) {
 		t.Fatalf("endless noise: got %v", err)
 	}
 }
 
 func FuzzReadRequest(f *testing.F) {
 	for _, r := range []Request{
-		{Kind: KindConnect, Dst: netip.MustParseAddrPort("10.0.0.1:80")},
-		{Kind: KindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:443")},
-		{Kind: KindReset, StreamID: 7},
+		{kind: kindConnect, Dst: netip.MustParseAddrPort("10.0.0.1:80")},
+		{kind: kindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:443")},
+		{kind: kindReset, streamID: 7},
 	} {
-		b, _ := AppendRequest(nil, r)
+		b, _ := appendRequest(nil, r)
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		req, err := ReadRequest(bytes.NewReader(in))
+		req, err := readRequest(bytes.NewReader(in))
 		if err != nil {
 			return
 		}
 		// Whatever decodes must encode, and decode again to the same request
 		// (bytes may differ: a v4-mapped address is sent as IPv4).
-		out, err := AppendRequest(nil, req)
+		out, err := appendRequest(nil, req)
 		if err != nil {
 			t.Fatalf("decoded %+v does not encode: %v", req, err)
 		}
-		again, err := ReadRequest(bytes.NewReader(out))
+		again, err := readRequest(bytes.NewReader(out))
 		want := req
 		want.Dst = netip.AddrPortFrom(req.Dst.Addr().Unmap(), req.Dst.Port())
 		if err != nil || again != want {
@@ -160,21 +160,21 @@ func FuzzReadRequest(f *testing.F) {
 
 func FuzzReadHello(f *testing.F) {
 	var buf bytes.Buffer
-	WriteHello(&buf, Hello{Version: Version, Program: "k8stunnel"})
+	writeHello(&buf, Hello{version: protocolVersion, Program: "k8stunnel"})
 	f.Add(buf.Bytes())
 	f.Add([]byte("motd\n" + string(magic[:]) + "\x01\x00\x00\x00\x02{}"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		ReadHello(bufio.NewReader(bytes.NewReader(in)))
+		readHello(bufio.NewReader(bytes.NewReader(in)))
 	})
 }
 
 func BenchmarkRequestCodec(b *testing.B) {
-	req := Request{Kind: KindConnect, Dst: netip.MustParseAddrPort("10.96.0.10:80")}
+	req := Request{kind: kindConnect, Dst: netip.MustParseAddrPort("10.96.0.10:80")}
 	var buf [maxRequestLen]byte
 	b.ReportAllocs()
 	for b.Loop() {
-		enc, _ := AppendRequest(buf[:0], req)
-		if _, err := ReadRequest(bytes.NewReader(enc)); err != nil {
+		enc, _ := appendRequest(buf[:0], req)
+		if _, err := readRequest(bytes.NewReader(enc)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,7 +1,6 @@
 package mux
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -30,10 +29,6 @@ const (
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
-
-// ErrSessionLost is returned when a stream ends because its whole session
-// went away: yamux reports that as a clean EOF, which it is not.
-var ErrSessionLost = errors.New("tunnel session lost")
 
 // Relay copies a to b and b to a until both directions are done. A clean EOF
 // on one side becomes CloseWrite on the other, so half-closed connections keep
@@ -93,7 +88,7 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 			bufPool.Put(big)
 			big, buf = nil, small
 			if s, ok := src.(*Stream); ok {
-				s.Shrink()
+				s.shrink()
 			}
 		}
 	}

@@ -265,8 +265,8 @@ func TestVersionMismatch(t *testing.T) {
 		a, b := net.Pipe()
 		defer a.Close()
 		go func() {
-			ReadHello(bufio.NewReader(b))
-			WriteHello(b, Hello{Version: Version + 1})
+			readHello(bufio.NewReader(b))
+			writeHello(b, Hello{version: protocolVersion + 1})
 		}()
 		if _, err := NewClient(a, Hello{}, log); !errors.Is(err, ErrVersionMismatch) {
 			t.Fatalf("got %v, want ErrVersionMismatch", err)
@@ -280,8 +280,8 @@ func TestVersionMismatch(t *testing.T) {
 			_, err := NewServer(b, func(Hello) Hello { return Hello{} }, log)
 			errc <- err
 		}()
-		WriteHello(a, Hello{Version: Version + 1})
-		h, _, err := ReadHello(bufio.NewReader(a))
+		writeHello(a, Hello{version: protocolVersion + 1})
+		h, _, err := readHello(bufio.NewReader(a))
 		if err != nil || h.Error == "" {
 			t.Fatalf("helper answered %+v, %v; want an error in the hello", h, err)
 		}

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,9 +20,6 @@ import (
 
 	"github.com/hashicorp/yamux"
 )
-
-// ErrPeerReset is returned by a stream's Read when the other end aborted it.
-var ErrPeerReset = errors.New("stream reset by peer")
 
 // requestTimeout bounds how long an accepted stream may take to send its header.
 const requestTimeout = 30 * time.Second
@@ -38,12 +38,12 @@ type Session struct {
 // NewClient says hello on rwc, checks the helper's answer and starts a yamux
 // client session on it.
 func NewClient(rwc io.ReadWriteCloser, hello Hello, log *slog.Logger) (*Session, error) {
-	hello.Version = Version
-	if err := WriteHello(rwc, hello); err != nil {
+	hello.version = protocolVersion
+	if err := writeHello(rwc, hello); err != nil {
 		return nil, fmt.Errorf("sending handshake: %w", err)
 	}
 	br := bufio.NewReader(rwc)
-	peer, skipped, err := ReadHello(br)
+	peer, skipped, err := readHello(br)
 	if text := describeNoise(skipped); text != "" {
 		if err != nil {
 			// Most likely a shell saying why the helper did not start.
@@ -57,10 +57,10 @@ func NewClient(rwc io.ReadWriteCloser, hello Hello, log *slog.Logger) (*Session,
 	if peer.Error != "" {
 		return nil, fmt.Errorf("helper refused the session: %s", peer.Error)
 	}
-	if peer.Version != Version {
-		return nil, fmt.Errorf("%w: the helper on the node speaks protocol %d, this client %d", ErrVersionMismatch, peer.Version, Version)
+	if peer.version != protocolVersion {
+		return nil, fmt.Errorf("%w: the helper on the node speaks protocol %d, this client %d", ErrVersionMismatch, peer.version, protocolVersion)
 	}
-	ys, err := yamux.Client(newBufferedConn(br, rwc), YamuxConfig(log))
+	ys, err := yamux.Client(newBufferedConn(br, rwc), yamuxConfig(log))
 	if err != nil {
 		return nil, err
 	}
@@ -71,24 +71,24 @@ func NewClient(rwc io.ReadWriteCloser, hello Hello, log *slog.Logger) (*Session,
 // returns and starts a yamux server session.
 func NewServer(rwc io.ReadWriteCloser, answer func(Hello) Hello, log *slog.Logger) (*Session, error) {
 	br := bufio.NewReader(rwc)
-	peer, _, err := ReadHello(br)
+	peer, _, err := readHello(br)
 	if err != nil {
 		return nil, err
 	}
 	var resp Hello
-	if peer.Version == Version {
+	if peer.version == protocolVersion {
 		resp = answer(peer)
 	} else {
-		resp.Error = fmt.Sprintf("client speaks protocol %d, this helper %d: use the same k8stunnel version on both ends", peer.Version, Version)
+		resp.Error = fmt.Sprintf("client speaks protocol %d, this helper %d: use the same k8stunnel version on both ends", peer.version, protocolVersion)
 	}
-	resp.Version = Version
-	if err := WriteHello(rwc, resp); err != nil {
+	resp.version = protocolVersion
+	if err := writeHello(rwc, resp); err != nil {
 		return nil, fmt.Errorf("sending handshake: %w", err)
 	}
 	if resp.Error != "" {
 		return nil, fmt.Errorf("%w: %s", ErrVersionMismatch, resp.Error)
 	}
-	ys, err := yamux.Server(newBufferedConn(br, rwc), YamuxConfig(log))
+	ys, err := yamux.Server(newBufferedConn(br, rwc), yamuxConfig(log))
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func (s *Session) unblockOnClose() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, st := range s.active {
-		st.s.SetDeadline(time.Now())
+		st.kill()
 	}
 }
 
@@ -125,11 +125,11 @@ func (s *Session) Dial(dst netip.AddrPort) (*Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteRequest(ys, Request{Kind: KindConnect, Dst: dst}); err != nil {
+	if err := writeRequest(ys, Request{kind: kindConnect, Dst: dst}); err != nil {
 		ys.Close()
 		return nil, fmt.Errorf("sending request for %v: %w", dst, err)
 	}
-	return s.track(ys, true), nil
+	return s.track(ys, dst, true), nil
 }
 
 // Serve accepts streams until the session ends. Resets are handled here;
@@ -150,34 +150,35 @@ func (s *Session) Serve(ctx context.Context, handle func(Request, *Stream)) erro
 
 func (s *Session) serveStream(ys *yamux.Stream, handle func(Request, *Stream)) {
 	ys.SetReadDeadline(time.Now().Add(requestTimeout))
-	req, err := ReadRequest(ys)
+	req, err := readRequest(ys)
 	ys.SetReadDeadline(time.Time{})
 	if err != nil {
 		s.log.Debug("bad stream request", "err", err)
 		ys.Close()
 		return
 	}
-	if req.Kind == KindReset {
+	if req.kind == kindReset {
 		ys.Close()
 		s.mu.Lock()
-		victim := s.active[req.StreamID]
+		victim := s.active[req.streamID]
 		s.mu.Unlock()
 		if victim != nil {
 			victim.resetByPeer()
 		}
 		return
 	}
-	handle(req, s.track(ys, false))
+	handle(req, s.track(ys, req.Dst, false))
 }
 
-func (s *Session) track(ys *yamux.Stream, needStatus bool) *Stream {
-	st := &Stream{s: ys, sess: s, needStatus: needStatus}
+func (s *Session) track(ys *yamux.Stream, dst netip.AddrPort, dialled bool) *Stream {
+	st := &Stream{s: ys, sess: s, addr: streamAddr{dst: dst}, dialled: dialled}
+	st.needStatus.Store(dialled)
 	s.mu.Lock()
 	s.active[ys.StreamID()] = st
 	s.mu.Unlock()
 	if s.ys.IsClosed() {
 		// Too late for unblockOnClose, which may have run already.
-		ys.SetDeadline(time.Now())
+		st.kill()
 	}
 	return st
 }
@@ -196,7 +197,7 @@ func (s *Session) sendReset(id uint32) {
 		if err != nil {
 			return
 		}
-		WriteRequest(ys, Request{Kind: KindReset, StreamID: id})
+		writeRequest(ys, Request{kind: kindReset, streamID: id})
 		ys.Close()
 	}()
 }
@@ -207,78 +208,216 @@ func (s *Session) NumStreams() int { return s.ys.NumStreams() }
 // Done is closed when the session has ended.
 func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }
 
-// IsClosed reports whether the session has ended.
-func (s *Session) IsClosed() bool { return s.ys.IsClosed() }
-
 // Close ends the session and every stream on it; safe to call twice.
 func (s *Session) Close() error { return s.ys.Close() }
 
-// Stream is one relayed connection inside a Session.
+// Stream is one relayed connection inside a Session. It is a net.Conn whose
+// Close, unlike yamux's, also ends reading, as net.Conn's contract says; use
+// CloseWrite for a half-close.
 type Stream struct {
 	s    *yamux.Stream
 	sess *Session
+	addr streamAddr // the stream's destination end
+	// dialled is set on the end that opened the stream.
+	dialled bool
+
+	// statusMu guards needStatus and dialErr: concurrent first Reads must
+	// not both consume the status byte.
+	statusMu sync.Mutex
 	// needStatus means the first byte is the helper's dial status, which must
 	// be OK before anything is passed on to the application.
-	needStatus bool
-	reset      atomic.Bool // the peer aborted this stream
-	aborted    atomic.Bool // we aborted it
-	closed     atomic.Bool
+	needStatus atomic.Bool
+	dialErr    error // a status other than OK, returned by every Read
+
+	// deadMu orders user deadlines against the past deadline set when the
+	// stream is reset, aborted, closed or loses its session, so a later
+	// SetDeadline cannot make a dead stream block again.
+	deadMu  sync.Mutex
+	dead    bool
+	reset   atomic.Bool // the peer aborted this stream
+	aborted atomic.Bool // we aborted it
+	closed  atomic.Bool
+	// rdl and wdl are the user's deadlines in Unix nanoseconds, 0 for none:
+	// yamux checks a deadline only when it has to wait, so a past deadline
+	// with data buffered, or window to spare, would not stop a Read or Write.
+	rdl, wdl atomic.Int64
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+// streamAddr is what LocalAddr and RemoteAddr return. The network is
+// "k8stunnel"; the end that stands for the destination (the dialler's remote,
+// the helper's local) is named by that destination, e.g. "10.96.0.10:80",
+// the other end by the yamux stream ID, e.g. "stream 3".
+type streamAddr struct {
+	dst netip.AddrPort
+	id  uint32
+}
+
+func (a streamAddr) Network() string { return "k8stunnel" }
+
+func (a streamAddr) String() string {
+	if a.dst.IsValid() {
+		return a.dst.String()
+	}
+	return "stream " + strconv.FormatUint(uint64(a.id), 10)
+}
+
+// LocalAddr is the stream ID on the dialling end, the destination on the helper.
+func (c *Stream) LocalAddr() net.Addr {
+	if c.dialled {
+		return streamAddr{id: c.s.StreamID()}
+	}
+	return c.addr
+}
+
+// RemoteAddr is the destination on the dialling end, the stream ID on the helper.
+func (c *Stream) RemoteAddr() net.Addr {
+	if c.dialled {
+		return c.addr
+	}
+	return streamAddr{id: c.s.StreamID()}
 }
 
 // WriteStatus answers a connect request (helper side).
-func (c *Stream) WriteStatus(st Status) error { return WriteStatus(c.s, st) }
-
-// ID is the yamux stream ID, the same on both ends.
-func (c *Stream) ID() uint32 { return c.s.StreamID() }
+func (c *Stream) WriteStatus(st Status) error { return writeStatus(c.s, st) }
 
 func (c *Stream) Read(b []byte) (int, error) {
-	if c.needStatus {
-		st, err := ReadStatus(c.s)
-		if err != nil {
-			return 0, c.readErr(err)
+	if err := c.check(&c.rdl); err != nil {
+		return 0, err
+	}
+	if c.needStatus.Load() {
+		if err := c.readStatus(); err != nil {
+			return 0, err
 		}
-		if st != StatusOK {
-			return 0, &DialError{Status: st}
-		}
-		c.needStatus = false
 	}
 	n, err := c.s.Read(b)
 	if err != nil {
-		err = c.readErr(err)
+		err = c.ioErr(err)
 	}
 	return n, err
 }
 
-func (c *Stream) readErr(err error) error {
+func (c *Stream) readStatus() error {
+	c.statusMu.Lock()
+	defer c.statusMu.Unlock()
+	if c.dialErr != nil {
+		return c.dialErr
+	}
+	if !c.needStatus.Load() {
+		return nil
+	}
+	st, err := readStatus(c.s)
+	if err != nil {
+		return c.ioErr(err)
+	}
+	if st != StatusOK {
+		c.dialErr = &DialError{Status: st}
+		return c.dialErr
+	}
+	c.needStatus.Store(false)
+	return nil
+}
+
+// check fails a Read or Write that must not start: the stream is dead or
+// the deadline dl has passed.
+func (c *Stream) check(dl *atomic.Int64) error {
 	switch {
 	case c.reset.Load():
 		return ErrPeerReset
-	case (err == io.EOF || errors.Is(err, yamux.ErrTimeout)) && c.s.Session().IsClosed():
+	case c.closed.Load() || c.aborted.Load():
+		return net.ErrClosed
+	case c.s.Session().IsClosed():
 		return ErrSessionLost
+	}
+	if d := dl.Load(); d != 0 && time.Now().UnixNano() >= d {
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+// ioErr says why a yamux Read or Write failed. The past deadlines that wake
+// a dead stream surface as what killed it, not as timeouts.
+func (c *Stream) ioErr(err error) error {
+	sessionGone := c.s.Session().IsClosed()
+	switch {
+	case c.reset.Load():
+		return ErrPeerReset
+	case c.closed.Load() || c.aborted.Load():
+		return net.ErrClosed
+	case (err == io.EOF || errors.Is(err, yamux.ErrTimeout) || errors.Is(err, yamux.ErrStreamClosed)) && sessionGone:
+		return ErrSessionLost
+	case errors.Is(err, yamux.ErrTimeout):
+		return os.ErrDeadlineExceeded
+	case errors.Is(err, yamux.ErrStreamClosed):
+		// Written after CloseWrite.
+		return net.ErrClosed
 	}
 	return err
 }
 
 func (c *Stream) Write(b []byte) (int, error) {
-	// yamux checks a write deadline only once the send window is used up,
-	// so a reset stream with window to spare would go on sending.
-	if c.reset.Load() {
-		return 0, ErrPeerReset
+	if err := c.check(&c.wdl); err != nil {
+		return 0, err
 	}
 	n, err := c.s.Write(b)
-	switch {
-	case err == nil:
-	case c.reset.Load():
-		err = ErrPeerReset
-	case c.s.Session().IsClosed():
-		err = ErrSessionLost
+	if err != nil {
+		err = c.ioErr(err)
 	}
 	return n, err
+}
+
+// SetDeadline sets both deadlines; see SetReadDeadline.
+func (c *Stream) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline is yamux's, except that on a dead stream it does nothing:
+// the dead stream's past deadline must stay.
+func (c *Stream) SetReadDeadline(t time.Time) error {
+	c.rdl.Store(unixNano(t))
+	c.deadMu.Lock()
+	defer c.deadMu.Unlock()
+	if c.dead {
+		return nil
+	}
+	return c.s.SetReadDeadline(t)
+}
+
+// SetWriteDeadline is yamux's, with SetReadDeadline's exception.
+func (c *Stream) SetWriteDeadline(t time.Time) error {
+	c.wdl.Store(unixNano(t))
+	c.deadMu.Lock()
+	defer c.deadMu.Unlock()
+	if c.dead {
+		return nil
+	}
+	return c.s.SetWriteDeadline(t)
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// kill wakes the stream's reader and writer for good: after it, every Read
+// and Write fails at once. The caller sets the flag that says why first.
+func (c *Stream) kill() {
+	c.deadMu.Lock()
+	defer c.deadMu.Unlock()
+	c.dead = true
+	c.s.SetDeadline(time.Now())
 }
 
 // CloseWrite sends a FIN: yamux's Close is a half-close.
 func (c *Stream) CloseWrite() error { return c.s.Close() }
 
+// Close ends both directions: the peer gets a FIN, and a Read or Write of
+// ours, blocked or later, fails with net.ErrClosed. Safe to call twice and
+// concurrently with Read and Write.
 func (c *Stream) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
@@ -287,6 +426,7 @@ func (c *Stream) Close() error {
 		// Our FIN must not overtake the reset we sent: the peer would read a
 		// clean end before it learns of the reset. The peer closes its side
 		// once it has aborted, so wait for that, bounded, then close ours.
+		// The stream is dead already, so nobody else reads it now.
 		go func() {
 			c.s.SetReadDeadline(time.Now().Add(abortLinger))
 			if c.s.Session().IsClosed() {
@@ -299,6 +439,7 @@ func (c *Stream) Close() error {
 		return nil
 	}
 	c.sess.forget(c.s.StreamID())
+	c.kill()
 	return c.s.Close()
 }
 
@@ -314,16 +455,16 @@ func (c *Stream) Abort() {
 	if !c.reset.Load() {
 		c.sess.sendReset(c.s.StreamID())
 	}
-	c.s.SetDeadline(time.Now())
+	c.kill()
 }
 
 func (c *Stream) resetByPeer() {
 	c.reset.Store(true)
-	c.s.SetDeadline(time.Now())
+	c.kill()
 }
 
-// Shrink drops the receive buffer when it is empty, so idle streams stay small.
-func (c *Stream) Shrink() { c.s.Shrink() }
+// shrink drops the receive buffer when it is empty, so idle streams stay small.
+func (c *Stream) shrink() { c.s.Shrink() }
 
 // DialError is what the helper reported when it could not reach the destination.
 type DialError struct{ Status Status }

@@ -11,23 +11,23 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// StreamWindow is the most a stream may have in flight. It bounds what one
+// streamWindow is the most a stream may have in flight. It bounds what one
 // slow reader can make the other end buffer, and it must be at least the SSH
 // channel's 2 MiB window or yamux, not SSH, limits a long, fast link.
-const StreamWindow = 4 << 20
+const streamWindow = 4 << 20
 
-// YamuxConfig is the yamux configuration both ends use.
+// yamuxConfig is the yamux configuration both ends use.
 //
 // Keepalive is off: yamux pings queue behind data and can kill a busy session
 // falsely; liveness is checked with SSH keepalives instead. Streams never time
 // out on close, because a half-closed stream can legitimately live for hours
-// (a request sent, a long answer still streaming); aborts travel as KindReset.
-func YamuxConfig(log *slog.Logger) *yamux.Config {
+// (a request sent, a long answer still streaming); aborts travel as kindReset.
+func yamuxConfig(log *slog.Logger) *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = 4096
 	c.EnableKeepAlive = false
 	c.ConnectionWriteTimeout = 60 * time.Second
-	c.MaxStreamWindowSize = StreamWindow
+	c.MaxStreamWindowSize = streamWindow
 	c.StreamOpenTimeout = 30 * time.Second
 	c.StreamCloseTimeout = 0
 	c.LogOutput = nil

@@ -1,0 +1,218 @@
+package mux
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"golang.org/x/net/nettest"
+)
+
+// sessionPair is a client and a server Session joined by net.Pipe. Streams
+// the server accepts arrive on accepted, already answered with StatusOK.
+func sessionPair(t testing.TB) (client, server *Session, accepted <-chan *Stream, stop func()) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	a, b := net.Pipe()
+	srvc := make(chan *Session, 1)
+	errc := make(chan error, 1)
+	go func() {
+		s, err := NewServer(b, func(Hello) Hello { return Hello{} }, log)
+		errc <- err
+		srvc <- s
+	}()
+	client, err := NewClient(a, Hello{}, log)
+	if err != nil {
+		a.Close()
+		b.Close()
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	server = <-srvc
+	acc := make(chan *Stream, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{}, 2)
+	go func() {
+		defer func() { served <- struct{}{} }()
+		// The client must serve too: resets from the helper arrive as streams.
+		client.Serve(ctx, func(_ Request, st *Stream) { st.Abort(); st.Close() })
+	}()
+	go func() {
+		defer func() { served <- struct{}{} }()
+		server.Serve(ctx, func(_ Request, st *Stream) {
+			if err := st.WriteStatus(StatusOK); err != nil {
+				st.Close()
+				return
+			}
+			acc <- st
+		})
+	}()
+	stop = func() {
+		cancel()
+		client.Close()
+		server.Close()
+		<-served
+		<-served
+	}
+	return client, server, acc, stop
+}
+
+var testDst = netip.MustParseAddrPort("192.0.2.1:80")
+
+func streamPair(t testing.TB) (c1, c2 *Stream, stop func()) {
+	t.Helper()
+	client, _, accepted, stopSessions := sessionPair(t)
+	c1, err := client.Dial(testDst)
+	if err != nil {
+		stopSessions()
+		t.Fatal(err)
+	}
+	c2 = <-accepted
+	return c1, c2, func() {
+		c1.Close()
+		c2.Close()
+		stopSessions()
+	}
+}
+
+// TestStreamIsNetConn runs nettest on a dialled stream and the helper's end
+// of it, both ways round: the dialled end's first Read also consumes the
+// status byte.
+func TestStreamIsNetConn(t *testing.T) {
+	goroutineLeakCheck(t)
+	t.Run("Dialled", func(t *testing.T) {
+		nettest.TestConn(t, func() (net.Conn, net.Conn, func(), error) {
+			c1, c2, stop := streamPair(t)
+			return c1, c2, stop, nil
+		})
+	})
+	t.Run("Accepted", func(t *testing.T) {
+		nettest.TestConn(t, func() (net.Conn, net.Conn, func(), error) {
+			c1, c2, stop := streamPair(t)
+			return c2, c1, stop, nil
+		})
+	})
+}
+
+func TestStreamAddrs(t *testing.T) {
+	c1, c2, stop := streamPair(t)
+	defer stop()
+	for _, tc := range []struct {
+		name string
+		addr net.Addr
+		want string
+	}{
+		{"dialled remote", c1.RemoteAddr(), "192.0.2.1:80"},
+		{"dialled local", c1.LocalAddr(), "stream 1"},
+		{"accepted local", c2.LocalAddr(), "192.0.2.1:80"},
+		{"accepted remote", c2.RemoteAddr(), "stream 1"},
+	} {
+		if tc.addr.Network() != "k8stunnel" || tc.addr.String() != tc.want {
+			t.Errorf("%s: got %s %q, want k8stunnel %q", tc.name, tc.addr.Network(), tc.addr, tc.want)
+		}
+	}
+}
+
+// TestStreamErrors checks that a stream's death wins over a later deadline:
+// a reset stays ErrPeerReset, a lost session ErrSessionLost, a closed
+// stream net.ErrClosed, and only a deadline is a timeout.
+func TestStreamErrors(t *testing.T) {
+	goroutineLeakCheck(t)
+	buf := make([]byte, 8)
+	t.Run("deadline", func(t *testing.T) {
+		c1, c2, stop := streamPair(t)
+		defer stop()
+		if _, err := c2.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		// Data is buffered, yet a past deadline must win, as on a socket.
+		c1.SetReadDeadline(time.Now().Add(-time.Second))
+		if _, err := c1.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read past the deadline: got %v, want os.ErrDeadlineExceeded", err)
+		}
+		c1.SetReadDeadline(time.Time{})
+		if n, err := c1.Read(buf); err != nil || string(buf[:n]) != "x" {
+			t.Fatalf("read after clearing the deadline: got %q, %v", buf[:n], err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		c1, c2, stop := streamPair(t)
+		defer stop()
+		done := make(chan error, 1)
+		go func() { _, err := c1.Read(buf); done <- err }()
+		c2.Abort()
+		if err := <-done; !errors.Is(err, ErrPeerReset) {
+			t.Fatalf("read on a reset stream: got %v, want ErrPeerReset", err)
+		}
+		c1.SetDeadline(time.Time{})
+		if _, err := c1.Read(buf); !errors.Is(err, ErrPeerReset) {
+			t.Fatalf("read after clearing the deadline: got %v, want ErrPeerReset", err)
+		}
+		if _, err := c1.Write(buf); !errors.Is(err, ErrPeerReset) {
+			t.Fatalf("write on a reset stream: got %v, want ErrPeerReset", err)
+		}
+	})
+	t.Run("session lost", func(t *testing.T) {
+		client, _, accepted, stopSessions := sessionPair(t)
+		defer stopSessions()
+		c1, err := client.Dial(testDst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-accepted
+		done := make(chan error, 1)
+		go func() { _, err := c1.Read(buf); done <- err }()
+		client.Close()
+		if err := <-done; !errors.Is(err, ErrSessionLost) {
+			t.Fatalf("read on a lost session: got %v, want ErrSessionLost", err)
+		}
+		c1.SetDeadline(time.Now().Add(time.Hour))
+		if _, err := c1.Write(buf); !errors.Is(err, ErrSessionLost) {
+			t.Fatalf("write on a lost session: got %v, want ErrSessionLost", err)
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		c1, c2, stop := streamPair(t)
+		defer stop()
+		done := make(chan error, 1)
+		go func() { _, err := c1.Read(buf); done <- err }()
+		c1.Close()
+		if err := <-done; !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read blocked across Close: got %v, want net.ErrClosed", err)
+		}
+		if _, err := c1.Write(buf); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("write after Close: got %v, want net.ErrClosed", err)
+		}
+		// The peer sees a clean end, not a reset.
+		if _, err := io.ReadAll(c2); err != nil {
+			t.Fatalf("peer of a closed stream: got %v, want EOF", err)
+		}
+	})
+}
+
+// goroutineLeakCheck fails t if, once t's cleanups before it have run, more
+// goroutines are left than there were at the start. yamux's goroutines end
+// shortly after Close, not at once, so it polls for a while before failing.
+func goroutineLeakCheck(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
