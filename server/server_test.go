@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -527,28 +526,6 @@ func TestHandshakeFails(t *testing.T) {
 		a.Close()
 		if err := Serve(context.Background(), b, Config{}); !errors.Is(err, mux.ErrNoHello) {
 			t.Fatalf("Serve: %v, want %v", err, mux.ErrNoHello)
-		}
-	})
-	t.Run("other version", func(t *testing.T) {
-		goroutineLeakCheck(t)
-		a, b := net.Pipe()
-		defer a.Close()
-		served := make(chan error, 1)
-		go func() {
-			served <- Serve(context.Background(), b, Config{Discover: func() *mux.Facts {
-				t.Error("Discover called for a session that was refused")
-				return nil
-			}})
-		}()
-		if err := mux.WriteHello(a, mux.Hello{Version: mux.Version + 1, Discover: true}); err != nil {
-			t.Fatal(err)
-		}
-		answer, _, err := mux.ReadHello(bufio.NewReader(a))
-		if err != nil || answer.Error == "" {
-			t.Fatalf("helper answered %+v, %v; want a refusal", answer, err)
-		}
-		if err := <-served; !errors.Is(err, mux.ErrVersionMismatch) {
-			t.Fatalf("Serve: %v, want %v", err, mux.ErrVersionMismatch)
 		}
 	})
 }
