@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/k8stunnel/k8stunnel/client"
+	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/firewall"
 )
 
@@ -140,7 +141,7 @@ type clientOptions struct {
 	identities, listen                                []string
 	include, exclude                                  []firewall.Target
 	autoCIDRs                                         bool
-	dns                                               *client.DNSConfig
+	dns                                               *dnsproxy.Config
 	channels, maxConns, verbose                       int
 }
 
@@ -194,15 +195,15 @@ func runClient(ctx context.Context, o clientOptions, log *slog.Logger, stderr io
 }
 
 // dnsConfig turns the DNS flags into the proxy's config; nil without --dns.
-// The laptop's resolv.conf names the resolvers to capture and to ask.
-func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*client.DNSConfig, error) {
+// The laptop's resolv.conf is read when the tunnel starts, not here.
+func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*dnsproxy.Config, error) {
 	if !on {
 		if all || clusterDNS != "" || domain != "" || len(search) > 0 {
 			return nil, usagef("--dns-all, --cluster-dns, --cluster-domain and --dns-search need --dns")
 		}
 		return nil, nil
 	}
-	cfg := &client.DNSConfig{All: all, ClusterDomain: domain}
+	cfg := &dnsproxy.Config{All: all, ClusterDomain: domain}
 	for _, s := range search {
 		cfg.Search = append(cfg.Search, strings.FieldsFunc(s, func(r rune) bool { return r == ',' })...)
 	}
@@ -213,11 +214,6 @@ func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*clien
 		}
 		cfg.ClusterDNS = a
 	}
-	servers, _, err := client.ReadResolvConf(client.ResolvConfPath)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Upstreams = servers
 	return cfg, nil
 }
 
