@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -301,8 +302,22 @@ func startProxy(t *testing.T, cfg Config, before ...func(*Proxy)) *proxyFixture 
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
+		checkNoProxyGoroutines(t)
 	})
 	return fx
+}
+
+// checkNoProxyGoroutines fails when a goroutine of the proxy outlives Run.
+func checkNoProxyGoroutines(t *testing.T) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "dnsproxy.(*Proxy)") || strings.Contains(g, "dnsproxy.(*bypass)") ||
+			strings.Contains(g, "dnsproxy.(*dnsStream)") {
+			t.Errorf("goroutine left after Run returned:\n%s", g)
+		}
+	}
 }
 
 // ask queries the proxy over net ("udp" or "tcp").
