@@ -1,10 +1,14 @@
 package client
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/mux"
@@ -42,5 +46,74 @@ func TestStartDNSHint(t *testing.T) {
 	}
 	if plain := errors.New("x"); withHint(plain) != plain {
 		t.Error("withHint changed an error without a hint")
+	}
+}
+
+// muxPair is a client session whose helper accepts every stream and then
+// goes quiet, until the test ends.
+func muxPair(t *testing.T) *mux.Session {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	cconn, sconn := net.Pipe()
+	srvc := make(chan *mux.Session, 1)
+	go func() {
+		s, err := mux.NewServer(sconn, func(mux.Hello) mux.Hello { return mux.Hello{} }, log)
+		if err != nil {
+			t.Error(err)
+		}
+		srvc <- s
+	}()
+	cs, err := mux.NewClient(cconn, mux.Hello{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := <-srvc
+	if ss == nil {
+		t.FailNow()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	go ss.Serve(ctx, func(_ mux.Request, st *mux.Stream) {
+		st.WriteStatus(mux.StatusOK)
+		<-release
+		st.Close()
+	})
+	t.Cleanup(func() { cancel(); close(release); cs.Close(); ss.Close() })
+	return cs
+}
+
+// The DNS proxy gives a stream up with a deadline: it must end a blocked Read.
+func TestStreamConnDeadline(t *testing.T) {
+	sess := muxPair(t)
+	dst := netip.MustParseAddrPort("10.96.0.10:53")
+	for _, tt := range []struct {
+		name  string
+		delay time.Duration
+	}{{"past", -time.Second}, {"future", 50 * time.Millisecond}} {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := sess.Dial(dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := newStreamConn(st, dst)
+			defer c.Close()
+			if got := c.RemoteAddr().String(); got != dst.String() {
+				t.Errorf("RemoteAddr %s, want %s", got, dst)
+			}
+			read := make(chan error, 1)
+			go func() {
+				_, err := c.Read(make([]byte, 1))
+				read <- err
+			}()
+			c.SetReadDeadline(time.Now().Add(tt.delay))
+			select {
+			case err := <-read:
+				if err == nil {
+					t.Error("Read returned no error after the deadline")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Read still blocked 5s after the deadline")
+			}
+		})
 	}
 }
