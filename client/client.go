@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -19,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/firewall"
 	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/transport"
@@ -48,10 +48,11 @@ type Config struct {
 	// AutoCIDRs forwards the pod and service CIDRs the helper finds on the
 	// node, in addition to Include.
 	AutoCIDRs bool
-	// DNS, when set, answers the laptop's DNS queries (see DNSConfig). What
-	// it leaves unset (cluster DNS IP and domain, the node's resolvers) is
-	// filled in from what the helper finds on the node.
-	DNS *DNSConfig
+	// DNS, when set, answers the laptop's DNS queries (see dnsproxy.Config).
+	// What it leaves unset (cluster DNS IP and domain, the node's resolvers)
+	// is filled in from what the helper finds on the node; Dial is the
+	// client's own.
+	DNS *dnsproxy.Config
 	// Channels is how many channels of the link (each with its own helper)
 	// carry the streams; 0 means 1.
 	Channels int
@@ -89,7 +90,7 @@ type Client struct {
 	include   []firewall.Target // Include plus what AutoCIDRs found
 	// origDst is originalDst; tests, which have no redirecting rules, replace it.
 	origDst func(*net.TCPConn) (netip.AddrPort, error)
-	dns     *DNSProxy // nil without DNS
+	dns     *dnsproxy.Proxy // nil without DNS
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -238,7 +239,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		return err
 	}
 	if c.cfg.DNS != nil {
-		p, err := NewDNSProxy(c.cfg.DNS.WithFacts(l.facts), c.dialDNS)
+		p, err := c.startDNS(l.facts)
 		if err != nil {
 			l.close()
 			return err
@@ -357,15 +358,6 @@ func (c *Client) useFacts(f *mux.Facts) error {
 		c.log.Warn("-N found no service CIDR on the node; service IPs are not forwarded. Pass the range as an argument, e.g. 10.96.0.0/12")
 	}
 	return nil
-}
-
-// dialDNS opens a stream for the DNS proxy: the helper dials dst from the node.
-func (c *Client) dialDNS(_ context.Context, dst netip.AddrPort) (io.ReadWriteCloser, error) {
-	sess := c.session()
-	if sess == nil {
-		return nil, errors.New("tunnel is down")
-	}
-	return sess.Dial(dst)
 }
 
 // reconnect retries with backoff until it gets a link or ctx ends. Each

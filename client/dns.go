@@ -1,114 +1,59 @@
 package client
 
-// The DNS proxy answers the queries the firewall captures on their way to the
-// laptop's resolvers (split DNS):
-//
-//   - names under the cluster domain go to the cluster DNS service, over TCP
-//     on a tunnel stream that the helper dials from the node;
-//   - everything else goes unchanged to the laptop's own resolvers, sent from
-//     BypassPort, the one source port the firewall's DNS rules let through;
-//     with All it goes to the node's resolvers through the tunnel instead;
-//   - with Search, short names work: a one-label name is first asked of the
-//     cluster DNS as NAME.NS.svc.DOMAIN for each search namespace, and a
-//     two-label name (svc.ns) whose normal answer is a failure as
-//     NAME.svc.DOMAIN. That mirrors what glibc does with a search line and the
-//     default ndots:1 (dotless names try the search list first, dotted names
-//     last), but leaves no resolv.conf to restore: a hit is answered with a
-//     CNAME from the asked name to the cluster name, followed by its records.
-//
-// Nothing on the laptop is changed but the firewall rules, which the
-// privileged helper removes even when the client is killed.
-
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
-	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
-	"slices"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
-
+	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/tui"
 )
 
-// DefaultClusterDomain is Kubernetes' default DNS domain.
-const DefaultClusterDomain = "cluster.local"
-
-const (
-	// queryTimeout bounds one client query; glibc gives a server 5 s.
-	queryTimeout = 5 * time.Second
-	// attemptTimeout bounds one server when another could be tried after it.
-	attemptTimeout = 2 * time.Second
-	// maxIdleStreams is how many idle tunnel streams are kept per server for
-	// the next queries (DNS over TCP carries many queries on one connection).
-	maxIdleStreams = 4
-	// maxStreamIdle drops idle streams before servers time them out (CoreDNS
-	// closes idle TCP connections after a few seconds).
-	maxStreamIdle = 5 * time.Second
-	// searchTTL caps the TTL of the CNAME a short name is answered with.
-	searchTTL = 5
-	// portAttempts is how often a free port is looked for when the first
-	// one picked for UDP is taken for TCP.
-	portAttempts = 20
-)
-
-// DNSConfig describes the DNS proxy.
-type DNSConfig struct {
-	// ClusterDomain is the cluster's DNS domain; "" means DefaultClusterDomain.
-	ClusterDomain string
-	// ClusterDNS is the cluster DNS service IP (kube-dns); required.
-	ClusterDNS netip.Addr
-	// NodeDNS are the node's resolvers, used with All. When none is known,
-	// All sends everything to ClusterDNS, which forwards to them anyway.
-	NodeDNS []netip.Addr
-	// All sends names outside the cluster domain through the tunnel too.
-	All bool
-	// Search makes short names resolve: each entry is a namespace ("default")
-	// or a domain under the cluster domain ("default.svc.cluster.local").
-	Search []string
-	// Upstreams are the laptop's resolvers (ReadResolvConf): what the
-	// firewall captures (Resolvers), and where names outside the cluster
-	// domain go unless All is set.
-	Upstreams []netip.AddrPort
-	// Listen are the addresses to serve on; empty means 127.0.0.1 and ::1
-	// (when this host has IPv6), where REDIRECT sends the host's own packets.
-	Listen []netip.Addr
-	// Port to serve on, UDP and TCP; 0 picks a free one (see DNSProxy.Port).
-	Port uint16
-	// BypassPort is the source port of the queries to Upstreams, UDP and TCP;
-	// 0 picks a free one (see DNSProxy.BypassPort).
-	BypassPort uint16
-	Log        *slog.Logger
+// startDNS makes the DNS proxy once the helper has said what it found on the
+// node; it is created here, not earlier, so it reads the laptop's resolvers
+// as they are when the tunnel starts.
+func (c *Client) startDNS(facts *mux.Facts) (*dnsproxy.Proxy, error) {
+	cfg := dnsWithFacts(*c.cfg.DNS, facts)
+	cfg.Dial = c.dialDNS
+	p, err := dnsproxy.New(cfg)
+	if err != nil {
+		return nil, withHint(err)
+	}
+	return p, nil
 }
 
-// WithFacts returns c with what the user left unset filled in from what the
-// helper found on the node: cluster DNS IP and domain, and node resolvers.
-func (c DNSConfig) WithFacts(f *mux.Facts) DNSConfig {
+// withHint turns an error that carries a hint (dnsproxy's) into a HintError,
+// which the CLI prints.
+func withHint(err error) error {
+	var h interface{ Hint() string }
+	if errors.As(err, &h) {
+		return &tui.HintError{Err: err, Hint: h.Hint()}
+	}
+	return err
+}
+
+// dnsWithFacts returns cfg with what the user left unset filled in from what
+// the helper found on the node: cluster DNS IP and domain, and node resolvers.
+func dnsWithFacts(cfg dnsproxy.Config, f *mux.Facts) dnsproxy.Config {
 	if f == nil {
-		return c
+		return cfg
 	}
-	if c.ClusterDomain == "" {
-		c.ClusterDomain = f.ClusterDomain
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = f.ClusterDomain
 	}
-	if !c.ClusterDNS.IsValid() {
+	if !cfg.ClusterDNS.IsValid() {
 		if addrs := parseAddrs(f.DNS); len(addrs) > 0 {
-			c.ClusterDNS = addrs[0]
+			cfg.ClusterDNS = addrs[0]
 		}
 	}
-	if len(c.NodeDNS) == 0 {
-		c.NodeDNS = parseAddrs(f.NodeDNS)
+	if len(cfg.NodeDNS) == 0 {
+		cfg.NodeDNS = parseAddrs(f.NodeDNS)
 	}
-	return c
+	return cfg
 }
 
 func parseAddrs(ss []string) []netip.Addr {
@@ -121,811 +66,70 @@ func parseAddrs(ss []string) []netip.Addr {
 	return addrs
 }
 
-// DNSDialer opens a TCP connection from the node to dst through the tunnel.
-// In production it returns a *mux.Stream; tests return a net.Conn.
-type DNSDialer func(ctx context.Context, dst netip.AddrPort) (io.ReadWriteCloser, error)
-
-// DNSProxy is the DNS server the firewall sends captured queries to.
-type DNSProxy struct {
-	cfg        DNSConfig
-	log        *slog.Logger
-	domain     string   // the cluster domain, lower case, fully qualified
-	suffixes   []string // what one-label names are tried under
-	clusterDNS netip.AddrPort
-	nodeDNS    []netip.AddrPort
-	dial       DNSDialer
-	// attempt is attemptTimeout; a field so tests can shorten it.
-	attempt time.Duration
-
-	port    uint16
-	udpLns  []*net.UDPConn
-	tcpLns  []*net.TCPListener
-	bypass  *bypass
-	streams streamPool
-
-	mu      sync.Mutex
-	running bool
-	closed  bool
-	done    chan struct{} // closed by Close
-
-	closeSockets sync.Once
-}
-
-// NewDNSProxy validates cfg and binds the proxy's sockets, so Port and
-// BypassPort are known before the firewall rules are installed. Queries are
-// answered once Run is called.
-func NewDNSProxy(cfg DNSConfig, dial DNSDialer) (*DNSProxy, error) {
-	if dial == nil {
-		return nil, errors.New("dns proxy: no dialer")
+// dialDNS opens a stream for the DNS proxy: the helper dials dst from the node.
+func (c *Client) dialDNS(_ context.Context, dst netip.AddrPort) (net.Conn, error) {
+	sess := c.session()
+	if sess == nil {
+		return nil, errors.New("tunnel is down")
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	if !cfg.ClusterDNS.IsValid() {
-		return nil, &tui.HintError{
-			Err:  errors.New("no cluster DNS IP: none given and none found on the node"),
-			Hint: "pass it: --cluster-dns $(kubectl -n kube-system get service kube-dns -o jsonpath='{.spec.clusterIP}')",
-		}
-	}
-	if cfg.ClusterDomain == "" {
-		cfg.ClusterDomain = DefaultClusterDomain
-	}
-	domain := dns.CanonicalName(cfg.ClusterDomain)
-	if _, ok := dns.IsDomainName(domain); !ok || domain == "." {
-		return nil, fmt.Errorf("bad cluster domain %q: want a DNS name such as %s", cfg.ClusterDomain, DefaultClusterDomain)
-	}
-	if len(cfg.Upstreams) == 0 {
-		return nil, errors.New("dns proxy: no laptop resolver to capture")
-	}
-	p := &DNSProxy{
-		cfg:        cfg,
-		log:        cfg.Log,
-		domain:     domain,
-		clusterDNS: netip.AddrPortFrom(cfg.ClusterDNS.Unmap(), 53),
-		dial:       dial,
-		attempt:    attemptTimeout,
-		done:       make(chan struct{}),
-	}
-	for _, s := range cfg.Search {
-		suffix, err := searchSuffix(s, domain)
-		if err != nil {
-			return nil, err
-		}
-		p.suffixes = append(p.suffixes, suffix)
-	}
-	for _, a := range cfg.NodeDNS {
-		p.nodeDNS = append(p.nodeDNS, netip.AddrPortFrom(a.Unmap(), 53))
-	}
-	if cfg.All && len(p.nodeDNS) == 0 {
-		p.log.Info("the node's resolvers are unknown; every DNS query goes to the cluster DNS", "cluster_dns", p.clusterDNS.Addr())
-		p.nodeDNS = []netip.AddrPort{p.clusterDNS}
-	}
-	if err := p.listen(); err != nil {
+	st, err := sess.Dial(dst)
+	if err != nil {
 		return nil, err
 	}
-	if !cfg.All {
-		b, err := newBypass(cfg.BypassPort)
-		if err != nil {
-			p.closeAll()
-			return nil, err
-		}
-		p.bypass = b
-	}
-	return p, nil
+	return newStreamConn(st, dst), nil
 }
 
-// searchSuffix turns a --dns-search entry into the domain one-label names
-// are tried under.
-func searchSuffix(s, domain string) (string, error) {
-	name := dns.CanonicalName(s)
-	if _, ok := dns.IsDomainName(name); !ok || name == "." {
-		return "", fmt.Errorf("bad search namespace %q", s)
+// streamConn is a tunnel stream as the net.Conn the DNS proxy wants, until
+// mux.Stream is one itself. A stream can be ended but not paused, so a
+// deadline, once reached, aborts it; the proxy sets one only to give a
+// stream up.
+type streamConn struct {
+	*mux.Stream
+	remote net.Addr
+
+	mu    sync.Mutex
+	timer *time.Timer
+}
+
+func newStreamConn(st *mux.Stream, dst netip.AddrPort) *streamConn {
+	return &streamConn{Stream: st, remote: net.TCPAddrFromAddrPort(dst)}
+}
+
+func (c *streamConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
 	}
 	switch {
-	case dns.IsSubDomain(domain, name):
-		return name, nil
-	case dns.CountLabel(name) == 1:
-		return name + "svc." + domain, nil
-	}
-	return "", fmt.Errorf("bad search namespace %q: want a namespace such as default, or a domain under %s", s, domain)
-}
-
-// Resolvers are the laptop's resolvers whose UDP and TCP traffic the firewall
-// must redirect to Port: the firewall's DNS.
-func (p *DNSProxy) Resolvers() []netip.AddrPort { return slices.Clone(p.cfg.Upstreams) }
-
-// String says where names go, for the "tunnel ready" line, e.g.
-// "cluster.local via 10.96.0.10, search default, others via 127.0.0.53:53".
-func (p *DNSProxy) String() string {
-	s := strings.TrimSuffix(p.domain, ".") + " via " + p.clusterDNS.Addr().String()
-	if len(p.cfg.Search) > 0 {
-		s += ", search " + strings.Join(p.cfg.Search, " ")
-	}
-	var others []string
-	if p.cfg.All {
-		for _, a := range p.nodeDNS {
-			others = append(others, a.Addr().String())
-		}
-		return s + ", others via the node's " + strings.Join(others, " ")
-	}
-	for _, a := range p.cfg.Upstreams {
-		others = append(others, a.String())
-	}
-	return s + ", others via " + strings.Join(others, " ")
-}
-
-// Port is where the proxy serves, UDP and TCP: the firewall's DNSPort.
-func (p *DNSProxy) Port() uint16 { return p.port }
-
-// BypassPort is the source port of the proxy's own queries to the laptop's
-// resolvers, which the firewall must let through; 0 with All, which sends
-// nothing to them.
-func (p *DNSProxy) BypassPort() uint16 {
-	if p.bypass == nil {
-		return 0
-	}
-	return p.bypass.port
-}
-
-// listen binds UDP and TCP on every listen address, all on one port so one
-// REDIRECT target serves both protocols and families.
-func (p *DNSProxy) listen() error {
-	addrs := p.cfg.Listen
-	optional := len(addrs) == 0
-	if optional {
-		addrs = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
-	}
-	for attempt := 1; ; attempt++ {
-		err := p.listenOn(addrs, p.cfg.Port, optional)
-		if err == nil || p.cfg.Port != 0 || !errors.Is(err, syscall.EADDRINUSE) || attempt == portAttempts {
-			return err
-		}
-	}
-}
-
-func (p *DNSProxy) listenOn(addrs []netip.Addr, port uint16, optional bool) error {
-	fail := func(err error) error {
-		for _, u := range p.udpLns {
-			u.Close()
-		}
-		for _, t := range p.tcpLns {
-			t.Close()
-		}
-		p.udpLns, p.tcpLns = nil, nil
-		return err
-	}
-	for _, a := range addrs {
-		u, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
-		if err != nil {
-			// A host without IPv6 has no ::1 to listen on, and needs none.
-			if optional && a.Is6() && (errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT)) {
-				continue
-			}
-			return fail(fmt.Errorf("listening for DNS on %v: %w", netip.AddrPortFrom(a, port), err))
-		}
-		p.udpLns = append(p.udpLns, u)
-		if port == 0 {
-			port = uint16(u.LocalAddr().(*net.UDPAddr).Port)
-		}
-		t, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
-		if err != nil {
-			return fail(fmt.Errorf("listening for DNS on %v/tcp: %w", netip.AddrPortFrom(a, port), err))
-		}
-		p.tcpLns = append(p.tcpLns, t)
-	}
-	p.port = port
-	return nil
-}
-
-// closeAll closes every socket NewDNSProxy opened.
-func (p *DNSProxy) closeAll() {
-	p.closeSockets.Do(func() {
-		for _, u := range p.udpLns {
-			u.Close()
-		}
-		for _, t := range p.tcpLns {
-			t.Close()
-		}
-		if p.bypass != nil {
-			p.bypass.close()
-		}
-		p.streams.closeAll()
-	})
-}
-
-// Run answers queries until ctx ends or Close is called, and returns once
-// every socket is closed and every query in flight has been answered or
-// abandoned.
-func (p *DNSProxy) Run(ctx context.Context) error {
-	p.mu.Lock()
-	if p.closed || p.running {
-		p.mu.Unlock()
-		return nil
-	}
-	p.running = true
-	p.mu.Unlock()
-	defer p.closeAll()
-
-	base, cancel := context.WithCancel(ctx)
-	defer cancel()
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) { p.answer(base, w, req) })
-
-	var readerDone chan struct{}
-	if p.bypass != nil {
-		readerDone = make(chan struct{})
-		go func() {
-			defer close(readerDone)
-			p.bypass.readLoop()
-		}()
-	}
-
-	var servers []*dns.Server
-	for _, u := range p.udpLns {
-		// UDPSize is the read buffer for queries; the default 512 would cut
-		// off a large EDNS query.
-		servers = append(servers, &dns.Server{PacketConn: u, Handler: handler, UDPSize: dns.MaxMsgSize})
-	}
-	for _, t := range p.tcpLns {
-		servers = append(servers, &dns.Server{Listener: t, Handler: handler})
-	}
-	exits := make(chan error, len(servers))
-	var started []*dns.Server
-	var runErr error
-	for _, s := range servers {
-		// Shutdown fails on a server that has not started yet, so each one is
-		// known to be up before the next starts.
-		up := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(up) }
-		go func() { exits <- s.ActivateAndServe() }()
-		select {
-		case <-up:
-			started = append(started, s)
-		case err := <-exits:
-			runErr = fmt.Errorf("serving DNS: %w", err)
-		}
-		if runErr != nil {
-			break
-		}
-	}
-	pending := len(started)
-	if runErr == nil {
-		p.log.Debug("dns proxy ready", "port", p.port, "bypass_port", p.BypassPort())
-		select {
-		case <-ctx.Done():
-		case <-p.done:
-		case err := <-exits:
-			pending--
-			runErr = fmt.Errorf("serving DNS: %w", err)
-		}
-	}
-	cancel()
-	for _, s := range started {
-		s.Shutdown()
-	}
-	for ; pending > 0; pending-- {
-		<-exits
-	}
-	p.closeAll()
-	if readerDone != nil {
-		<-readerDone
-	}
-	return runErr
-}
-
-// Close stops Run, or releases the sockets when Run was never called. Safe
-// to call twice.
-func (p *DNSProxy) Close() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil
-	}
-	p.closed = true
-	close(p.done)
-	if !p.running {
-		p.closeAll()
-	}
-	return nil
-}
-
-// answer serves one query. Failures become SERVFAIL, so the application
-// gets an answer at once instead of waiting for its own timeout.
-func (p *DNSProxy) answer(base context.Context, w dns.ResponseWriter, req *dns.Msg) {
-	ctx, cancel := context.WithTimeout(base, queryTimeout)
-	defer cancel()
-	_, overUDP := w.LocalAddr().(*net.UDPAddr)
-	proto := "tcp"
-	if overUDP {
-		proto = "udp"
-	}
-	q := req.Question[0]
-	start := time.Now()
-	resp, route, err := p.resolve(ctx, req, !overUDP)
-	if err != nil {
-		p.log.Debug("dns query failed", "name", q.Name, "type", dns.Type(q.Qtype), "proto", proto, "via", route, "err", err)
-		resp = new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
-	} else {
-		p.log.Debug("dns", "name", q.Name, "type", dns.Type(q.Qtype), "proto", proto, "via", route,
-			"rcode", dns.RcodeToString[resp.Rcode], "answers", len(resp.Answer), "took", time.Since(start).Round(time.Millisecond))
-	}
-	resp.Id = req.Id
-	// A UDP client gets what fits its buffer, with TC set when records had to
-	// go, so it asks again over TCP and then gets everything.
-	size := dns.MaxMsgSize
-	if overUDP {
-		size = dns.MinMsgSize
-		if opt := req.IsEdns0(); opt != nil {
-			size = int(opt.UDPSize())
-		}
-	}
-	resp.Truncate(size)
-	if err := w.WriteMsg(resp); err != nil {
-		p.log.Debug("dns answer not sent", "name", q.Name, "err", err)
-	}
-}
-
-// resolve finds the answer to req and says which way it went.
-func (p *DNSProxy) resolve(ctx context.Context, req *dns.Msg, overTCP bool) (*dns.Msg, string, error) {
-	name := dns.CanonicalName(req.Question[0].Name)
-	if dns.IsSubDomain(p.domain, name) {
-		resp, err := p.exchangeTunnel(ctx, p.clusterDNS, req)
-		return resp, "cluster", err
-	}
-	labels := dns.CountLabel(name)
-	if labels == 1 && len(p.suffixes) > 0 {
-		var names []string
-		for _, s := range p.suffixes {
-			names = append(names, name+s)
-		}
-		if resp := p.search(ctx, req, names); resp != nil {
-			return resp, "search", nil
-		}
-	}
-	resp, route, err := p.forward(ctx, req, overTCP)
-	if labels == 2 && len(p.suffixes) > 0 && (err != nil || resp.Rcode != dns.RcodeSuccess) {
-		if alt := p.search(ctx, req, []string{name + "svc." + p.domain}); alt != nil {
-			return alt, "search", nil
-		}
-	}
-	return resp, route, err
-}
-
-// forward sends a name outside the cluster domain where it belongs.
-func (p *DNSProxy) forward(ctx context.Context, req *dns.Msg, overTCP bool) (*dns.Msg, string, error) {
-	if p.cfg.All {
-		resp, err := tryEach(ctx, p.attempt, p.nodeDNS, func(ctx context.Context, s netip.AddrPort) (*dns.Msg, error) {
-			return p.exchangeTunnel(ctx, s, req)
-		})
-		return resp, "node", err
-	}
-	// The client's transport is kept: a truncated UDP answer goes back
-	// truncated, and the client's retry over TCP goes upstream over TCP.
-	exchange := p.bypass.exchangeUDP
-	if overTCP {
-		exchange = p.bypass.exchangeTCP
-	}
-	resp, err := tryEach(ctx, p.attempt, p.cfg.Upstreams, func(ctx context.Context, s netip.AddrPort) (*dns.Msg, error) {
-		return exchange(ctx, s, req)
-	})
-	return resp, "upstream", err
-}
-
-// tryEach asks the servers in order until one answers. Every server but the
-// last gets attempt, so a dead first resolver does not eat the whole query's
-// time.
-func tryEach(ctx context.Context, attempt time.Duration, servers []netip.AddrPort, ask func(context.Context, netip.AddrPort) (*dns.Msg, error)) (*dns.Msg, error) {
-	var errs []error
-	for i, s := range servers {
-		actx, cancel := ctx, context.CancelFunc(func() {})
-		if i < len(servers)-1 {
-			actx, cancel = context.WithTimeout(ctx, attempt)
-		}
-		resp, err := ask(actx, s)
-		cancel()
-		if err == nil {
-			return resp, nil
-		}
-		errs = append(errs, err)
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	if len(errs) == 0 {
-		return nil, errors.New("no resolver to ask")
-	}
-	return nil, errors.Join(errs...)
-}
-
-// search asks the cluster DNS for each of names in turn, and answers req
-// with the first that exists; nil when none does.
-func (p *DNSProxy) search(ctx context.Context, req *dns.Msg, names []string) *dns.Msg {
-	for _, n := range names {
-		sctx, cancel := context.WithTimeout(ctx, p.attempt)
-		q := req.Copy()
-		q.Question[0].Name = n
-		found, err := p.exchangeTunnel(sctx, p.clusterDNS, q)
-		cancel()
-		if err != nil {
-			p.log.Debug("dns search failed", "name", n, "err", err)
-			continue
-		}
-		if found.Rcode == dns.RcodeSuccess {
-			return aliasAnswer(req, n, found)
-		}
-	}
-	return nil
-}
-
-// aliasAnswer answers req with a CNAME from the asked name to target plus
-// found's records, the shape of answer libc and curl accept for an alias. A
-// name that exists without records of the asked type gets the CNAME alone.
-func aliasAnswer(req *dns.Msg, target string, found *dns.Msg) *dns.Msg {
-	ttl := uint32(searchTTL)
-	for _, rr := range found.Answer {
-		ttl = min(ttl, rr.Header().Ttl)
-	}
-	resp := new(dns.Msg).SetReply(req)
-	resp.RecursionAvailable = found.RecursionAvailable
-	resp.Answer = append([]dns.RR{&dns.CNAME{
-		Hdr:    dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl},
-		Target: target,
-	}}, found.Answer...)
-	resp.Ns = found.Ns
-	resp.Extra = found.Extra
-	return resp
-}
-
-// exchangeTunnel asks server over DNS-over-TCP on a tunnel stream, reusing
-// an idle stream when there is one.
-func (p *DNSProxy) exchangeTunnel(ctx context.Context, server netip.AddrPort, req *dns.Msg) (*dns.Msg, error) {
-	for {
-		s := p.streams.get(server)
-		reused := s != nil
-		if s == nil {
-			rwc, err := p.dial(ctx, server)
-			if err != nil {
-				return nil, fmt.Errorf("opening a stream to %v: %w", server, err)
-			}
-			s = newDNSStream(rwc)
-		}
-		resp, err := s.exchange(ctx, req)
-		if err == nil {
-			p.streams.put(server, s)
-			return resp, nil
-		}
-		s.close()
-		if !reused || ctx.Err() != nil {
-			return nil, fmt.Errorf("asking %v through the tunnel: %w", server, err)
-		}
-		// The server or a reconnect ended the idle stream: use a fresh one.
-	}
-}
-
-// dnsStream is one DNS-over-TCP connection through the tunnel.
-type dnsStream struct {
-	rwc  io.ReadWriteCloser
-	conn *dns.Conn
-	idle time.Time // when it was last put back
-}
-
-func newDNSStream(rwc io.ReadWriteCloser) *dnsStream {
-	c, ok := rwc.(net.Conn)
-	if !ok {
-		c = streamConn{rwc}
-	}
-	return &dnsStream{rwc: rwc, conn: &dns.Conn{Conn: c}}
-}
-
-// exchange sends req and reads answers until the one with req's ID: an
-// earlier, abandoned query's answer may still be on its way.
-func (s *dnsStream) exchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error) {
-	stop := context.AfterFunc(ctx, s.interrupt)
-	defer stop()
-	if err := s.conn.WriteMsg(req); err != nil {
-		return nil, ctxErr(ctx, err)
-	}
-	for {
-		resp, err := s.conn.ReadMsg()
-		if err != nil {
-			return nil, ctxErr(ctx, err)
-		}
-		if resp.Id == req.Id {
-			return resp, nil
-		}
-	}
-}
-
-func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
-}
-
-// interrupt unblocks a read or write in progress. A tunnel stream's Close is
-// only a half-close, so it is aborted; a plain connection gets a deadline.
-func (s *dnsStream) interrupt() {
-	switch c := s.rwc.(type) {
-	case interface{ Abort() }:
+	case t.IsZero():
+	case !t.After(time.Now()):
+		// At once, so that a Close right after cannot overtake it.
 		c.Abort()
-	case interface{ SetDeadline(time.Time) error }:
-		c.SetDeadline(time.Now())
+	default:
+		c.timer = time.AfterFunc(time.Until(t), c.Abort)
 	}
-	s.rwc.Close()
+	return nil
 }
 
-func (s *dnsStream) close() { s.rwc.Close() }
+func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.SetDeadline(t) }
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.SetDeadline(t) }
 
-// streamConn lets dns.Conn frame messages on a tunnel stream. dns.Conn wants
-// a net.Conn but on a stream uses only Read and Write; deadlines are never
-// set on it (a timeout interrupts the stream instead), so they are no-ops.
-type streamConn struct{ io.ReadWriteCloser }
+func (c *streamConn) Close() error {
+	c.mu.Lock()
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	c.mu.Unlock()
+	return c.Stream.Close()
+}
 
-func (streamConn) LocalAddr() net.Addr              { return tunnelAddr{} }
-func (streamConn) RemoteAddr() net.Addr             { return tunnelAddr{} }
-func (streamConn) SetDeadline(time.Time) error      { return nil }
-func (streamConn) SetReadDeadline(time.Time) error  { return nil }
-func (streamConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *streamConn) LocalAddr() net.Addr  { return tunnelAddr{} }
+func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
 
 type tunnelAddr struct{}
 
 func (tunnelAddr) Network() string { return "k8stunnel" }
 func (tunnelAddr) String() string  { return "tunnel" }
-
-// streamPool keeps idle tunnel streams per server.
-type streamPool struct {
-	mu     sync.Mutex
-	idle   map[netip.AddrPort][]*dnsStream
-	closed bool
-}
-
-// get returns the most recently used idle stream to server, or nil.
-func (sp *streamPool) get(server netip.AddrPort) *dnsStream {
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	for list := sp.idle[server]; len(list) > 0; list = sp.idle[server] {
-		s := list[len(list)-1]
-		sp.idle[server] = list[:len(list)-1]
-		if time.Since(s.idle) < maxStreamIdle {
-			return s
-		}
-		s.close()
-	}
-	return nil
-}
-
-func (sp *streamPool) put(server netip.AddrPort, s *dnsStream) {
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	if sp.closed || len(sp.idle[server]) >= maxIdleStreams {
-		s.close()
-		return
-	}
-	if sp.idle == nil {
-		sp.idle = make(map[netip.AddrPort][]*dnsStream)
-	}
-	s.idle = time.Now()
-	sp.idle[server] = append(sp.idle[server], s)
-}
-
-func (sp *streamPool) closeAll() {
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	sp.closed = true
-	for _, list := range sp.idle {
-		for _, s := range list {
-			s.close()
-		}
-	}
-	sp.idle = nil
-}
-
-// bypass sends queries to the laptop's own resolvers from one port, the
-// firewall's DNSBypassPort, so its DNS rules do not capture them again.
-type bypass struct {
-	port uint16
-	udp  *net.UDPConn
-	// tcpFD holds port for TCP: bound, never listening, so the queries over
-	// TCP can bind it too (SO_REUSEADDR) while no other program's connection
-	// takes it.
-	tcpFD int
-	// tcpSem serialises TCP queries: they all use the one local port.
-	tcpSem chan struct{}
-
-	mu      sync.Mutex
-	pending map[pendingKey]*pendingQuery
-}
-
-type pendingKey struct {
-	server netip.AddrPort
-	id     uint16
-}
-
-type pendingQuery struct {
-	q  dns.Question
-	ch chan *dns.Msg
-}
-
-func newBypass(port uint16) (*bypass, error) {
-	for attempt := 1; ; attempt++ {
-		u, err := net.ListenUDP("udp", &net.UDPAddr{Port: int(port)})
-		if err != nil {
-			return nil, fmt.Errorf("binding the DNS bypass port %d: %w", port, err)
-		}
-		got := uint16(u.LocalAddr().(*net.UDPAddr).Port)
-		fd, err := reserveTCPPort(got)
-		if err == nil {
-			return &bypass{port: got, udp: u, tcpFD: fd, tcpSem: make(chan struct{}, 1),
-				pending: make(map[pendingKey]*pendingQuery)}, nil
-		}
-		u.Close()
-		if port != 0 || !errors.Is(err, unix.EADDRINUSE) || attempt == portAttempts {
-			return nil, fmt.Errorf("binding the DNS bypass port %d/tcp: %w", got, err)
-		}
-	}
-}
-
-// reserveTCPPort binds a TCP socket to port on all addresses, dual-stack
-// when the host has IPv6, with SO_REUSEADDR and without listening.
-func reserveTCPPort(port uint16) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(port)}
-	if err == nil {
-		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-	} else if errors.Is(err, unix.EAFNOSUPPORT) {
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		sa = &unix.SockaddrInet4{Port: int(port)}
-	}
-	if err != nil {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
-		return -1, err
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
-}
-
-func (b *bypass) close() {
-	b.udp.Close()
-	if b.tcpFD >= 0 {
-		unix.Close(b.tcpFD)
-		b.tcpFD = -1
-	}
-}
-
-// readLoop hands each answer to the query waiting for it, until the socket
-// is closed. Answers nobody waits for (late, or spoofed) are dropped.
-func (b *bypass) readLoop() {
-	buf := make([]byte, dns.MaxMsgSize)
-	for {
-		n, from, err := b.udp.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		m := new(dns.Msg)
-		if m.Unpack(buf[:n]) != nil || len(m.Question) != 1 {
-			continue
-		}
-		key := pendingKey{server: plainAddrPort(from), id: m.Id}
-		b.mu.Lock()
-		pq := b.pending[key]
-		if pq != nil && sameQuestion(pq.q, m.Question[0]) {
-			delete(b.pending, key)
-		} else {
-			pq = nil
-		}
-		b.mu.Unlock()
-		if pq != nil {
-			pq.ch <- m
-		}
-	}
-}
-
-// plainAddrPort is how servers are keyed: an IPv4 address in its own form
-// (a dual-stack socket reports it IPv4-mapped) and without zone.
-func plainAddrPort(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
-}
-
-func sameQuestion(a, b dns.Question) bool {
-	return a.Qtype == b.Qtype && a.Qclass == b.Qclass && strings.EqualFold(a.Name, b.Name)
-}
-
-// exchangeUDP asks server over UDP. The query gets an ID of our own, unique
-// among the queries in flight to server, and the answer gets the client's
-// back.
-func (b *bypass) exchangeUDP(ctx context.Context, server netip.AddrPort, req *dns.Msg) (*dns.Msg, error) {
-	q := req.Copy()
-	pq := &pendingQuery{q: q.Question[0], ch: make(chan *dns.Msg, 1)}
-	key := pendingKey{server: plainAddrPort(server)}
-	b.mu.Lock()
-	for {
-		key.id = uint16(rand.Uint32())
-		if b.pending[key] == nil {
-			break
-		}
-	}
-	b.pending[key] = pq
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		if b.pending[key] == pq {
-			delete(b.pending, key)
-		}
-		b.mu.Unlock()
-	}()
-
-	q.Id = key.id
-	msg, err := q.Pack()
-	if err != nil {
-		return nil, fmt.Errorf("packing a query for %v: %w", server, err)
-	}
-	if _, err := b.udp.WriteToUDPAddrPort(msg, server); err != nil {
-		return nil, fmt.Errorf("asking %v: %w", server, err)
-	}
-	select {
-	case resp := <-pq.ch:
-		resp.Id = req.Id
-		return resp, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("asking %v: %w", server, ctx.Err())
-	}
-}
-
-// exchangeTCP asks server over TCP from the bypass port.
-func (b *bypass) exchangeTCP(ctx context.Context, server netip.AddrPort, req *dns.Msg) (*dns.Msg, error) {
-	select {
-	case b.tcpSem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("asking %v over TCP: %w", server, ctx.Err())
-	}
-	defer func() { <-b.tcpSem }()
-
-	d := net.Dialer{
-		LocalAddr: &net.TCPAddr{Port: int(b.port)},
-		Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			})
-			return errors.Join(err, serr)
-		},
-	}
-	c, err := d.DialContext(ctx, "tcp", server.String())
-	if err != nil {
-		return nil, fmt.Errorf("asking %v over TCP: %w", server, err)
-	}
-	tc := c.(*net.TCPConn)
-	defer func() {
-		// The next query uses the same local port: a reset leaves no
-		// TIME_WAIT behind to block this address pair for a minute.
-		tc.SetLinger(0)
-		tc.Close()
-	}()
-	stop := context.AfterFunc(ctx, func() { tc.SetDeadline(time.Now()) })
-	defer stop()
-	co := &dns.Conn{Conn: tc}
-	if err := co.WriteMsg(req); err != nil {
-		return nil, fmt.Errorf("asking %v over TCP: %w", server, ctxErr(ctx, err))
-	}
-	for {
-		resp, err := co.ReadMsg()
-		if err != nil {
-			return nil, fmt.Errorf("asking %v over TCP: %w", server, ctxErr(ctx, err))
-		}
-		if resp.Id == req.Id {
-			return resp, nil
-		}
-	}
-}

@@ -3,633 +3,118 @@ package client
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
+	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
+	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/tui"
 )
 
-var (
-	testClusterDNS = netip.MustParseAddr("10.96.0.53")
-	testNodeDNS    = netip.MustParseAddr("10.200.0.1")
-)
-
-// fakeDNS is a DNS server with a fixed zone that records what it was asked.
-type fakeDNS struct {
-	addr    netip.AddrPort // UDP and TCP
-	records map[string][]dns.RR
-
-	mu    sync.Mutex
-	asked []asked
-}
-
-type asked struct {
-	name string
-	from netip.AddrPort
-	tcp  bool
-}
-
-// startFakeDNS serves records on 127.0.0.1, over TCP only or over UDP and
-// TCP on one port. Names it does not have are NXDOMAIN; names it has
-// without the asked type are NOERROR with no answer.
-func startFakeDNS(t *testing.T, withUDP bool, records ...string) *fakeDNS {
-	t.Helper()
-	f := &fakeDNS{records: make(map[string][]dns.RR)}
-	for _, r := range records {
-		rr, err := dns.NewRR(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		name := dns.CanonicalName(rr.Header().Name)
-		f.records[name] = append(f.records[name], rr)
-	}
-	tl, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.addr = tl.Addr().(*net.TCPAddr).AddrPort()
-	servers := []*dns.Server{{Listener: tl, Handler: f}}
-	if withUDP {
-		ul, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(f.addr))
-		if err != nil {
-			t.Fatal(err)
-		}
-		servers = append(servers, &dns.Server{PacketConn: ul, Handler: f})
-	}
-	for _, s := range servers {
-		up := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(up) }
-		go s.ActivateAndServe()
-		<-up
-		t.Cleanup(func() { s.Shutdown() })
-	}
-	return f
-}
-
-func (f *fakeDNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	q := req.Question[0]
-	from, _ := netip.ParseAddrPort(w.RemoteAddr().String())
-	_, tcp := w.RemoteAddr().(*net.TCPAddr)
-	f.mu.Lock()
-	f.asked = append(f.asked, asked{name: dns.CanonicalName(q.Name), from: from, tcp: tcp})
-	f.mu.Unlock()
-
-	resp := new(dns.Msg).SetReply(req)
-	resp.RecursionAvailable = true
-	rrs, ok := f.records[dns.CanonicalName(q.Name)]
-	if !ok {
-		resp.Rcode = dns.RcodeNameError
-	}
-	for _, rr := range rrs {
-		if rr.Header().Rrtype == q.Qtype {
-			rr = dns.Copy(rr)
-			rr.Header().Name = q.Name
-			resp.Answer = append(resp.Answer, rr)
-		}
-	}
-	if !tcp {
-		resp.Truncate(dns.MinMsgSize)
-	}
-	w.WriteMsg(resp)
-}
-
-func (f *fakeDNS) log() []asked {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.asked)
-}
-
-func (f *fakeDNS) names() []string {
-	var names []string
-	for _, a := range f.log() {
-		names = append(names, a.name)
-	}
-	return names
-}
-
-// tunnel stands in for the helper: it "dials from the node" by mapping the
-// cluster's addresses to fake servers on loopback.
-type tunnel struct {
-	routes map[netip.AddrPort]netip.AddrPort
-
-	mu    sync.Mutex
-	dials []netip.AddrPort
-	down  bool
-}
-
-func (tn *tunnel) dial(ctx context.Context, dst netip.AddrPort) (io.ReadWriteCloser, error) {
-	tn.mu.Lock()
-	tn.dials = append(tn.dials, dst)
-	down := tn.down
-	tn.mu.Unlock()
-	if down {
-		return nil, errors.New("tunnel is down")
-	}
-	to, ok := tn.routes[dst]
-	if !ok {
-		return nil, fmt.Errorf("no route to %v in the test", dst)
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", to.String())
-}
-
-func (tn *tunnel) dialed() []netip.AddrPort {
-	tn.mu.Lock()
-	defer tn.mu.Unlock()
-	return slices.Clone(tn.dials)
-}
-
-// bigRecords are enough A records not to fit a 512-byte UDP answer.
-func bigRecords(name string) []string {
-	var rs []string
-	for i := 1; i <= 60; i++ {
-		rs = append(rs, fmt.Sprintf("%s 30 IN A 10.1.0.%d", name, i))
-	}
-	return rs
-}
-
-type proxyFixture struct {
-	proxy    *DNSProxy
-	cluster  *fakeDNS
-	upstream *fakeDNS
-	node     *fakeDNS
-	tunnel   *tunnel
-}
-
-// startProxy runs a proxy on 127.0.0.1 for the fake cluster, node and
-// laptop resolvers; before, if given, changes the proxy before it runs.
-func startProxy(t *testing.T, cfg DNSConfig, before ...func(*DNSProxy)) *proxyFixture {
-	t.Helper()
-	fx := &proxyFixture{
-		cluster: startFakeDNS(t, false, append(bigRecords("big.default.svc.cluster.local."),
-			"web.default.svc.cluster.local. 30 IN A 10.96.0.10",
-			"api.other.svc.cluster.local. 30 IN A 10.96.0.20")...),
-		upstream: startFakeDNS(t, true, append(bigRecords("big.example.test."),
-			"example.test. 300 IN A 192.0.2.7")...),
-		node: startFakeDNS(t, false, "example.test. 300 IN A 198.51.100.7"),
-	}
-	fx.tunnel = &tunnel{routes: map[netip.AddrPort]netip.AddrPort{
-		netip.AddrPortFrom(testClusterDNS, 53): fx.cluster.addr,
-		netip.AddrPortFrom(testNodeDNS, 53):    fx.node.addr,
-	}}
-	cfg.ClusterDNS = testClusterDNS
-	cfg.Listen = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
-	if cfg.Upstreams == nil {
-		cfg.Upstreams = []netip.AddrPort{fx.upstream.addr}
-	}
-	p, err := NewDNSProxy(cfg, fx.tunnel.dial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fx.proxy = p
-	for _, f := range before {
-		f(p)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return fx
-}
-
-// ask queries the proxy over net ("udp" or "tcp").
-func (fx *proxyFixture) ask(t *testing.T, network, name string, qtype uint16) *dns.Msg {
-	t.Helper()
-	c := &dns.Client{Net: network, Timeout: 10 * time.Second}
-	m := new(dns.Msg).SetQuestion(name, qtype)
-	resp, _, err := c.Exchange(m, fmt.Sprintf("127.0.0.1:%d", fx.proxy.Port()))
-	if err != nil {
-		t.Fatalf("asking the proxy for %s over %s: %v", name, network, err)
-	}
-	return resp
-}
-
-// answers renders the answer section compactly: "CNAME x." or "A 1.2.3.4".
-func answers(m *dns.Msg) []string {
-	var out []string
-	for _, rr := range m.Answer {
-		switch rr := rr.(type) {
-		case *dns.A:
-			out = append(out, rr.Hdr.Name+" A "+rr.A.String())
-		case *dns.CNAME:
-			out = append(out, rr.Hdr.Name+" CNAME "+rr.Target)
-		default:
-			out = append(out, rr.String())
-		}
-	}
-	return out
-}
-
-func TestDNSProxySplit(t *testing.T) {
-	fx := startProxy(t, DNSConfig{})
-	for _, network := range []string{"udp", "tcp"} {
-		t.Run(network, func(t *testing.T) {
-			resp := fx.ask(t, network, "web.default.svc.cluster.local.", dns.TypeA)
-			if got, want := answers(resp), []string{"web.default.svc.cluster.local. A 10.96.0.10"}; !slices.Equal(got, want) {
-				t.Errorf("cluster name: answers %q, want %q", got, want)
-			}
-			resp = fx.ask(t, network, "Example.Test.", dns.TypeA)
-			if got, want := answers(resp), []string{"Example.Test. A 192.0.2.7"}; !slices.Equal(got, want) {
-				t.Errorf("other name: answers %q, want %q (from the laptop's resolver)", got, want)
-			}
-			resp = fx.ask(t, network, "missing.default.svc.cluster.local.", dns.TypeA)
-			if resp.Rcode != dns.RcodeNameError {
-				t.Errorf("missing cluster name: rcode %s, want NXDOMAIN", dns.RcodeToString[resp.Rcode])
-			}
-		})
-	}
-	if got := fx.cluster.names(); slices.Contains(got, "example.test.") {
-		t.Errorf("the cluster DNS was asked for a name outside the cluster domain: %q", got)
-	}
-	if got := fx.upstream.names(); slices.ContainsFunc(got, func(n string) bool { return strings.HasSuffix(n, "cluster.local.") }) {
-		t.Errorf("the laptop's resolver was asked for a cluster name: %q", got)
-	}
-	for _, d := range fx.tunnel.dialed() {
-		if d != netip.AddrPortFrom(testClusterDNS, 53) {
-			t.Errorf("dialled %v through the tunnel, want only the cluster DNS", d)
-		}
-	}
-	// The firewall lets the proxy's own queries out by their source port.
-	for _, a := range fx.upstream.log() {
-		if a.from.Port() != fx.proxy.BypassPort() {
-			t.Errorf("query for %s (tcp %v) came from port %d, want the bypass port %d", a.name, a.tcp, a.from.Port(), fx.proxy.BypassPort())
-		}
-	}
-	if up := fx.upstream.log(); len(up) != 2 || up[0].tcp || !up[1].tcp {
-		t.Errorf("the laptop's resolver saw %+v, want one UDP and then one TCP query, as the client asked", up)
-	}
-}
-
-func TestDNSProxyString(t *testing.T) {
-	fx := startProxy(t, DNSConfig{Search: []string{"default"}})
-	want := fmt.Sprintf("cluster.local via 10.96.0.53, search default, others via %v", fx.upstream.addr)
-	if got := fx.proxy.String(); got != want {
-		t.Errorf("String() = %q, want %q", got, want)
-	}
-}
-
-func TestDNSProxyReusesStreams(t *testing.T) {
-	fx := startProxy(t, DNSConfig{})
-	for range 5 {
-		fx.ask(t, "udp", "web.default.svc.cluster.local.", dns.TypeA)
-	}
-	if n := len(fx.tunnel.dialed()); n != 1 {
-		t.Errorf("5 queries in a row opened %d streams, want 1", n)
-	}
-}
-
-func TestDNSProxyRetriesClosedStream(t *testing.T) {
-	fx := startProxy(t, DNSConfig{})
-	fx.ask(t, "udp", "web.default.svc.cluster.local.", dns.TypeA)
-	// The answer can reach us before the proxy has put its stream back in
-	// the idle list: wait for it there, or the stream below is not closed.
-	idle := func() int {
-		fx.proxy.streams.mu.Lock()
-		defer fx.proxy.streams.mu.Unlock()
-		n := 0
-		for _, list := range fx.proxy.streams.idle {
-			n += len(list)
-		}
-		return n
-	}
-	for deadline := time.Now().Add(5 * time.Second); idle() == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the first query's stream never went back to the idle list")
-		}
-	}
-	// The server (or a reconnect) ends the idle stream.
-	fx.proxy.streams.mu.Lock()
-	for _, list := range fx.proxy.streams.idle {
-		for _, s := range list {
-			s.rwc.Close()
-		}
-	}
-	fx.proxy.streams.mu.Unlock()
-	resp := fx.ask(t, "udp", "web.default.svc.cluster.local.", dns.TypeA)
-	if len(resp.Answer) != 1 || resp.Rcode != dns.RcodeSuccess {
-		t.Fatalf("after the idle stream died: %v", resp)
-	}
-	if n := len(fx.tunnel.dialed()); n != 2 {
-		t.Errorf("opened %d streams, want 2 (the first, then a fresh one)", n)
-	}
-}
-
-func TestDNSProxyTruncation(t *testing.T) {
-	fx := startProxy(t, DNSConfig{})
-	for _, name := range []string{"big.default.svc.cluster.local.", "big.example.test."} {
-		t.Run(name, func(t *testing.T) {
-			resp := fx.ask(t, "udp", name, dns.TypeA)
-			if !resp.Truncated || len(resp.Answer) >= 60 {
-				t.Errorf("over UDP: TC=%v with %d answers, want TC and fewer than 60", resp.Truncated, len(resp.Answer))
-			}
-			resp.Compress = true // as it was on the wire
-			if n := resp.Len(); n > dns.MinMsgSize {
-				t.Errorf("over UDP without EDNS: %d bytes, want at most %d", n, dns.MinMsgSize)
-			}
-			resp = fx.ask(t, "tcp", name, dns.TypeA)
-			if resp.Truncated || len(resp.Answer) != 60 {
-				t.Errorf("over TCP: TC=%v with %d answers, want all 60", resp.Truncated, len(resp.Answer))
-			}
-		})
-	}
-	// A client with a large EDNS buffer gets everything over UDP.
-	m := new(dns.Msg).SetQuestion("big.default.svc.cluster.local.", dns.TypeA).SetEdns0(4096, false)
-	resp, _, err := (&dns.Client{Net: "udp", UDPSize: 4096}).Exchange(m, fmt.Sprintf("127.0.0.1:%d", fx.proxy.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.Truncated || len(resp.Answer) != 60 {
-		t.Errorf("over UDP with EDNS 4096: TC=%v with %d answers, want all 60", resp.Truncated, len(resp.Answer))
-	}
-}
-
-func TestDNSProxySearch(t *testing.T) {
-	fx := startProxy(t, DNSConfig{Search: []string{"default"}})
-	tests := []struct {
-		name  string
-		qtype uint16
-		want  []string
-		rcode int
-		// cluster are the names the cluster DNS must have been asked, in order.
-		cluster []string
-	}{
-		{"web.", dns.TypeA, []string{"web. CNAME web.default.svc.cluster.local.", "web.default.svc.cluster.local. A 10.96.0.10"},
-			dns.RcodeSuccess, []string{"web.default.svc.cluster.local."}},
-		// The name exists but has no AAAA: the alias alone, so a client asking A and AAAA gets a consistent picture.
-		{"web.", dns.TypeAAAA, []string{"web. CNAME web.default.svc.cluster.local."}, dns.RcodeSuccess,
-			[]string{"web.default.svc.cluster.local."}},
-		{"api.other.", dns.TypeA, []string{"api.other. CNAME api.other.svc.cluster.local.", "api.other.svc.cluster.local. A 10.96.0.20"},
-			dns.RcodeSuccess, []string{"api.other.svc.cluster.local."}},
-		// A dotted name the laptop's resolver knows never reaches the cluster.
-		{"example.test.", dns.TypeA, []string{"example.test. A 192.0.2.7"}, dns.RcodeSuccess, nil},
-		{"nothere.", dns.TypeA, nil, dns.RcodeNameError, []string{"nothere.default.svc.cluster.local."}},
-		{"no.where.", dns.TypeA, nil, dns.RcodeNameError, []string{"no.where.svc.cluster.local."}},
-		// Three labels are never expanded.
-		{"a.b.c.", dns.TypeA, nil, dns.RcodeNameError, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name+dns.Type(tt.qtype).String(), func(t *testing.T) {
-			before := len(fx.cluster.log())
-			resp := fx.ask(t, "udp", tt.name, tt.qtype)
-			if got := answers(resp); !slices.Equal(got, tt.want) || resp.Rcode != tt.rcode {
-				t.Errorf("answers %q rcode %s, want %q rcode %s", got, dns.RcodeToString[resp.Rcode], tt.want, dns.RcodeToString[tt.rcode])
-			}
-			if got := fx.cluster.names()[before:]; !slices.Equal(got, tt.cluster) {
-				t.Errorf("the cluster DNS was asked %q, want %q", got, tt.cluster)
-			}
-		})
-	}
-}
-
-func TestDNSProxyAll(t *testing.T) {
-	fx := startProxy(t, DNSConfig{All: true, NodeDNS: []netip.Addr{testNodeDNS}})
-	if p := fx.proxy.BypassPort(); p != 0 {
-		t.Errorf("BypassPort = %d with All, want 0: nothing goes to the laptop's resolver", p)
-	}
-	resp := fx.ask(t, "udp", "example.test.", dns.TypeA)
-	if got, want := answers(resp), []string{"example.test. A 198.51.100.7"}; !slices.Equal(got, want) {
-		t.Errorf("answers %q, want %q from the node's resolver", got, want)
-	}
-	resp = fx.ask(t, "udp", "web.default.svc.cluster.local.", dns.TypeA)
-	if len(resp.Answer) != 1 {
-		t.Errorf("cluster name with All: %v", resp)
-	}
-	if n := len(fx.upstream.log()); n != 0 {
-		t.Errorf("the laptop's resolver got %d queries with All, want 0", n)
-	}
-}
-
-func TestDNSProxyTunnelDown(t *testing.T) {
-	fx := startProxy(t, DNSConfig{})
-	fx.tunnel.mu.Lock()
-	fx.tunnel.down = true
-	fx.tunnel.mu.Unlock()
-	start := time.Now()
-	resp := fx.ask(t, "udp", "web.default.svc.cluster.local.", dns.TypeA)
-	if resp.Rcode != dns.RcodeServerFailure {
-		t.Errorf("rcode %s, want SERVFAIL while the tunnel is down", dns.RcodeToString[resp.Rcode])
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("SERVFAIL took %v, want it at once", d)
-	}
-	// The laptop's own DNS keeps working.
-	if resp := fx.ask(t, "udp", "example.test.", dns.TypeA); len(resp.Answer) != 1 {
-		t.Errorf("other name while the tunnel is down: %v", resp)
-	}
-}
-
-func TestDNSProxyUpstreamFailover(t *testing.T) {
-	// Nothing answers on the first resolver's port: the second one must.
-	dead, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dead.Close()
-	deadAddr := dead.LocalAddr().(*net.UDPAddr).AddrPort()
-	up := startFakeDNS(t, true, "example.test. 300 IN A 192.0.2.7")
-	const attempt = 200 * time.Millisecond
-	fx := startProxy(t, DNSConfig{Upstreams: []netip.AddrPort{deadAddr, up.addr}}, func(p *DNSProxy) { p.attempt = attempt })
-	start := time.Now()
-	resp := fx.ask(t, "udp", "example.test.", dns.TypeA)
-	if len(resp.Answer) != 1 {
-		t.Fatalf("answers %q, want the second resolver's", answers(resp))
-	}
-	if d := time.Since(start); d < attempt || d > attempt+time.Second {
-		t.Errorf("took %v, want about %v (one attempt timeout)", d, attempt)
-	}
-}
-
-func TestNewDNSProxyErrors(t *testing.T) {
-	up := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")}
-	lo := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
-	dial := (&tunnel{}).dial
-	tests := []struct {
-		name string
-		cfg  DNSConfig
-		want string
-	}{
-		{"no cluster dns", DNSConfig{Upstreams: up, Listen: lo}, "--cluster-dns"},
-		{"bad domain", DNSConfig{ClusterDNS: testClusterDNS, ClusterDomain: "a..b", Upstreams: up, Listen: lo}, "bad cluster domain"},
-		{"bad search", DNSConfig{ClusterDNS: testClusterDNS, Search: []string{"corp.example.com"}, Upstreams: up, Listen: lo}, "want a namespace"},
-		{"no resolver", DNSConfig{ClusterDNS: testClusterDNS, All: true, Listen: lo}, "no laptop resolver"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p, err := NewDNSProxy(tt.cfg, dial)
-			if err == nil {
-				p.Close()
-				t.Fatalf("no error, want one mentioning %q", tt.want)
-			}
-			msg := err.Error()
-			var he *tui.HintError
-			if errors.As(err, &he) {
-				msg += "\nhint: " + he.Hint
-			}
-			if !strings.Contains(msg, tt.want) {
-				t.Errorf("error %q, want it to mention %q", msg, tt.want)
-			}
-		})
-	}
-}
-
-func TestSearchSuffix(t *testing.T) {
-	for in, want := range map[string]string{
-		"default":                   "default.svc.cluster.local.",
-		"My-NS":                     "my-ns.svc.cluster.local.",
-		"default.svc.cluster.local": "default.svc.cluster.local.",
-	} {
-		got, err := searchSuffix(in, "cluster.local.")
-		if err != nil || got != want {
-			t.Errorf("searchSuffix(%q) = %q, %v; want %q", in, got, err, want)
-		}
-	}
-}
-
-func TestDNSProxyLifecycle(t *testing.T) {
-	cfg := DNSConfig{ClusterDNS: testClusterDNS, Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")},
-		Listen: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
-	dial := (&tunnel{}).dial
-
-	// Close without Run frees the ports.
-	p, err := NewDNSProxy(cfg, dial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, bypassPort := p.Port(), p.BypassPort()
-	if port == 0 || bypassPort == 0 {
-		t.Fatalf("ports %d and %d, want both picked", port, bypassPort)
-	}
-	p.Close()
-	p.Close()
-	if err := p.Run(context.Background()); err != nil {
-		t.Errorf("Run after Close: %v", err)
-	}
-	c2 := cfg
-	c2.Port, c2.BypassPort = port, bypassPort
-	p2, err := NewDNSProxy(c2, dial)
-	if err != nil {
-		t.Fatalf("ports not freed by Close: %v", err)
-	}
-
-	// Close stops Run.
-	done := make(chan error, 1)
-	go func() { done <- p2.Run(context.Background()) }()
-	p2.Close()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run still running 5s after Close")
-	}
-}
-
-func TestDNSConfigWithFacts(t *testing.T) {
+func TestDNSWithFacts(t *testing.T) {
 	f := &mux.Facts{DNS: []string{"bogus", "10.43.0.10"}, ClusterDomain: "k3s.local", NodeDNS: []string{"192.168.1.1", "::1"}}
-	got := DNSConfig{}.WithFacts(f)
+	got := dnsWithFacts(dnsproxy.Config{}, f)
 	if got.ClusterDNS != netip.MustParseAddr("10.43.0.10") || got.ClusterDomain != "k3s.local" ||
 		!slices.Equal(got.NodeDNS, []netip.Addr{netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("::1")}) {
-		t.Errorf("WithFacts filled %+v", got)
+		t.Errorf("dnsWithFacts filled %+v", got)
 	}
-	given := DNSConfig{ClusterDNS: testClusterDNS, ClusterDomain: "cluster.local", NodeDNS: []netip.Addr{testNodeDNS}}
-	if got := given.WithFacts(f); got.ClusterDNS != given.ClusterDNS || got.ClusterDomain != given.ClusterDomain ||
+	given := dnsproxy.Config{ClusterDNS: netip.MustParseAddr("10.96.0.53"), ClusterDomain: "cluster.local",
+		NodeDNS: []netip.Addr{netip.MustParseAddr("10.200.0.1")}}
+	if got := dnsWithFacts(given, f); got.ClusterDNS != given.ClusterDNS || got.ClusterDomain != given.ClusterDomain ||
 		!slices.Equal(got.NodeDNS, given.NodeDNS) {
-		t.Errorf("WithFacts overrode what the user gave: %+v", got)
+		t.Errorf("dnsWithFacts overrode what the user gave: %+v", got)
 	}
-	if got := given.WithFacts(nil); got.ClusterDNS != given.ClusterDNS {
-		t.Errorf("WithFacts(nil) changed the config: %+v", got)
+	if got := dnsWithFacts(given, nil); got.ClusterDNS != given.ClusterDNS {
+		t.Errorf("dnsWithFacts(nil) changed the config: %+v", got)
 	}
 }
 
-func TestReadResolvConf(t *testing.T) {
-	tests := []struct {
-		name, text string
-		servers    []string
-		search     []string
-	}{
-		{"stub", "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch corp.example\n",
-			[]string{"127.0.0.53:53"}, []string{"corp.example"}},
-		{"several", "nameserver 192.168.1.1\nnameserver ::1\nnameserver 192.168.1.1\nnameserver not-an-ip\n",
-			[]string{"192.168.1.1:53", "[::1]:53"}, nil},
-		{"none means localhost", "search lan\n", []string{"127.0.0.1:53"}, []string{"lan"}},
+// The CLI prints the hint of a HintError only: dnsproxy's hint must reach it.
+func TestStartDNSHint(t *testing.T) {
+	c := &Client{cfg: Config{DNS: &dnsproxy.Config{Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")}}}}
+	p, err := c.startDNS(nil)
+	if err == nil {
+		p.Close()
+		t.Fatal("no error without a cluster DNS IP")
 	}
-	for _, tt := range tests {
+	var he *tui.HintError
+	if !errors.As(err, &he) || he.Hint == "" || !errors.Is(err, dnsproxy.ErrNoClusterDNS) {
+		t.Errorf("err %v (%T), want a HintError with a hint wrapping ErrNoClusterDNS", err, err)
+	}
+	if plain := errors.New("x"); withHint(plain) != plain {
+		t.Error("withHint changed an error without a hint")
+	}
+}
+
+// muxPair is a client session whose helper accepts every stream and then
+// goes quiet, until the test ends.
+func muxPair(t *testing.T) *mux.Session {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	cconn, sconn := net.Pipe()
+	srvc := make(chan *mux.Session, 1)
+	go func() {
+		s, err := mux.NewServer(sconn, func(mux.Hello) mux.Hello { return mux.Hello{} }, log)
+		if err != nil {
+			t.Error(err)
+		}
+		srvc <- s
+	}()
+	cs, err := mux.NewClient(cconn, mux.Hello{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := <-srvc
+	if ss == nil {
+		t.FailNow()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	go ss.Serve(ctx, func(_ mux.Request, st *mux.Stream) {
+		st.WriteStatus(mux.StatusOK)
+		<-release
+		st.Close()
+	})
+	t.Cleanup(func() { cancel(); close(release); cs.Close(); ss.Close() })
+	return cs
+}
+
+// The DNS proxy gives a stream up with a deadline: it must end a blocked Read.
+func TestStreamConnDeadline(t *testing.T) {
+	sess := muxPair(t)
+	dst := netip.MustParseAddrPort("10.96.0.10:53")
+	for _, tt := range []struct {
+		name  string
+		delay time.Duration
+	}{{"past", -time.Second}, {"future", 50 * time.Millisecond}} {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "resolv.conf")
-			if err := os.WriteFile(path, []byte(tt.text), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			servers, search, err := ReadResolvConf(path)
+			st, err := sess.Dial(dst)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got []string
-			for _, s := range servers {
-				got = append(got, s.String())
+			c := newStreamConn(st, dst)
+			defer c.Close()
+			if got := c.RemoteAddr().String(); got != dst.String() {
+				t.Errorf("RemoteAddr %s, want %s", got, dst)
 			}
-			if !slices.Equal(got, tt.servers) || !slices.Equal(search, tt.search) {
-				t.Errorf("got %q search %q, want %q search %q", got, search, tt.servers, tt.search)
+			read := make(chan error, 1)
+			go func() {
+				_, err := c.Read(make([]byte, 1))
+				read <- err
+			}()
+			c.SetReadDeadline(time.Now().Add(tt.delay))
+			select {
+			case err := <-read:
+				if err == nil {
+					t.Error("Read returned no error after the deadline")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Read still blocked 5s after the deadline")
 			}
 		})
-	}
-	if _, _, err := ReadResolvConf(filepath.Join(t.TempDir(), "missing")); err == nil {
-		t.Error("no error for a missing file")
-	}
-}
-
-func TestDNSProxyListenRetry(t *testing.T) {
-	// A port free for UDP but taken for TCP fails one attempt; the next
-	// attempt must start clean, with nothing of the failed one closed twice
-	// or left closed.
-	lo := netip.MustParseAddr("127.0.0.1")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	taken := uint16(l.Addr().(*net.TCPAddr).Port)
-	p := &DNSProxy{}
-	if err := p.listenOn([]netip.Addr{lo}, taken, false); !errors.Is(err, syscall.EADDRINUSE) {
-		t.Fatalf("port %d taken for TCP: err %v, want EADDRINUSE", taken, err)
-	}
-	if len(p.udpLns) != 0 || len(p.tcpLns) != 0 {
-		t.Fatalf("failed attempt left sockets: %d udp, %d tcp", len(p.udpLns), len(p.tcpLns))
-	}
-	// Port 0 takes a random free UDP port that can still be taken for TCP;
-	// NewDNSProxy retries that, and so does this test.
-	for attempt := 0; ; attempt++ {
-		err := p.listenOn([]netip.Addr{lo}, 0, false)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 10 {
-			t.Fatal(err)
-		}
-	}
-	if p.streams.closed {
-		t.Error("a failed attempt closed the stream pool")
-	}
-	p.closeAll()
-	if _, _, err := p.udpLns[0].ReadFrom(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("closeAll left the socket of the second attempt open: %v", err)
 	}
 }

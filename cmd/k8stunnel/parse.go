@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/k8stunnel/k8stunnel/client"
+	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/firewall"
 	"github.com/k8stunnel/k8stunnel/transport/helper"
 	"github.com/k8stunnel/k8stunnel/transport/sshdial"
@@ -172,7 +173,7 @@ func parseTunnel(args []string) (invocation, error) {
 // engineConfig is the one place flags become the engine's and the
 // transport's config; run fills in the rest (helper executable, firewall,
 // resolvers, logger).
-func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *client.DNSConfig, verbose int) (client.Config, sshtransport.Config) {
+func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnsproxy.Config, verbose int) (client.Config, sshtransport.Config) {
 	var helperArgs []string
 	if verbose > 0 {
 		helperArgs = []string{"-v"}
@@ -199,15 +200,15 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *client
 }
 
 // dnsConfig turns the DNS flags into the proxy's config; nil without --dns.
-// Upstreams, from the laptop's resolv.conf, are left for run to fill in.
-func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*client.DNSConfig, error) {
+// Upstreams, from the laptop's resolv.conf, are read when the tunnel starts.
+func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*dnsproxy.Config, error) {
 	if !on {
 		if all || clusterDNS != "" || domain != "" || len(search) > 0 {
 			return nil, usagef("--dns-all, --cluster-dns, --cluster-domain and --dns-search need --dns")
 		}
 		return nil, nil
 	}
-	cfg := &client.DNSConfig{All: all, ClusterDomain: domain}
+	cfg := &dnsproxy.Config{All: all, ClusterDomain: domain}
 	for _, s := range search {
 		cfg.Search = append(cfg.Search, splitCommas(s)...)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/k8stunnel/k8stunnel/client"
+	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/firewall"
 )
 
@@ -47,12 +48,12 @@ func TestParseTunnel(t *testing.T) {
 		{"channels and max-conns", []string{"-r", "node1", "--channels", "64", "--max-conns=100", "10.96.0.0/12"},
 			func(inv *invocation) { inv.cfg.Channels, inv.cfg.MaxConns = 64, 100 }},
 		{"dns", []string{"-r", "node1", "--dns", "10.96.0.0/12"},
-			func(inv *invocation) { inv.cfg.DNS = &client.DNSConfig{} }},
+			func(inv *invocation) { inv.cfg.DNS = &dnsproxy.Config{} }},
 		{"dns flags", []string{"-r", "node1", "-N", "--dns", "--dns-all", "--cluster-dns", "10.96.0.10", "--cluster-domain", "k8s.local",
 			"--dns-search", "default,kube-system", "--dns-search", "app.svc.k8s.local"},
 			func(inv *invocation) {
 				inv.cfg.AutoCIDRs, inv.cfg.Include = true, nil
-				inv.cfg.DNS = &client.DNSConfig{
+				inv.cfg.DNS = &dnsproxy.Config{
 					All: true, ClusterDNS: netip.MustParseAddr("10.96.0.10"), ClusterDomain: "k8s.local",
 					Search: []string{"default", "kube-system", "app.svc.k8s.local"},
 				}

@@ -20,15 +20,6 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 	// is the client's main garbage. A higher GC target trades a few MB of heap
 	// for about 15% less CPU per byte downloaded.
 	debug.SetGCPercent(400)
-	if inv.cfg.DNS != nil {
-		// The laptop's resolvers are the ones to capture and to ask.
-		dns := *inv.cfg.DNS
-		var err error
-		if dns.Upstreams, _, err = client.ReadResolvConf(client.ResolvConfPath); err != nil {
-			return err
-		}
-		inv.cfg.DNS = &dns
-	}
 	child := openDaemonChild()
 	if inv.daemon && child == nil {
 		return daemonize(inv.logFile, args, stderr)
