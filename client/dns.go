@@ -5,8 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"sync"
-	"time"
 
 	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/mux"
@@ -72,64 +70,5 @@ func (c *Client) dialDNS(_ context.Context, dst netip.AddrPort) (net.Conn, error
 	if sess == nil {
 		return nil, errors.New("tunnel is down")
 	}
-	st, err := sess.Dial(dst)
-	if err != nil {
-		return nil, err
-	}
-	return newStreamConn(st, dst), nil
+	return sess.Dial(dst)
 }
-
-// streamConn is a tunnel stream as the net.Conn the DNS proxy wants, until
-// mux.Stream is one itself. A stream can be ended but not paused, so a
-// deadline, once reached, aborts it; the proxy sets one only to give a
-// stream up.
-type streamConn struct {
-	*mux.Stream
-	remote net.Addr
-
-	mu    sync.Mutex
-	timer *time.Timer
-}
-
-func newStreamConn(st *mux.Stream, dst netip.AddrPort) *streamConn {
-	return &streamConn{Stream: st, remote: net.TCPAddrFromAddrPort(dst)}
-}
-
-func (c *streamConn) SetDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
-	switch {
-	case t.IsZero():
-	case !t.After(time.Now()):
-		// At once, so that a Close right after cannot overtake it.
-		c.Abort()
-	default:
-		c.timer = time.AfterFunc(time.Until(t), c.Abort)
-	}
-	return nil
-}
-
-func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.SetDeadline(t) }
-func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.SetDeadline(t) }
-
-func (c *streamConn) Close() error {
-	c.mu.Lock()
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
-	c.mu.Unlock()
-	return c.Stream.Close()
-}
-
-func (c *streamConn) LocalAddr() net.Addr  { return tunnelAddr{} }
-func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
-
-type tunnelAddr struct{}
-
-func (tunnelAddr) Network() string { return "k8stunnel" }
-func (tunnelAddr) String() string  { return "tunnel" }

@@ -205,11 +205,7 @@ func (tn *tunnel) dial(_ context.Context, dst netip.AddrPort) (net.Conn, error) 
 	tn.mu.Lock()
 	tn.dials = append(tn.dials, dst)
 	tn.mu.Unlock()
-	st, err := tn.client.Dial(dst)
-	if err != nil {
-		return nil, err
-	}
-	return &streamConn{st}, nil
+	return tn.client.Dial(dst)
 }
 
 func (tn *tunnel) setStall(on bool) {
@@ -226,21 +222,6 @@ func (tn *tunnel) dialed() []netip.AddrPort {
 	defer tn.mu.Unlock()
 	return slices.Clone(tn.dials)
 }
-
-// streamConn is a mux.Stream as a net.Conn, until it is one itself. The proxy
-// sets deadlines only to give a stream up, so a past one aborts it.
-type streamConn struct{ *mux.Stream }
-
-func (c *streamConn) SetDeadline(t time.Time) error {
-	if !t.IsZero() && !t.After(time.Now()) {
-		c.Abort()
-	}
-	return nil
-}
-func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.SetDeadline(t) }
-func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.SetDeadline(t) }
-func (c *streamConn) LocalAddr() net.Addr                { return &net.TCPAddr{} }
-func (c *streamConn) RemoteAddr() net.Addr               { return &net.TCPAddr{} }
 
 // noDial is a Dial for proxies that must never use it.
 func noDial(context.Context, netip.AddrPort) (net.Conn, error) {
