@@ -428,6 +428,16 @@ func (p *Proxy) Close() error {
 // answer serves one query. Failures become SERVFAIL, so the application
 // gets an answer at once instead of waiting for its own timeout.
 func (p *Proxy) answer(base context.Context, w dns.ResponseWriter, req *dns.Msg) {
+	// miekg/dns checks the header's counts, not that the question is there:
+	// a 12-byte header claiming one question arrives with none.
+	switch {
+	case len(req.Question) != 1:
+		w.WriteMsg(new(dns.Msg).SetRcodeFormatError(req))
+		return
+	case req.Opcode != dns.OpcodeQuery:
+		w.WriteMsg(new(dns.Msg).SetRcode(req, dns.RcodeNotImplemented))
+		return
+	}
 	ctx, cancel := context.WithTimeout(base, queryTimeout)
 	defer cancel()
 	_, overUDP := w.LocalAddr().(*net.UDPAddr)

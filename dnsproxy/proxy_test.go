@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -769,4 +770,88 @@ func TestProxyListenRetry(t *testing.T) {
 	if _, _, err := p.udpLns[0].ReadFrom(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("closeAll left the socket of the second attempt open: %v", err)
 	}
+}
+
+// rawExchange sends b to the proxy over network and returns the answer.
+func (fx *proxyFixture) rawExchange(t *testing.T, network string, b []byte) *dns.Msg {
+	t.Helper()
+	c, err := net.Dial(network, fmt.Sprintf("127.0.0.1:%d", fx.proxy.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	co := &dns.Conn{Conn: c}
+	if _, err := co.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	m, err := co.ReadMsg()
+	if err != nil {
+		t.Fatalf("no answer over %s to % x: %v", network, b, err)
+	}
+	return m
+}
+
+// A header that promises a question and carries none once crashed the
+// client; it, and other malformed queries, get a resolver's answer, and the
+// proxy goes on serving.
+func TestProxyMalformedQueries(t *testing.T) {
+	fx := startProxy(t, Config{})
+	notify := new(dns.Msg).SetQuestion("web.default.svc.cluster.local.", dns.TypeSOA)
+	notify.Opcode = dns.OpcodeNotify
+	notifyBytes, err := notify.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name  string
+		b     []byte
+		rcode int
+	}{
+		{"no question", []byte{0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0}, dns.RcodeFormatError},
+		{"notify", notifyBytes, dns.RcodeNotImplemented},
+	} {
+		for _, network := range []string{"udp", "tcp"} {
+			t.Run(tt.name+" over "+network, func(t *testing.T) {
+				m := fx.rawExchange(t, network, tt.b)
+				if m.Rcode != tt.rcode || m.Id != binary.BigEndian.Uint16(tt.b) {
+					t.Errorf("answer rcode %s id %#x, want %s id %#x", dns.RcodeToString[m.Rcode], m.Id,
+						dns.RcodeToString[tt.rcode], binary.BigEndian.Uint16(tt.b))
+				}
+				if got := answers(fx.ask(t, network, "web.default.svc.cluster.local.", dns.TypeA)); !slices.Equal(got, []string{"web.default.svc.cluster.local. A 10.96.0.10"}) {
+					t.Errorf("after it, a good query got %v", got)
+				}
+			})
+		}
+	}
+}
+
+// FuzzProxyQuery sends arbitrary bytes to the proxy: whatever comes, it must
+// not crash, and a good query right after must still be answered.
+func FuzzProxyQuery(f *testing.F) {
+	f.Add([]byte{0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0})
+	for _, name := range []string{"web.default.svc.cluster.local.", "example.test.", "web."} {
+		b, _ := new(dns.Msg).SetQuestion(name, dns.TypeA).Pack()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fx := startProxy(t, Config{Search: []string{"default"}})
+		for _, network := range []string{"udp", "tcp"} {
+			c, err := net.Dial(network, fmt.Sprintf("127.0.0.1:%d", fx.proxy.Port()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			co := &dns.Conn{Conn: c}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := co.Write(b); err == nil {
+				// An answer or none (junk is dropped): both are fine.
+				c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				co.ReadMsg()
+			}
+			c.Close()
+			if got := answers(fx.ask(t, network, "web.default.svc.cluster.local.", dns.TypeA)); !slices.Equal(got, []string{"web.default.svc.cluster.local. A 10.96.0.10"}) {
+				t.Fatalf("after % x over %s, a good query got %v", b, network, got)
+			}
+		}
+	})
 }
