@@ -90,7 +90,9 @@ type Client struct {
 	include   []firewall.Target // Include plus what AutoCIDRs found
 	// origDst is originalDst; tests, which have no redirecting rules, replace it.
 	origDst func(*net.TCPConn) (netip.AddrPort, error)
-	dns     *dnsproxy.Proxy // nil without DNS
+	// localNets, when set, stands in for the laptop's own networks in tests.
+	localNets func() []netip.Prefix
+	dns       *dnsproxy.Proxy // nil without DNS
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -343,9 +345,14 @@ func (c *Client) useFacts(f *mux.Facts) error {
 			c.log.Warn("ignoring a CIDR from the node", "cidr", s, "err", err)
 			continue
 		}
-		if !slices.Contains(c.include, t) {
-			c.include = append(c.include, t)
+		if slices.Contains(c.include, t) {
+			continue
 		}
+		if err := checkNodeCIDR(t.Prefix, c.laptopNets()); err != nil {
+			return untrustedFact(err, "name the CIDRs to forward as arguments instead of relying on -N, "+
+				"e.g. k8stunnel -r NODE 10.96.0.0/12 10.244.0.0/16")
+		}
+		c.include = append(c.include, t)
 	}
 	if len(c.include) == 0 {
 		return &tui.HintError{

@@ -15,7 +15,10 @@ import (
 // node; it is created here, not earlier, so it reads the laptop's resolvers
 // as they are when the tunnel starts.
 func (c *Client) startDNS(facts *mux.Facts) (*dnsproxy.Proxy, error) {
-	cfg := dnsWithFacts(*c.cfg.DNS, facts)
+	cfg, err := dnsWithFacts(*c.cfg.DNS, facts)
+	if err != nil {
+		return nil, err
+	}
 	cfg.Dial = c.dialDNS
 	p, err := dnsproxy.New(cfg)
 	if err != nil {
@@ -36,11 +39,14 @@ func withHint(err error) error {
 
 // dnsWithFacts returns cfg with what the user left unset filled in from what
 // the helper found on the node: cluster DNS IP and domain, and node resolvers.
-func dnsWithFacts(cfg dnsproxy.Config, f *mux.Facts) dnsproxy.Config {
+func dnsWithFacts(cfg dnsproxy.Config, f *mux.Facts) (dnsproxy.Config, error) {
 	if f == nil {
-		return cfg
+		return cfg, nil
 	}
-	if cfg.ClusterDomain == "" {
+	if cfg.ClusterDomain == "" && f.ClusterDomain != "" {
+		if err := checkNodeDomain(f.ClusterDomain); err != nil {
+			return cfg, untrustedFact(err, "pass the cluster's domain with --cluster-domain (usually cluster.local)")
+		}
 		cfg.ClusterDomain = f.ClusterDomain
 	}
 	if !cfg.ClusterDNS.IsValid() {
@@ -51,7 +57,7 @@ func dnsWithFacts(cfg dnsproxy.Config, f *mux.Facts) dnsproxy.Config {
 	if len(cfg.NodeDNS) == 0 {
 		cfg.NodeDNS = parseAddrs(f.NodeDNS)
 	}
-	return cfg
+	return cfg, nil
 }
 
 func parseAddrs(ss []string) []netip.Addr {

@@ -17,18 +17,18 @@ import (
 
 func TestDNSWithFacts(t *testing.T) {
 	f := &mux.Facts{DNS: []string{"bogus", "10.43.0.10"}, ClusterDomain: "k3s.local", NodeDNS: []string{"192.168.1.1", "::1"}}
-	got := dnsWithFacts(dnsproxy.Config{}, f)
+	got, _ := dnsWithFacts(dnsproxy.Config{}, f)
 	if got.ClusterDNS != netip.MustParseAddr("10.43.0.10") || got.ClusterDomain != "k3s.local" ||
 		!slices.Equal(got.NodeDNS, []netip.Addr{netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("::1")}) {
 		t.Errorf("dnsWithFacts filled %+v", got)
 	}
 	given := dnsproxy.Config{ClusterDNS: netip.MustParseAddr("10.96.0.53"), ClusterDomain: "cluster.local",
 		NodeDNS: []netip.Addr{netip.MustParseAddr("10.200.0.1")}}
-	if got := dnsWithFacts(given, f); got.ClusterDNS != given.ClusterDNS || got.ClusterDomain != given.ClusterDomain ||
+	if got, _ := dnsWithFacts(given, f); got.ClusterDNS != given.ClusterDNS || got.ClusterDomain != given.ClusterDomain ||
 		!slices.Equal(got.NodeDNS, given.NodeDNS) {
 		t.Errorf("dnsWithFacts overrode what the user gave: %+v", got)
 	}
-	if got := dnsWithFacts(given, nil); got.ClusterDNS != given.ClusterDNS {
+	if got, _ := dnsWithFacts(given, nil); got.ClusterDNS != given.ClusterDNS {
 		t.Errorf("dnsWithFacts(nil) changed the config: %+v", got)
 	}
 }
