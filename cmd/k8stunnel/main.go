@@ -59,13 +59,14 @@ func report(err error, stderr io.Writer) int {
 	}
 	var ue usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "k8stunnel: %v\n", err)
+		fmt.Fprintf(stderr, "k8stunnel: %s\n", tui.Printable(err.Error()))
 		return 2
 	}
-	fmt.Fprintf(stderr, "k8stunnel: error: %v\n", err)
+	// Errors carry what the node and the network said: never raw.
+	fmt.Fprintf(stderr, "k8stunnel: error: %s\n", tui.Printable(err.Error()))
 	var he *tui.HintError
 	if errors.As(err, &he) && he.Hint != "" {
-		fmt.Fprintf(stderr, "k8stunnel: hint: %s\n", he.Hint)
+		fmt.Fprintf(stderr, "k8stunnel: hint: %s\n", tui.Printable(he.Hint))
 	}
 	return 1
 }

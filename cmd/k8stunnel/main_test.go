@@ -192,6 +192,10 @@ func TestReport(t *testing.T) {
 		{fmt.Errorf("connecting: %w", &tui.HintError{Err: errors.New("denied"), Hint: "try -i"}), 1,
 			"k8stunnel: error: connecting: denied\nk8stunnel: hint: try -i\n"},
 		{&tui.HintError{Err: errors.New("no hint")}, 1, "k8stunnel: error: no hint\n"},
+		// What the node said never reaches the terminal raw: no title, clipboard or extra lines.
+		{fmt.Errorf("helper refused the session: %s", "\x1b]0;owned\x07\nfake line"), 1,
+			`k8stunnel: error: helper refused the session: \x1b]0;owned\a\nfake line` + "\n"},
+		{&tui.HintError{Err: errors.New("x"), Hint: "\x1b[2Jcleared"}, 1, "k8stunnel: error: x\nk8stunnel: hint: \\x1b[2Jcleared\n"},
 	} {
 		var buf bytes.Buffer
 		if code := report(tc.err, &buf); code != tc.code || buf.String() != tc.want {
