@@ -478,3 +478,40 @@ func TestNewNeedsRemote(t *testing.T) {
 		t.Error("New without Remote succeeded")
 	}
 }
+
+// StrictHostKeyChecking no lets an unknown key through but never a changed
+// one: OpenSSH refuses forwarding then, and forwarding is all we do.
+func TestDialStrictNo(t *testing.T) {
+	home := sshtest.Env(t)
+	signer, priv := sshtest.Key(t)
+	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey()})
+	keyFile := sshtest.KeyFile(t, filepath.Join(home, "k", "id"), priv, "")
+	old, _ := sshtest.Key(t)
+	for _, tt := range []struct {
+		name  string
+		known string
+		want  error
+	}{
+		{"unknown key", "", nil},
+		{"changed key", knownhosts.Line([]string{srv.Remote("")}, old.PublicKey()) + "\n", ErrHostKeyChanged},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			kh := filepath.Join(t.TempDir(), "known_hosts")
+			if err := os.WriteFile(kh, []byte(tt.known), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			conf := filepath.Join(t.TempDir(), "config")
+			if err := os.WriteFile(conf, []byte("Host *\n  StrictHostKeyChecking no\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, _, err := dial(sshtest.Ctx(t), Config{Remote: srv.Remote("u"), Identities: []string{keyFile},
+				ConfigFile: conf, KnownHostsFile: kh})
+			if c != nil {
+				c.Close()
+			}
+			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("Dial with StrictHostKeyChecking no: %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
