@@ -55,10 +55,10 @@ func (l yamuxLogger) Println(v ...any) { l.Print(v...) }
 // bufferedConn hands yamux the reader that already holds whatever arrived
 // right behind the hello.
 type bufferedConn struct {
-	*bufio.Reader
+	io.Reader
 	io.WriteCloser
 }
 
 func newBufferedConn(r *bufio.Reader, rwc io.ReadWriteCloser) io.ReadWriteCloser {
-	return bufferedConn{Reader: r, WriteCloser: frameWriter(rwc)}
+	return bufferedConn{Reader: &pingFilter{r: r}, WriteCloser: frameWriter(rwc)}
 }
