@@ -301,3 +301,34 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A helper that takes a connect request and never answers it: the
+// application gets a reset once the status is overdue, and the helper's
+// side of the stream is reset too.
+func TestStatusNeverComes(t *testing.T) {
+	helperSaw := make(chan error, 1)
+	h := newHarness(t, func(_ Request, st *Stream) {
+		defer st.Close()
+		_, err := st.Read(make([]byte, 1))
+		helperSaw <- err
+	})
+	h.client.statusTimeout.Store(int64(200 * time.Millisecond))
+	c := h.dial(t)
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("application read %v, want a reset", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("reset after %v, want it soon after the 200ms status timeout", d)
+	}
+	select {
+	case err := <-helperSaw:
+		if !errors.Is(err, ErrPeerReset) {
+			t.Errorf("helper's stream read %v, want ErrPeerReset", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the helper's stream was not reset")
+	}
+}

@@ -31,9 +31,18 @@ type Session struct {
 	log  *slog.Logger
 	Peer Hello // what the other end said in its hello
 
+	// statusTimeout, in nanoseconds, bounds the wait for a dial status when
+	// set; tests shorten it.
+	statusTimeout atomic.Int64
+
 	mu     sync.Mutex
 	active map[uint32]*Stream
 }
+
+// statusWait bounds how long a dialled stream waits for the helper's
+// status: the helper's dial timeout (10 s) plus a margin. A helper that never
+// answers must not leave the application's connection hanging.
+const statusWait = 20 * time.Second
 
 // NewClient says hello on rwc, checks the helper's answer and starts a yamux
 // client session on it.
@@ -129,7 +138,18 @@ func (s *Session) Dial(dst netip.AddrPort) (*Stream, error) {
 		ys.Close()
 		return nil, fmt.Errorf("sending request for %v: %w", dst, err)
 	}
-	return s.track(ys, dst, true), nil
+	st := s.track(ys, dst, true)
+	timeout := time.Duration(s.statusTimeout.Load())
+	if timeout == 0 {
+		timeout = statusWait
+	}
+	st.statusTimer = time.AfterFunc(timeout, func() {
+		if st.needStatus.Load() {
+			st.statusLate.Store(true)
+			st.Abort()
+		}
+	})
+	return st, nil
 }
 
 // Serve accepts streams until the session ends. Resets are handled here;
@@ -228,6 +248,10 @@ type Stream struct {
 	// be OK before anything is passed on to the application.
 	needStatus atomic.Bool
 	dialErr    error // a status other than OK, returned by every Read
+	// statusTimer aborts the stream when no status came in time, and then
+	// sets statusLate.
+	statusTimer *time.Timer
+	statusLate  atomic.Bool
 
 	// deadMu orders user deadlines against the past deadline set when the
 	// stream is reset, aborted, closed or loses its session, so a later
@@ -308,6 +332,13 @@ func (c *Stream) readStatus() error {
 		return nil
 	}
 	st, err := readStatus(c.s)
+	if err == nil || c.statusLate.Load() {
+		c.statusTimer.Stop()
+	}
+	if c.statusLate.Load() {
+		c.dialErr = &DialError{Status: StatusTimeout}
+		return c.dialErr
+	}
 	if err != nil {
 		return c.ioErr(err)
 	}
@@ -421,6 +452,9 @@ func (c *Stream) CloseWrite() error { return c.s.Close() }
 func (c *Stream) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
+	}
+	if c.statusTimer != nil {
+		c.statusTimer.Stop()
 	}
 	if c.aborted.Load() && !c.reset.Load() {
 		// Our FIN must not overtake the reset we sent: the peer would read a
