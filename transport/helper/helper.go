@@ -114,13 +114,9 @@ func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
 		stderrDone: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		defer close(h.stderrDone)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 0, 4096), 64<<10)
-		for sc.Scan() {
-			h.stderrLine(sc.Text())
-		}
-		// Unread stderr would stall the channel, stdout included.
-		io.Copy(io.Discard, stderr)
+		// Unread stderr would stall the channel, stdout included, so it is
+		// read to the end, whatever it holds.
+		readLines(stderr, h.stderrLine)
 	}()
 	go func() {
 		err := sess.Wait()
@@ -158,6 +154,7 @@ type Stdio struct {
 	exitErr    error
 	stderrDone chan struct{}
 	exited     chan struct{}
+	relay      lineLimiter
 }
 
 // maxEarlyLines bounds what a helper that fails to start can make us keep.
@@ -173,7 +170,75 @@ func (h *Stdio) stderrLine(line string) {
 		return
 	}
 	h.mu.Unlock()
-	h.log.Info(line, "from", "node")
+	if dropped, ok := h.relay.allow(time.Now()); ok {
+		if dropped > 0 {
+			h.log.Warn("the node said too much; lines dropped", "lines", dropped, "from", "node")
+		}
+		h.log.Info(line, "from", "node")
+	}
+}
+
+// maxLine is where a line from the node's stderr is cut.
+const maxLine = 1024
+
+// readLines calls line for each line r holds, each cut to maxLine bytes,
+// until r ends.
+func readLines(r io.Reader, line func(string)) {
+	br := bufio.NewReaderSize(r, maxLine)
+	for {
+		b, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			line(strings.ToValidUTF8(string(b), "") + "...")
+			for err == bufio.ErrBufferFull { // the rest of a long line
+				_, err = br.ReadSlice('\n')
+			}
+			if err != nil {
+				return
+			}
+			continue
+		}
+		if len(b) > 0 {
+			line(strings.TrimRight(string(b), "\r\n"))
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// lineLimiter lets a burst of lines through and then a steady rate, so a
+// helper (or a node) writing stderr as fast as it can does not flood the
+// user's terminal and log.
+type lineLimiter struct {
+	mu      sync.Mutex
+	tokens  float64
+	last    time.Time
+	dropped int
+}
+
+const (
+	lineBurst = 100
+	lineRate  = 20 // per second
+)
+
+// allow says whether a line may go out now, and how many were dropped since
+// the last one that did.
+func (l *lineLimiter) allow(now time.Time) (dropped int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last.IsZero() {
+		l.tokens = lineBurst
+	} else {
+		l.tokens = min(lineBurst, l.tokens+now.Sub(l.last).Seconds()*lineRate)
+	}
+	l.last = now
+	if l.tokens < 1 {
+		l.dropped++
+		return 0, false
+	}
+	l.tokens--
+	dropped, l.dropped = l.dropped, 0
+	return dropped, true
 }
 
 // Started says the helper answered: from now on its stderr is logged as it

@@ -1,0 +1,49 @@
+package helper
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReadLinesCutsLongLines(t *testing.T) {
+	in := "short\r\n" + strings.Repeat("x", 200<<10) + "\nafter\nlast without newline"
+	var got []string
+	readLines(strings.NewReader(in), func(l string) { got = append(got, l) })
+	if len(got) != 4 {
+		t.Fatalf("got %d lines, want 4: a 200 KiB line must be cut, not end the relay", len(got))
+	}
+	if got[0] != "short" || got[2] != "after" || got[3] != "last without newline" {
+		t.Errorf("lines = %q", []string{got[0], got[2], got[3]})
+	}
+	if len(got[1]) > maxLine+3 || !strings.HasSuffix(got[1], "...") {
+		t.Errorf("long line came out as %d bytes, want at most %d ending in ...", len(got[1]), maxLine+3)
+	}
+}
+
+func TestLineLimiter(t *testing.T) {
+	var l lineLimiter
+	now := time.Unix(1000, 0)
+	passed := 0
+	for range 10000 {
+		if _, ok := l.allow(now); ok {
+			passed++
+		}
+	}
+	if passed != lineBurst {
+		t.Errorf("a burst of 10000 lines let %d through, want %d", passed, lineBurst)
+	}
+	dropped, ok := l.allow(now.Add(time.Second))
+	if !ok || dropped != 10000-lineBurst {
+		t.Errorf("a second later: ok=%v dropped=%d, want a line through and %d reported dropped", ok, dropped, 10000-lineBurst)
+	}
+	passed = 0
+	for i := range 10 * lineRate * 3 {
+		if _, ok := l.allow(now.Add(time.Second + time.Duration(i)*100*time.Millisecond/lineRate)); ok {
+			passed++
+		}
+	}
+	if passed > lineRate*3+lineRate || passed < lineRate*3-lineRate {
+		t.Errorf("at 10x the rate for 3 s, %d lines passed, want about %d", passed, lineRate*3)
+	}
+}
