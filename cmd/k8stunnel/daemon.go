@@ -9,6 +9,7 @@ import (
 	"log/syslog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,7 +31,7 @@ func daemonize(logFile string, args []string, stderr io.Writer) error {
 	}
 	out, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if logFile != "" {
-		out, err = os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		out, err = openLogFile(logFile)
 	}
 	if err != nil {
 		return fmt.Errorf("opening log file: %w", err)
@@ -117,14 +118,35 @@ func syslogLogger(verbose int) (*slog.Logger, error) {
 }
 
 // writePidfile writes pid atomically.
+//
+// Run as root in a directory others can write to, a predictable temp name
+// or a followed symlink would let them make us overwrite any file: the temp
+// file gets a random name and is created exclusively, and the rename
+// replaces whatever is at path (a symlink included) without following it.
 func writePidfile(path string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return fmt.Errorf("writing pidfile: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	tmp := f.Name()
+	_, err = f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	err = errors.Join(err, f.Chmod(0o644), f.Close())
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("writing pidfile: %w", err)
 	}
 	return nil
+}
+
+// openLogFile opens --log-file for appending, creating it 0600: it holds
+// the addresses the user connects to. A symlink is refused, not followed.
+func openLogFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s is a symbolic link; name the file itself", path)
+	}
+	return f, err
 }

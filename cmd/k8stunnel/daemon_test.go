@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -82,6 +83,17 @@ func TestOpenDaemonChild(t *testing.T) {
 func TestWritePidfile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "k8stunnel.pid")
+	// Another user's traps: the old predictable temp name and a symlink at
+	// the path itself, both pointing at a file that must stay untouched.
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, trap := range []string{path + ".tmp", path} {
+		if err := os.Symlink(victim, trap); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := writePidfile(path); err != nil {
 		t.Fatal(err)
 	}
@@ -89,11 +101,40 @@ func TestWritePidfile(t *testing.T) {
 	if want := strconv.Itoa(os.Getpid()) + "\n"; err != nil || string(got) != want {
 		t.Errorf("pidfile = %q, %v; want %q", got, err, want)
 	}
-	if _, err := os.Stat(path + ".tmp"); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("temporary file left: %v", err)
+	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o644 {
+		t.Errorf("pidfile is %v, %v; want a regular file, mode 0644", fi.Mode(), err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Errorf("the symlinks' target was written: %q", b)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".k8stunnel.pid.*")); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
 	}
 	missing := filepath.Join(dir, "missing", "k8stunnel.pid")
-	if err := writePidfile(missing); err == nil || err.Error() != "writing pidfile: open "+missing+".tmp: no such file or directory" {
+	if err := writePidfile(missing); err == nil || !strings.HasPrefix(err.Error(), "writing pidfile: ") || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("writePidfile(%s) = %v", missing, err)
+	}
+}
+
+func TestOpenLogFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k8stunnel.log")
+	f, err := openLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("log file mode %v, %v; want 0600", fi.Mode(), err)
+	}
+	link := filepath.Join(dir, "link.log")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := openLogFile(link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("openLogFile(symlink) = %v, want a refusal", err)
 	}
 }

@@ -25,7 +25,7 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 		return daemonize(inv.logFile, args, stderr)
 	}
 	if inv.logFile != "" && !inv.daemon {
-		f, err := os.OpenFile(inv.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		f, err := openLogFile(inv.logFile)
 		if err != nil {
 			return fmt.Errorf("opening log file: %w", err)
 		}
