@@ -594,3 +594,12 @@ func TestEngineChannelsSpread(t *testing.T) {
 	}
 	e.shutdown(t)
 }
+
+// A helper that never answers the handshake fails the first connect.
+func TestEngineHelperDoesNotStart(t *testing.T) {
+	tr := &transporttest.Transport{Serve: func(_ context.Context, rwc io.ReadWriteCloser) { rwc.Close() }}
+	err := runFailing(t, Config{}, tr, &fakeFirewall{})
+	if !strings.HasPrefix(err.Error(), "starting the helper on the node") {
+		t.Errorf("Run = %v, want starting the helper on the node: ...", err)
+	}
+}
