@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -106,19 +107,27 @@ type engine struct {
 	logs engineLog
 	run  chan error
 	stop context.CancelFunc
+	// origDst, when set, replaces the fixed target.
+	origDst atomic.Pointer[func(*net.TCPConn) (netip.AddrPort, error)]
 }
 
 func startEngine(t *testing.T, cfg Config, tr *transporttest.Transport, target netip.AddrPort) *engine {
 	t.Helper()
-	tr.Serve = func(ctx context.Context, rwc io.ReadWriteCloser) {
-		server.Serve(ctx, rwc, server.Config{Program: "test server"})
+	if tr.Serve == nil {
+		tr.Serve = func(ctx context.Context, rwc io.ReadWriteCloser) {
+			server.Serve(ctx, rwc, server.Config{Program: "test server"})
+		}
 	}
 	e := &engine{tr: tr, fw: &fakeFirewall{}, logs: make(engineLog, 100), run: make(chan error, 1)}
 	cfg.Transport = tr
 	// A port of its own per test process; the client moves lower when taken.
 	cfg.Listen = []string{"127.0.0.1:" + strconv.Itoa(30000+os.Getpid()%20000)}
-	cfg.Include = []firewall.Target{{Prefix: netip.MustParsePrefix("10.96.0.0/12")}}
-	cfg.StartFirewall = func(context.Context) (Firewall, error) { return e.fw, nil }
+	if cfg.Include == nil && !cfg.AutoCIDRs {
+		cfg.Include = []firewall.Target{{Prefix: netip.MustParsePrefix("10.96.0.0/12")}}
+	}
+	if cfg.StartFirewall == nil {
+		cfg.StartFirewall = func(context.Context) (Firewall, error) { return e.fw, nil }
+	}
 	cfg.Log = slog.New(e.logs)
 	ready := make(chan struct{})
 	cfg.OnReady = func() { close(ready) }
@@ -126,7 +135,12 @@ func startEngine(t *testing.T, cfg Config, tr *transporttest.Transport, target n
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.origDst = func(*net.TCPConn) (netip.AddrPort, error) { return target, nil }
+	c.origDst = func(conn *net.TCPConn) (netip.AddrPort, error) {
+		if f := e.origDst.Load(); f != nil {
+			return (*f)(conn)
+		}
+		return target, nil
+	}
 	e.c = c
 	ctx, cancel := context.WithCancel(t.Context())
 	e.stop = cancel

@@ -21,6 +21,9 @@ type Transport struct {
 	Serve func(ctx context.Context, rwc io.ReadWriteCloser)
 	// Server is what links report as Server; the zero value means 192.0.2.1.
 	Server netip.Addr
+	// ServerAt, when set, is what the link made at attempt reports instead,
+	// as when the node's name resolves anew on a reconnect.
+	ServerAt func(attempt int) netip.Addr
 	// Fail, when set, is asked before each Connect (attempt counts from 1);
 	// an error it returns is what Connect returns.
 	Fail func(attempt int) error
@@ -46,6 +49,9 @@ func (t *Transport) Connect(ctx context.Context) (transport.Link, error) {
 		}
 	}
 	server := t.Server
+	if t.ServerAt != nil {
+		server = t.ServerAt(n)
+	}
 	if !server.IsValid() {
 		server = netip.MustParseAddr("192.0.2.1")
 	}
