@@ -627,3 +627,58 @@ func (c sshChannel) Close() error {
 	c.w.Close()
 	return c.r.Close()
 }
+
+// When the session ends before the client finished, however it ends, every
+// target must see a reset: a FIN would tell a pod-side server that a
+// truncated upload was complete.
+func TestUnfinishedUploadsAreReset(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		end  func(*pair)
+	}{
+		{"session lost", func(p *pair) { p.client.Close() }},
+		{"helper stopped", func(p *pair) { p.cancel() }}, // a signal ends Serve's context
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPair(t, Config{}, mux.Hello{})
+			const uploads = 20
+			var targets []*net.TCPConn
+			for range uploads {
+				dst, conns := target(t)
+				st := p.dial(t, dst)
+				write(t, st, "part of an upload")
+				c := accepted(t, conns)
+				c.SetReadDeadline(time.Now().Add(bound))
+				if _, err := io.ReadFull(c, make([]byte, len("part of an upload"))); err != nil {
+					t.Fatal(err)
+				}
+				targets = append(targets, c)
+			}
+			tt.end(p)
+			// The helper exits when Serve returns, and the kernel would then
+			// close what is still open with a FIN: by then every target must
+			// have been reset. One non-blocking read each says what arrived.
+			p.wait(t)
+			for i, c := range targets {
+				if err := pendingError(c); !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("upload %d: target has %v when Serve returned, want a reset", i, err)
+				}
+			}
+		})
+	}
+}
+
+// pendingError reads c once without waiting: ECONNRESET when a reset came,
+// nil for a FIN (a read of 0), EAGAIN when nothing came yet.
+func pendingError(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, rerr = unix.Read(int(fd), make([]byte, 1))
+		return true
+	})
+	return errors.Join(err, rerr)
+}
