@@ -155,6 +155,15 @@ func (c *Client) listen() error {
 		parsed = append(parsed, ap)
 	}
 	base := parsed[0].Port()
+	if base == 0 {
+		// Any free port: the kernel picks one for the first address.
+		ls, err := listenAll(parsed, 0, !explicit)
+		if err != nil {
+			return err
+		}
+		c.listeners, c.port = ls, uint16(ls[0].Addr().(*net.TCPAddr).Port)
+		return nil
+	}
 	// Try the port and up to 100 below it; every listener shares one port so
 	// one chain name (K8STUNNEL-<port>) covers both families.
 	for port := base; port > 0 && port+100 > base; port-- {
@@ -181,6 +190,9 @@ func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPLi
 		// No TCP keepalive on accepted connections: four setsockopt calls each,
 		// for a peer that is a local process.
 		lc := net.ListenConfig{KeepAlive: -1}
+		if port == 0 && len(ls) > 0 {
+			port = uint16(ls[0].Addr().(*net.TCPAddr).Port) // the one chain name needs one port
+		}
 		nl, err := lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(a.Addr(), port).String())
 		l, _ := nl.(*net.TCPListener)
 		if err != nil {

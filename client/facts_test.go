@@ -3,6 +3,7 @@ package client
 import (
 	"errors"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -118,5 +119,26 @@ func TestDNSFactsRefusePublicDomain(t *testing.T) {
 	// What the user passed is not the node's to judge.
 	if cfg, err := dnsWithFacts(dnsproxy.Config{ClusterDomain: "corp"}, &mux.Facts{ClusterDomain: "com"}); err != nil || cfg.ClusterDomain != "corp" {
 		t.Fatalf("dnsWithFacts with --cluster-domain corp = %+v, %v", cfg, err)
+	}
+}
+
+// Port 0 means any free port, one for every listen address.
+func TestListenAnyPort(t *testing.T) {
+	c := &Client{cfg: Config{Listen: []string{"127.0.0.1:0", "127.0.0.2:0"}}, log: slog.New(slog.DiscardHandler)}
+	if err := c.listen(); err != nil {
+		t.Fatalf("listen on port 0: %v", err)
+	}
+	defer func() {
+		for _, l := range c.listeners {
+			l.Close()
+		}
+	}()
+	if c.port == 0 || len(c.listeners) != 2 {
+		t.Fatalf("port %d, %d listeners; want a real port on both addresses", c.port, len(c.listeners))
+	}
+	for _, l := range c.listeners {
+		if got := l.Addr().(*net.TCPAddr).Port; got != int(c.port) {
+			t.Errorf("listener %v, want port %d", l.Addr(), c.port)
+		}
 	}
 }
