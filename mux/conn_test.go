@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -215,4 +216,33 @@ func goroutineLeakCheck(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
+}
+
+// Close returns only once every goroutine the session started has ended:
+// the one waking streams on close, those sending resets, and those letting
+// aborted streams linger for the peer's close.
+func TestSessionCloseAwaitsItsGoroutines(t *testing.T) {
+	h := newHarness(t, func(_ Request, st *Stream) {
+		st.WriteStatus(StatusOK)
+		io.Copy(io.Discard, st) // never closes: aborted streams linger
+	})
+	for range 20 {
+		st, err := h.client.Dial(h.dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write([]byte("x"))
+		st.Abort()
+		st.Close()
+	}
+	h.client.Close()
+	h.server.Close()
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "mux.(*Session).unblockOnClose") || strings.Contains(g, "mux.(*Session).sendReset") ||
+			strings.Contains(g, "mux.(*Stream).Close") {
+			t.Errorf("goroutine left after Close returned:\n%s", g)
+		}
+	}
 }

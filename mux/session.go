@@ -37,6 +37,11 @@ type Session struct {
 
 	mu     sync.Mutex
 	active map[uint32]*Stream
+
+	// goMu orders starting goroutines (wg.Add) against Close's wg.Wait.
+	goMu    sync.Mutex
+	closing bool
+	wg      sync.WaitGroup
 }
 
 // statusWait bounds how long a dialled stream waits for the helper's
@@ -106,8 +111,20 @@ func NewServer(rwc io.ReadWriteCloser, answer func(Hello) Hello, log *slog.Logge
 
 func newSession(ys *yamux.Session, peer Hello, log *slog.Logger) *Session {
 	s := &Session{ys: ys, log: log, Peer: peer, active: make(map[uint32]*Stream)}
-	go s.unblockOnClose()
+	s.goTracked(s.unblockOnClose)
 	return s
+}
+
+// goTracked runs f in a goroutine that Close waits for, unless Close has
+// begun; it reports whether f was started.
+func (s *Session) goTracked(f func()) bool {
+	s.goMu.Lock()
+	defer s.goMu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Go(f)
+	return true
 }
 
 // unblockOnClose wakes every stream's reader and writer when the session
@@ -212,14 +229,14 @@ func (s *Session) forget(id uint32) {
 // sendReset tells the peer to abort stream id. It runs in the background:
 // opening a stream can wait, and the caller is tearing down already.
 func (s *Session) sendReset(id uint32) {
-	go func() {
+	s.goTracked(func() { // once Close has begun, there is no peer to tell
 		ys, err := s.ys.OpenStream()
 		if err != nil {
 			return
 		}
 		writeRequest(ys, Request{kind: kindReset, streamID: id})
 		ys.Close()
-	}()
+	})
 }
 
 // NumStreams is how many streams are open now.
@@ -228,8 +245,16 @@ func (s *Session) NumStreams() int { return s.ys.NumStreams() }
 // Done is closed when the session has ended.
 func (s *Session) Done() <-chan struct{} { return s.ys.CloseChan() }
 
-// Close ends the session and every stream on it; safe to call twice.
-func (s *Session) Close() error { return s.ys.Close() }
+// Close ends the session and every stream on it, and returns once every
+// goroutine the session started has ended; safe to call twice.
+func (s *Session) Close() error {
+	s.goMu.Lock()
+	s.closing = true
+	s.goMu.Unlock()
+	err := s.ys.Close()
+	s.wg.Wait()
+	return err
+}
 
 // Stream is one relayed connection inside a Session. It is a net.Conn whose
 // Close, unlike yamux's, also ends reading, as net.Conn's contract says; use
@@ -461,7 +486,7 @@ func (c *Stream) Close() error {
 		// clean end before it learns of the reset. The peer closes its side
 		// once it has aborted, so wait for that, bounded, then close ours.
 		// The stream is dead already, so nobody else reads it now.
-		go func() {
+		linger := func() {
 			c.s.SetReadDeadline(time.Now().Add(abortLinger))
 			if c.s.Session().IsClosed() {
 				c.s.SetReadDeadline(time.Now()) // see unblockOnClose
@@ -469,7 +494,12 @@ func (c *Stream) Close() error {
 			io.Copy(io.Discard, c.s)
 			c.s.Close()
 			c.sess.forget(c.s.StreamID())
-		}()
+		}
+		if !c.sess.goTracked(linger) {
+			// The session is closing: there is no peer left to wait for.
+			c.s.Close()
+			c.sess.forget(c.s.StreamID())
+		}
 		return nil
 	}
 	c.sess.forget(c.s.StreamID())
