@@ -29,11 +29,20 @@ import (
 // are tried when it is taken, as sshuttle does.
 const DefaultPort = 12300
 
-// Firewall is the part that needs root: the privileged helper in production,
-// a fake in tests.
+// Firewall is the part that needs root: the privileged helper in production
+// (firewall.Helper), a fake in tests.
 type Firewall interface {
-	Install(firewall.Spec) error
+	// Install replaces the installed rules with spec's. It returns when ctx
+	// ends even if the privileged side never answers, so a hung helper
+	// cannot hang a reconnect.
+	Install(ctx context.Context, spec firewall.Spec) error
+	// Close removes the rules and stops the privileged side. It takes no
+	// context: it runs after Run's has ended, and bounds itself.
 	Close() error
+	// Done is closed when the privileged side dies on its own, which means
+	// the rules went with it (or were orphaned). An implementation that
+	// cannot die returns nil, which never fires.
+	Done() <-chan struct{}
 }
 
 // Config describes one tunnel.
@@ -75,6 +84,9 @@ type Config struct {
 const (
 	firstConnectTimeout     = 60 * time.Second
 	reconnectAttemptTimeout = 4 * time.Second
+	// installTimeout bounds one Firewall.Install: iptables takes well under
+	// a second, so a helper silent for this long is hung.
+	installTimeout = 10 * time.Second
 )
 
 // DefaultMaxConns is the default cap on concurrent connections. Each costs
@@ -86,6 +98,9 @@ type Client struct {
 	cfg       Config
 	log       *slog.Logger
 	listeners []*net.TCPListener
+	closeOnce sync.Once
+	closeErr  error
+	closed    atomic.Bool
 	port      uint16
 	include   []firewall.Target // Include plus what AutoCIDRs found
 	// origDst is originalDst; tests, which have no redirecting rules, replace it.
@@ -135,6 +150,23 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Close closes the listeners New bound, for a Client whose Run is never
+// called or has returned (Run closes them too). It does not stop a running
+// Run; end Run's context for that. Safe to call twice.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		var errs []error
+		for _, l := range c.listeners {
+			if err := l.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
 }
 
 // Port is the port the listeners are bound to.
@@ -218,10 +250,11 @@ func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPLi
 func (c *Client) Run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if c.closed.Load() {
+		return fmt.Errorf("running the tunnel: %w", net.ErrClosed)
+	}
 	defer func() {
-		for _, l := range c.listeners {
-			l.Close()
-		}
+		c.Close()
 		c.setLink(nil)
 		c.wg.Wait()
 	}()
@@ -267,7 +300,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	if err := fw.Install(c.spec(server)); err != nil {
+	if err := c.install(ctx, fw, server); err != nil {
 		l.close()
 		return fmt.Errorf("installing firewall rules: %w", err)
 	}
@@ -287,10 +320,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 
 	// The privileged part dying means the rules are gone: traffic would leak
 	// to the real gateway, so stop rather than run on unprotected.
-	var fwDone <-chan struct{}
-	if d, ok := fw.(interface{ Done() <-chan struct{} }); ok {
-		fwDone = d.Done()
-	}
+	fwDone := fw.Done()
 	for {
 		select {
 		case <-ctx.Done():
@@ -316,7 +346,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		if l.server != server {
 			// The node's address changed (DNS): keep its traffic out of the tunnel.
 			server = l.server
-			if err := fw.Install(c.spec(server)); err != nil {
+			if err := c.install(ctx, fw, server); err != nil {
 				l.close()
 				return fmt.Errorf("updating firewall rules: %w", err)
 			}
@@ -324,6 +354,13 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.setLink(l)
 		c.log.Info("tunnel restored", "remote", l.target)
 	}
+}
+
+// install installs the rule set for server, bounded by installTimeout.
+func (c *Client) install(ctx context.Context, fw Firewall, server netip.Addr) error {
+	ctx, cancel := context.WithTimeout(ctx, installTimeout)
+	defer cancel()
+	return fw.Install(ctx, c.spec(server))
 }
 
 // spec is the rule set: what the user asked for, minus the SSH server itself,

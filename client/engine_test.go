@@ -59,12 +59,15 @@ type fakeFirewall struct {
 	closed   bool
 }
 
-func (f *fakeFirewall) Install(s firewall.Spec) error {
+func (f *fakeFirewall) Install(_ context.Context, s firewall.Spec) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.installs = append(f.installs, s)
 	return nil
 }
+
+// Done is nil: the fake cannot die.
+func (f *fakeFirewall) Done() <-chan struct{} { return nil }
 
 func (f *fakeFirewall) Close() error {
 	f.mu.Lock()

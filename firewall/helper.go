@@ -209,7 +209,16 @@ type Helper struct {
 	exited  chan struct{} // closed once the process has exited
 	waitErr error         // how it exited; read only after exited is closed
 
-	mu        sync.Mutex // one request in flight
+	mu sync.Mutex // one request in flight
+	// broken, once set, fails every request: a write was cut short. Guarded
+	// by mu.
+	broken error
+
+	// abandoned counts requests whose caller gave up waiting; read drops
+	// their late replies rather than hand them to the next request.
+	replyMu   sync.Mutex
+	abandoned int
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -306,11 +315,19 @@ func (h *Helper) read(stdout io.Reader) {
 			h.log.Warn("unexpected output from firewall helper", "line", sc.Text())
 			continue
 		}
+		h.replyMu.Lock()
+		if h.abandoned > 0 {
+			h.abandoned--
+			h.replyMu.Unlock()
+			h.log.Debug("late reply from firewall helper dropped", "line", sc.Text())
+			continue
+		}
 		select {
 		case h.replies <- r:
 		default:
 			h.log.Warn("unrequested reply from firewall helper", "line", sc.Text())
 		}
+		h.replyMu.Unlock()
 	}
 	// Wait must not run before stdout is drained, or a helper blocked
 	// writing to it would never exit.
@@ -322,11 +339,25 @@ func (h *Helper) read(stdout io.Reader) {
 func (h *Helper) request(ctx context.Context, req helperRequest) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.broken != nil {
+		return h.broken
+	}
 	line, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("encoding %s request: %w", req.Op, err)
 	}
-	if _, err := h.stdin.Write(append(line, '\n')); err != nil {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("sending %s request to firewall helper: %w", req.Op, context.Cause(ctx))
+	}
+	if n, err := h.write(ctx, append(line, '\n')); err != nil {
+		if ctx.Err() != nil {
+			if n > 0 {
+				// Part of the line is in the pipe: what follows would be
+				// garbled, so no request is sent after it.
+				h.broken = fmt.Errorf("firewall helper (pid %d) stopped reading requests", h.cmd.Process.Pid)
+			}
+			return fmt.Errorf("sending %s request to firewall helper (pid %d): %w", req.Op, h.cmd.Process.Pid, context.Cause(ctx))
+		}
 		// A broken pipe says little; how the helper exited says more.
 		select {
 		case <-h.exited:
@@ -347,8 +378,27 @@ func (h *Helper) request(ctx context.Context, req helperRequest) error {
 		}
 		return fmt.Errorf("firewall helper exited before answering %s: %s", req.Op, h.exitStatus())
 	case <-ctx.Done():
-		return fmt.Errorf("waiting for firewall helper to answer %s: %w", req.Op, context.Cause(ctx))
+		h.replyMu.Lock()
+		select {
+		case <-h.replies: // it came after all, too late
+		default:
+			h.abandoned++
+		}
+		h.replyMu.Unlock()
+		return fmt.Errorf("firewall helper (pid %d) did not answer %s: %w", h.cmd.Process.Pid, req.Op, context.Cause(ctx))
 	}
+}
+
+// write writes p to the helper's stdin, giving up when ctx ends: a helper
+// that stops reading would otherwise block the write once the pipe is full.
+func (h *Helper) write(ctx context.Context, p []byte) (int, error) {
+	d, ok := h.stdin.(interface{ SetWriteDeadline(time.Time) error })
+	if !ok || d.SetWriteDeadline(time.Time{}) != nil {
+		return h.stdin.Write(p)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = d.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	return h.stdin.Write(p)
 }
 
 func (r helperReply) err() error {
@@ -367,12 +417,13 @@ func (h *Helper) exitStatus() string {
 }
 
 // Install asks the helper to install spec, replacing what it installed before.
-func (h *Helper) Install(spec Spec) error {
+// When ctx ends first it returns an error naming the helper; the helper may
+// still finish the install, and its late answer is dropped.
+func (h *Helper) Install(ctx context.Context, spec Spec) error {
 	if err := spec.Validate(); err != nil {
 		return err
 	}
-	// The caller says what it was installing for.
-	return h.request(context.Background(), helperRequest{Op: opInstall, Spec: &spec})
+	return h.request(ctx, helperRequest{Op: opInstall, Spec: &spec})
 }
 
 // Remove asks the helper to remove what it installed.
@@ -388,12 +439,17 @@ func (h *Helper) Ping(ctx context.Context) error {
 	return h.request(ctx, helperRequest{Op: opPing})
 }
 
-// Done is closed when the helper process has exited, whoever ended it.
+// Done is closed when the helper process has exited, whoever ended it; the
+// rules are then gone or, if it was killed, orphaned.
 func (h *Helper) Done() <-chan struct{} { return h.exited }
 
 // Close closes the helper's stdin, which makes it remove its rules and exit,
 // and waits for that; a helper that takes longer than 5 s is killed. Safe to
 // call twice.
+//
+// It takes no context on purpose: it runs during shutdown, when the caller's
+// context has usually ended already, and how long removing the rules may take
+// before the kill is the helper's own bound, not the caller's.
 func (h *Helper) Close() error {
 	h.closeOnce.Do(func() { h.closeErr = h.close() })
 	return h.closeErr

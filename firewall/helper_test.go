@@ -293,13 +293,13 @@ func startTestHelper(t *testing.T) (*Helper, *lockedBuffer) {
 
 func TestHelper(t *testing.T) {
 	h, stderr := startTestHelper(t)
-	if err := h.Install(mixedSpec(t)); err != nil {
+	if err := h.Install(context.Background(), mixedSpec(t)); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
-	if err := h.Install(Spec{Port: 1, Include: targets(t, "fd00::/8")}); err != nil {
+	if err := h.Install(context.Background(), Spec{Port: 1, Include: targets(t, "fd00::/8")}); err != nil {
 		t.Fatalf("second Install: %v", err)
 	}
-	if err := h.Install(Spec{Port: 1}); err == nil {
+	if err := h.Install(context.Background(), Spec{Port: 1}); err == nil {
 		t.Fatal("Install of an empty spec succeeded")
 	}
 	// Ctrl-C and a hung-up terminal signal the whole process group; the
@@ -315,7 +315,7 @@ func TestHelper(t *testing.T) {
 	if err := h.Remove(); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
-	if err := h.Install(mixedSpec(t)); err != nil {
+	if err := h.Install(context.Background(), mixedSpec(t)); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
 	if err := h.Close(); err != nil {
@@ -330,14 +330,14 @@ func TestHelper(t *testing.T) {
 	if n := strings.Count(stderr.String(), "firewall rules installed"); n != 3 {
 		t.Fatalf("helper installed %d times, want 3:\n%s", n, stderr)
 	}
-	if err := h.Install(mixedSpec(t)); err == nil {
+	if err := h.Install(context.Background(), mixedSpec(t)); err == nil {
 		t.Fatal("Install after Close succeeded")
 	}
 }
 
 func TestHelperSIGTERM(t *testing.T) {
 	h, stderr := startTestHelper(t)
-	if err := h.Install(mixedSpec(t)); err != nil {
+	if err := h.Install(context.Background(), mixedSpec(t)); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
 	if err := h.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -378,5 +378,71 @@ func TestStartHelperContext(t *testing.T) {
 	_, err := StartHelper(ctx, HelperConfig{Exe: "/bin/cat", Args: []string{}, Log: testLogger(t)})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("StartHelper with a cancelled ctx = %v; want context.Canceled", err)
+	}
+}
+
+// startScriptHelper starts a shell script as the helper: a stand-in that
+// speaks the protocol only as far as the script says.
+func startScriptHelper(t *testing.T, script string, stderr io.Writer) *Helper {
+	t.Helper()
+	h, err := StartHelper(context.Background(), HelperConfig{Exe: "/bin/sh", Args: []string{"-c", script}, Log: testLogger(t), Stderr: stderr})
+	if err != nil {
+		t.Fatalf("StartHelper: %v", err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// onWrite calls f on the first non-empty write, which a script makes to say where it is.
+type onWrite struct {
+	once sync.Once
+	f    func()
+}
+
+func (w *onWrite) Write(p []byte) (int, error) {
+	if len(p) > 0 {
+		w.once.Do(w.f)
+	}
+	return len(p), nil
+}
+
+const okLine = `echo '{"ok":true}'`
+
+func TestHelperInstallHung(t *testing.T) {
+	// Answers the ping, then reads requests and never answers them.
+	h := startScriptHelper(t, "read -r l; "+okLine+"; exec cat >/dev/null", nil)
+	const wait = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	err := h.Install(ctx, mixedSpec(t))
+	if late := time.Since(deadline); late > 2*time.Second {
+		t.Errorf("Install returned %v after its deadline", late)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Install to a hung helper = %v; want context.DeadlineExceeded", err)
+	}
+	if want := fmt.Sprintf("firewall helper (pid %d)", h.cmd.Process.Pid); !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not name the helper (%s)", err, want)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+func TestHelperLateReplyDropped(t *testing.T) {
+	// Holds its answer to the install until the next request arrives, then
+	// answers both: the first answer is the install's, not the ping's.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The script says on stderr when it has the install request; that ends
+	// the wait for its answer.
+	h := startScriptHelper(t, "read -r l; "+okLine+"; read -r l; echo got install >&2; read -r l; "+
+		`echo '{"error":"late install answer"}'; `+okLine+"; exec cat >/dev/null", &onWrite{f: cancel})
+	if err := h.Install(ctx, mixedSpec(t)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Install abandoned by its ctx = %v; want context.Canceled", err)
+	}
+	if err := h.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping after an abandoned Install = %v; want the ping's own answer", err)
 	}
 }

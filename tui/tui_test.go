@@ -61,3 +61,26 @@ func TestHintError(t *testing.T) {
 		t.Errorf("HintError = %q, want it to read and unwrap as its Err", err)
 	}
 }
+
+func TestAskAnswered(t *testing.T) {
+	var asked string
+	b, err := Ask(t.Context(), func(text string) ([]byte, error) { asked = text; return []byte("secret"), nil }, "passphrase: ")
+	if err != nil || string(b) != "secret" || asked != "passphrase: " {
+		t.Errorf("Ask = %q, %v (asked %q); want the prompt's answer to the text given", b, err, asked)
+	}
+	failure := errors.New("no such key")
+	if _, err := Ask(t.Context(), func(string) ([]byte, error) { return nil, failure }, "?"); !errors.Is(err, failure) {
+		t.Errorf("Ask = %v, want the prompt's error", err)
+	}
+}
+
+func TestAskCancelledCause(t *testing.T) {
+	block := make(chan struct{})
+	defer close(block)
+	cause := errors.New("shutting down")
+	ctx, cancel := context.WithCancelCause(t.Context())
+	cancel(cause)
+	if _, err := Ask(ctx, func(string) ([]byte, error) { <-block; return nil, nil }, "?"); !errors.Is(err, cause) {
+		t.Errorf("Ask = %v, want the ctx's cause", err)
+	}
+}
