@@ -35,7 +35,7 @@ type failingFirewall struct {
 	fail func(n int) error
 }
 
-func (f *failingFirewall) Install(s firewall.Spec) error {
+func (f *failingFirewall) Install(ctx context.Context, s firewall.Spec) error {
 	f.mu.Lock()
 	f.n++
 	n := f.n
@@ -43,7 +43,7 @@ func (f *failingFirewall) Install(s firewall.Spec) error {
 	if err := f.fail(n); err != nil {
 		return err
 	}
-	return f.fakeFirewall.Install(s)
+	return f.fakeFirewall.Install(ctx, s)
 }
 
 // dyingFirewall is a firewall whose privileged part can die.
