@@ -415,7 +415,8 @@ func helperRun(ctx context.Context, c *ssh.Client, script string, stdin io.Reade
 	defer sess.Close()
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
-	var out, errOut bytes.Buffer
+	// What the node answers is bounded: a probe says a line or two.
+	out, errOut := capBuffer{max: maxCommandOutput}, capBuffer{max: maxCommandOutput}
 	sess.Stdin, sess.Stdout, sess.Stderr = stdin, &out, &errOut
 	err = sess.Run(helperShell(script))
 	if ctx.Err() != nil {
@@ -428,6 +429,23 @@ func helperRun(ctx context.Context, c *ssh.Client, script string, stdin io.Reade
 		return "", err
 	}
 	return out.String(), nil
+}
+
+// maxCommandOutput bounds what we keep of a setup command's output.
+const maxCommandOutput = 16 << 10
+
+// capBuffer keeps the first max bytes written to it and drops the rest,
+// while still taking it all, so the SSH channel never stalls.
+type capBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *capBuffer) Write(p []byte) (int, error) {
+	if room := b.max - b.Len(); room > 0 {
+		b.Buffer.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
 }
 
 // helperMachines maps GOARCH to what `uname -m` says on such a machine.

@@ -47,3 +47,16 @@ func TestLineLimiter(t *testing.T) {
 		t.Errorf("at 10x the rate for 3 s, %d lines passed, want about %d", passed, lineRate*3)
 	}
 }
+
+// A node answering a probe with gigabytes must not make us keep them.
+func TestCapBuffer(t *testing.T) {
+	b := capBuffer{max: 10}
+	for range 1000 {
+		if n, err := b.Write([]byte("0123456789abcdef")); n != 16 || err != nil {
+			t.Fatalf("Write = %d, %v; want all of it taken", n, err)
+		}
+	}
+	if b.String() != "0123456789" {
+		t.Errorf("kept %q, want the first 10 bytes", b.String())
+	}
+}
