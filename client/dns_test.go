@@ -3,8 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"log/slog"
-	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/mux"
+	"github.com/k8stunnel/k8stunnel/mux/muxtest"
 	"github.com/k8stunnel/k8stunnel/tui"
 )
 
@@ -54,24 +53,7 @@ func TestStartDNSHint(t *testing.T) {
 // goes quiet, until the test ends.
 func muxPair(t *testing.T) *mux.Session {
 	t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	cconn, sconn := net.Pipe()
-	srvc := make(chan *mux.Session, 1)
-	go func() {
-		s, err := mux.NewServer(sconn, func(mux.Hello) mux.Hello { return mux.Hello{} }, log)
-		if err != nil {
-			t.Error(err)
-		}
-		srvc <- s
-	}()
-	cs, err := mux.NewClient(cconn, mux.Hello{}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ss := <-srvc
-	if ss == nil {
-		t.FailNow()
-	}
+	cs, ss := muxtest.Pair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	release := make(chan struct{})
 	go ss.Serve(ctx, func(_ mux.Request, st *mux.Stream) {

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/k8stunnel/k8stunnel/mux"
+	"github.com/k8stunnel/k8stunnel/mux/muxtest"
 )
 
 var (
@@ -136,24 +136,7 @@ type tunnel struct {
 
 func startTunnel(t *testing.T, routes map[netip.AddrPort]netip.AddrPort) *tunnel {
 	t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	cconn, sconn := net.Pipe()
-	srvc := make(chan *mux.Session, 1)
-	go func() {
-		s, err := mux.NewServer(sconn, func(mux.Hello) mux.Hello { return mux.Hello{} }, log)
-		if err != nil {
-			t.Error(err)
-		}
-		srvc <- s
-	}()
-	client, err := mux.NewClient(cconn, mux.Hello{}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := <-srvc
-	if server == nil {
-		t.FailNow()
-	}
+	client, server := muxtest.Pair(t)
 	tn := &tunnel{routes: routes, client: client, release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
