@@ -8,9 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +16,7 @@ import (
 	"time"
 
 	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/internal/leakcheck"
 	"github.com/k8stunnel/k8stunnel/server"
 	"github.com/k8stunnel/k8stunnel/transport"
 	"github.com/k8stunnel/k8stunnel/transport/transporttest"
@@ -188,29 +187,9 @@ var engineFrames = []string{
 }
 
 // checkNoEngineGoroutines fails when a goroutine of the engine outlives Run.
-// A goroutine that has been told to stop may need a moment to get there, so
-// it looks again for a while before it calls that a leak.
 func checkNoEngineGoroutines(t *testing.T) {
 	t.Helper()
-	var left []string
-	for range 100 {
-		left = left[:0]
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		for _, g := range strings.Split(string(buf), "\n\n")[1:] { // [0] is this goroutine
-			for _, f := range engineFrames {
-				if strings.Contains(g, f) {
-					left = append(left, g)
-					break
-				}
-			}
-		}
-		if len(left) == 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Errorf("%d goroutines left after Run returned:\n%s", len(left), strings.Join(left, "\n\n"))
+	leakcheck.None(t, time.Second, "after Run returned", engineFrames...)
 }
 
 func (e *engine) dial(t *testing.T) net.Conn {

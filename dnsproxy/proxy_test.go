@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/k8stunnel/k8stunnel/internal/leakcheck"
 	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/mux/muxtest"
 )
@@ -273,29 +273,9 @@ func startProxy(t *testing.T, cfg Config, before ...func(*Proxy)) *proxyFixture 
 }
 
 // checkNoProxyGoroutines fails when a goroutine of the proxy outlives Run.
-// A goroutine that has just signalled Run is still on its way out, so the
-// check looks again for a moment before it reports (as wireguard-go's
-// goroutineLeakCheck does).
 func checkNoProxyGoroutines(t *testing.T) {
 	t.Helper()
-	var left []string
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		left = left[:0]
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "dnsproxy.(*Proxy)") || strings.Contains(g, "dnsproxy.(*bypass)") ||
-				strings.Contains(g, "dnsproxy.(*dnsStream)") {
-				left = append(left, g)
-			}
-		}
-		if len(left) == 0 || time.Now().After(deadline) {
-			break
-		}
-	}
-	for _, g := range left {
-		t.Errorf("goroutine left after Run returned:\n%s", g)
-	}
+	leakcheck.None(t, 2*time.Second, "after Run returned", "dnsproxy.(*Proxy)", "dnsproxy.(*bypass)", "dnsproxy.(*dnsStream)")
 }
 
 // ask queries the proxy over net ("udp" or "tcp").

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/k8stunnel/k8stunnel/internal/leakcheck"
 	"github.com/k8stunnel/k8stunnel/mux"
 )
 
@@ -92,61 +92,8 @@ func (p *pair) dial(t *testing.T, dst netip.AddrPort) *mux.Stream {
 }
 
 // goroutineLeakCheck fails the test if goroutines started during it are still
-// there when its cleanups are done, after a bounded wait for them to exit.
-// (wireguard-go device.goroutineLeakCheck, compared by goroutine ID here.)
-func goroutineLeakCheck(t *testing.T) {
-	before := goroutineIDs(stacks())
-	t.Cleanup(func() {
-		if t.Failed() {
-			return
-		}
-		var leaked []string
-		for deadline := time.Now().Add(bound); ; {
-			leaked = leaked[:0]
-			for _, g := range strings.Split(stacks(), "\n\n") {
-				if id := goroutineID(g); !before[id] && !strings.Contains(g, "goroutineLeakCheck") {
-					leaked = append(leaked, g)
-				}
-			}
-			if len(leaked) == 0 || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(time.Millisecond) // teardown, not readiness
-		}
-		if len(leaked) > 0 {
-			t.Errorf("%d goroutines left after Serve returned:\n\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-		}
-	})
-}
-
-func stacks() string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return string(buf[:n])
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-}
-
-func goroutineIDs(all string) map[uint64]bool {
-	ids := make(map[uint64]bool)
-	for _, g := range strings.Split(all, "\n\n") {
-		ids[goroutineID(g)] = true
-	}
-	return ids
-}
-
-// goroutineID reads N from a stack's first line, "goroutine N [state]:".
-func goroutineID(stack string) uint64 {
-	f := strings.Fields(stack)
-	if len(f) < 2 || f[0] != "goroutine" {
-		return 0
-	}
-	id, _ := strconv.ParseUint(f[1], 10, 64)
-	return id
-}
+// there when its cleanups are done.
+func goroutineLeakCheck(t *testing.T) { leakcheck.Check(t, bound) }
 
 // timeoutError is a net.Error that timed out, as a resolver or a custom
 // dialer might return it.
