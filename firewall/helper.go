@@ -24,8 +24,9 @@ import (
 // helper's stdin, the helper answers each with one JSON line on its stdout.
 // Logs go to stderr, never stdout.
 type helperRequest struct {
-	Op   string `json:"op"` // opInstall, opRemove or opPing
-	Spec *Spec  `json:"spec,omitempty"`
+	Op   string       `json:"op"` // opInstall, opRemove, opPing or opMark
+	Spec *Spec        `json:"spec,omitempty"`
+	Mark *markRequest `json:"mark,omitempty"`
 }
 
 type helperReply struct {
@@ -144,6 +145,8 @@ func serveRequest(fw *Firewall, line []byte) (helperRequest, helperReply) {
 		return req, failed(fw.Install(*req.Spec))
 	case opRemove:
 		return req, failed(fw.Remove())
+	case opMark:
+		return req, failed(serveMark(req.Mark))
 	}
 	return req, failed(fmt.Errorf("unknown firewall request %q", req.Op))
 }

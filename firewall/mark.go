@@ -1,0 +1,168 @@
+package firewall
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// DNSMark is the socket mark (SO_MARK) of k8stunnel's own queries to the
+// laptop's resolvers. The DNS rules let packets that carry it through, so
+// the proxy's upstream queries are not captured again, whatever their source
+// port. It is one high bit, clear of the bits kube-proxy (0x4000, 0x8000),
+// Tailscale (0xff0000) and WireGuard tools usually use.
+const DNSMark = 0x10000000
+
+// opMark asks the root child to mark a socket of its caller.
+const opMark = "mark"
+
+// markRequest names a socket in the caller: its process, its descriptor
+// number there, and its inode, so a descriptor closed and reused for
+// another socket before the request is served is refused, not marked.
+type markRequest struct {
+	PID int    `json:"pid"`
+	FD  int    `json:"fd"`
+	Ino uint64 `json:"ino"`
+}
+
+// maxCallerDepth is how far up its ancestry the child looks for the caller:
+// the caller runs sudo, which under use_pty runs a second sudo that runs us.
+const maxCallerDepth = 3
+
+// MarkSocket gives the socket fd DNSMark. It sets the mark itself when this
+// process may (root, CAP_NET_ADMIN), and otherwise asks the root child. Call
+// it before the socket is connected, so every packet carries the mark.
+func (h *Helper) MarkSocket(ctx context.Context, fd int) error {
+	err := setMark(fd)
+	if !errors.Is(err, unix.EPERM) {
+		return err
+	}
+	return h.markRemote(ctx, fd)
+}
+
+// markRemote asks the root child to mark fd.
+func (h *Helper) markRemote(ctx context.Context, fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("marking a DNS socket: %w", err)
+	}
+	req := helperRequest{Op: opMark, Mark: &markRequest{PID: os.Getpid(), FD: fd, Ino: st.Ino}}
+	if err := h.request(ctx, req); err != nil {
+		return fmt.Errorf("marking a DNS socket: %w", err)
+	}
+	return nil
+}
+
+func setMark(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, DNSMark); err != nil {
+		return fmt.Errorf("marking a DNS socket: %w", err)
+	}
+	return nil
+}
+
+// serveMark is the child's side of opMark: it marks the socket only when
+// the caller is one of its own ancestors (the process that started it,
+// through sudo) and the descriptor is an IPv4 or IPv6 UDP or TCP socket.
+func serveMark(m *markRequest) error {
+	if m == nil {
+		return errors.New("mark request names no socket")
+	}
+	// Opened first: the pidfd pins the process, so the ancestry checked
+	// next is that of the process whose descriptor is taken.
+	pidfd, err := unix.PidfdOpen(m.PID, 0)
+	if err != nil {
+		return fmt.Errorf("marking a socket of pid %d: %w", m.PID, err)
+	}
+	defer unix.Close(pidfd)
+	if err := checkCaller(m.PID); err != nil {
+		return err
+	}
+	return markPeer(pidfd, m)
+}
+
+// checkCaller accepts pid only when it is one of the first maxCallerDepth
+// ancestors of this process.
+func checkCaller(pid int) error {
+	p := os.Getppid()
+	for range maxCallerDepth {
+		if p == pid {
+			return nil
+		}
+		if p <= 1 {
+			break
+		}
+		var err error
+		if p, err = parentOf(p); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("refusing to mark a socket of pid %d: not the process that started the firewall helper", pid)
+}
+
+// parentOf reads pid's parent from /proc/<pid>/stat, whose second field
+// (the command name, in parentheses) may itself hold spaces and ')'.
+func parentOf(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("finding the parent of pid %d: %w", pid, err)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := bytes.Fields(b[i+1:])
+	if i < 0 || len(f) < 2 {
+		return 0, fmt.Errorf("finding the parent of pid %d: unexpected /proc/%d/stat", pid, pid)
+	}
+	ppid, err := strconv.Atoi(string(f[1]))
+	if err != nil {
+		return 0, fmt.Errorf("finding the parent of pid %d: %w", pid, err)
+	}
+	return ppid, nil
+}
+
+// markPeer sets DNSMark on descriptor m.FD of the process pidfd refers to.
+// Its duplicate here shares the socket, so the mark is the caller's too.
+func markPeer(pidfd int, m *markRequest) error {
+	fd, err := unix.PidfdGetfd(pidfd, m.FD, 0)
+	if err != nil {
+		return fmt.Errorf("taking descriptor %d of pid %d: %w", m.FD, m.PID, err)
+	}
+	defer unix.Close(fd)
+	if err := checkDNSSocket(fd, m.Ino); err != nil {
+		return fmt.Errorf("refusing to mark descriptor %d of pid %d: %w", m.FD, m.PID, err)
+	}
+	return setMark(fd)
+}
+
+// checkDNSSocket accepts an IPv4 or IPv6 UDP or TCP socket with inode ino.
+func checkDNSSocket(fd int, ino uint64) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Ino != ino {
+		return errors.New("not the socket asked for")
+	}
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return err
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return err
+	}
+	proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	if err != nil {
+		return err
+	}
+	inet := domain == unix.AF_INET || domain == unix.AF_INET6
+	udp := typ == unix.SOCK_DGRAM && proto == unix.IPPROTO_UDP
+	tcp := typ == unix.SOCK_STREAM && proto == unix.IPPROTO_TCP
+	if !inet || !(udp || tcp) {
+		return fmt.Errorf("not a UDP or TCP socket (domain %d, type %d, protocol %d)", domain, typ, proto)
+	}
+	return nil
+}

@@ -1,0 +1,163 @@
+package firewall
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func requireRootForMark(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: setting SO_MARK takes CAP_NET_ADMIN")
+	}
+}
+
+// newSocket returns a fresh socket, closed at the end of the test.
+func newSocket(t *testing.T, domain, typ int) int {
+	t.Helper()
+	fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket(%d, %d): %v", domain, typ, err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+func markOf(t *testing.T, fd int) int {
+	t.Helper()
+	m, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK)
+	if err != nil {
+		t.Fatalf("getsockopt SO_MARK: %v", err)
+	}
+	return m
+}
+
+func inode(t *testing.T, fd int) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// TestMarkPeer runs the child's side against this process: the descriptor
+// it takes and marks is the test's own socket.
+func TestMarkPeer(t *testing.T) {
+	requireRootForMark(t)
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Fatalf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	req := func(fd int) *markRequest { return &markRequest{PID: os.Getpid(), FD: fd, Ino: inode(t, fd)} }
+
+	for _, s := range []struct {
+		name        string
+		domain, typ int
+	}{{"udp4", unix.AF_INET, unix.SOCK_DGRAM}, {"tcp4", unix.AF_INET, unix.SOCK_STREAM}, {"udp6", unix.AF_INET6, unix.SOCK_DGRAM}} {
+		fd := newSocket(t, s.domain, s.typ)
+		if err := markPeer(pidfd, req(fd)); err != nil {
+			t.Errorf("%s: markPeer: %v", s.name, err)
+		}
+		if m := markOf(t, fd); m != DNSMark {
+			t.Errorf("%s: mark %#x after markPeer, want %#x", s.name, m, DNSMark)
+		}
+	}
+
+	unixSock := newSocket(t, unix.AF_UNIX, unix.SOCK_STREAM)
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	reused := newSocket(t, unix.AF_INET, unix.SOCK_DGRAM)
+	for name, m := range map[string]*markRequest{
+		"unix socket":  req(unixSock),
+		"regular file": {PID: os.Getpid(), FD: int(f.Fd()), Ino: inode(t, int(f.Fd()))},
+		"reused fd":    {PID: os.Getpid(), FD: reused, Ino: inode(t, reused) + 1},
+		"closed fd":    {PID: os.Getpid(), FD: 1 << 20},
+	} {
+		if err := markPeer(pidfd, m); err == nil {
+			t.Errorf("%s: markPeer succeeded, want a refusal", name)
+		}
+	}
+	if m := markOf(t, reused); m != 0 {
+		t.Errorf("a socket whose inode did not match got mark %#x", m)
+	}
+}
+
+func TestCheckCaller(t *testing.T) {
+	if err := checkCaller(os.Getppid()); err != nil {
+		t.Errorf("parent refused: %v", err)
+	}
+	if gp, err := parentOf(os.Getppid()); err != nil {
+		t.Errorf("parentOf(parent): %v", err)
+	} else if gp > 1 {
+		if err := checkCaller(gp); err != nil {
+			t.Errorf("grandparent %d refused: %v", gp, err)
+		}
+	}
+	child := exec.Command("sleep", "10")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { child.Process.Kill(); child.Wait() }()
+	for name, pid := range map[string]int{"itself": os.Getpid(), "a child": child.Process.Pid} {
+		if err := checkCaller(pid); err == nil {
+			t.Errorf("checkCaller accepted %s (pid %d)", name, pid)
+		}
+	}
+	if p, err := parentOf(os.Getpid()); err != nil || p != os.Getppid() {
+		t.Errorf("parentOf(self) = %d, %v; want %d", p, err, os.Getppid())
+	}
+}
+
+// TestServeHelperMarkRefuses: in process, the test is not an ancestor of
+// "the child", so a request naming its own socket is refused unmarked.
+func TestServeHelperMarkRefuses(t *testing.T) {
+	c := serveTestHelper(t, context.Background(), New(&Fake{}, testLogger(t)), testLogger(t))
+	fd := newSocket(t, unix.AF_INET, unix.SOCK_DGRAM)
+	line, err := json.Marshal(helperRequest{Op: opMark, Mark: &markRequest{PID: os.Getpid(), FD: fd, Ino: inode(t, fd)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{string(line), `{"op":"mark"}`} {
+		if r := c.do(l); r.OK || r.Error == "" {
+			t.Errorf("%s: got %+v, want a refusal", l, r)
+		}
+	}
+	if r := c.do(string(line)); !strings.Contains(r.Error, "not the process that started") {
+		t.Errorf("refusal %q does not say why", r.Error)
+	}
+	if m := markOf(t, fd); m != 0 {
+		t.Errorf("refused socket has mark %#x", m)
+	}
+}
+
+// TestHelperMark: the root child marks a socket of its parent, as it does
+// for an unprivileged client that started it through sudo.
+func TestHelperMark(t *testing.T) {
+	requireRootForMark(t)
+	h, stderr := startTestHelper(t)
+	for _, typ := range []int{unix.SOCK_DGRAM, unix.SOCK_STREAM} {
+		fd := newSocket(t, unix.AF_INET, typ)
+		if err := h.markRemote(context.Background(), fd); err != nil {
+			t.Fatalf("markRemote: %v\n%s", err, stderr)
+		}
+		if m := markOf(t, fd); m != DNSMark {
+			t.Errorf("type %d: mark %#x after the child marked it, want %#x", typ, m, DNSMark)
+		}
+	}
+	// As root, MarkSocket needs no child.
+	fd := newSocket(t, unix.AF_INET6, unix.SOCK_STREAM)
+	if err := h.MarkSocket(context.Background(), fd); err != nil || markOf(t, fd) != DNSMark {
+		t.Errorf("MarkSocket: %v, mark %#x; want %#x", err, markOf(t, fd), DNSMark)
+	}
+}
