@@ -43,6 +43,10 @@ type Firewall interface {
 	// the rules went with it (or were orphaned). An implementation that
 	// cannot die returns nil, which never fires.
 	Done() <-chan struct{}
+	// MarkSocket gives a socket of the DNS proxy, before it is connected,
+	// the mark the DNS rules let through (firewall.DNSMark); setting it
+	// takes root, so the privileged side may have to do it.
+	MarkSocket(ctx context.Context, fd int) error
 }
 
 // Config describes one tunnel.
@@ -286,7 +290,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		return err
 	}
 	if c.cfg.DNS != nil {
-		p, err := c.startDNS(l.facts)
+		p, err := c.startDNS(l.facts, fw)
 		if err != nil {
 			l.close()
 			return err
@@ -370,7 +374,7 @@ func (c *Client) spec(server netip.Addr) firewall.Spec {
 	ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
 	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex}
 	if c.dns != nil {
-		s.DNS, s.DNSPort, s.DNSBypassPort = c.dns.Resolvers(), c.dns.Port(), c.dns.BypassPort()
+		s.DNS, s.DNSPort = c.dns.Resolvers(), c.dns.Port()
 	}
 	return s
 }

@@ -13,13 +13,15 @@ import (
 
 // startDNS makes the DNS proxy once the helper has said what it found on the
 // node; it is created here, not earlier, so it reads the laptop's resolvers
-// as they are when the tunnel starts.
-func (c *Client) startDNS(facts *mux.Facts) (*dnsproxy.Proxy, error) {
+// as they are when the tunnel starts. fw marks the sockets of its queries to
+// the laptop's resolvers, so the DNS rules do not capture them again.
+func (c *Client) startDNS(facts *mux.Facts, fw Firewall) (*dnsproxy.Proxy, error) {
 	cfg, err := dnsWithFacts(*c.cfg.DNS, facts)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Dial = c.dialDNS
+	cfg.MarkSocket = fw.MarkSocket
 	p, err := dnsproxy.New(cfg)
 	if err != nil {
 		return nil, withHint(err)

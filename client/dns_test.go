@@ -35,7 +35,7 @@ func TestDNSWithFacts(t *testing.T) {
 // The CLI prints the hint of a HintError only: dnsproxy's hint must reach it.
 func TestStartDNSHint(t *testing.T) {
 	c := &Client{cfg: Config{DNS: &dnsproxy.Config{Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")}}}}
-	p, err := c.startDNS(nil)
+	p, err := c.startDNS(nil, &fakeFirewall{})
 	if err == nil {
 		p.Close()
 		t.Fatal("no error without a cluster DNS IP")

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/firewall"
@@ -521,10 +524,18 @@ func TestEngineDNS(t *testing.T) {
 	if d == nil {
 		t.Fatal("no DNS proxy")
 	}
-	if len(specs) != 1 || specs[0].DNSPort == 0 || specs[0].DNSPort != d.Port() ||
-		specs[0].DNSBypassPort != d.BypassPort() || !slices.Equal(specs[0].DNS, d.Resolvers()) {
-		t.Errorf("firewall spec %+v, want the DNS proxy's port %d, bypass port %d and resolvers %v",
-			specs, d.Port(), d.BypassPort(), d.Resolvers())
+	if len(specs) != 1 || specs[0].DNSPort == 0 || specs[0].DNSPort != d.Port() || !slices.Equal(specs[0].DNS, d.Resolvers()) {
+		t.Errorf("firewall spec %+v, want the DNS proxy's port %d and resolvers %v", specs, d.Port(), d.Resolvers())
+	}
+	// A name outside the cluster goes to the laptop's resolver from a socket
+	// the firewall marked (whether anything answers there does not matter).
+	m := new(dns.Msg).SetQuestion("example.test.", dns.TypeA)
+	(&dns.Client{Timeout: 2 * time.Second}).Exchange(m, fmt.Sprintf("127.0.0.1:%d", d.Port()))
+	e.fw.mu.Lock()
+	marked := e.fw.marked
+	e.fw.mu.Unlock()
+	if marked == 0 {
+		t.Error("the DNS proxy asked the laptop's resolver from a socket the firewall did not mark")
 	}
 	// The proxy's streams go through the tunnel: here to the echo service.
 	st, err := e.c.dialDNS(t.Context(), target)

@@ -56,6 +56,7 @@ type fakeFirewall struct {
 	mu       sync.Mutex
 	installs []firewall.Spec
 	closed   bool
+	marked   int
 }
 
 func (f *fakeFirewall) Install(_ context.Context, s firewall.Spec) error {
@@ -67,6 +68,14 @@ func (f *fakeFirewall) Install(_ context.Context, s firewall.Spec) error {
 
 // Done is nil: the fake cannot die.
 func (f *fakeFirewall) Done() <-chan struct{} { return nil }
+
+// MarkSocket counts the sockets it is given: no rules capture them here.
+func (f *fakeFirewall) MarkSocket(context.Context, int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.marked++
+	return nil
+}
 
 func (f *fakeFirewall) Close() error {
 	f.mu.Lock()

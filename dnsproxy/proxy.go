@@ -8,9 +8,10 @@
 //
 //   - names under the cluster domain go to the cluster DNS service, over TCP
 //     on a tunnel stream that the helper dials from the node;
-//   - everything else goes unchanged to the laptop's own resolvers, sent from
-//     BypassPort, the one source port the firewall's DNS rules let through;
-//     with All it goes to the node's resolvers through the tunnel instead;
+//   - everything else goes unchanged to the laptop's own resolvers, each
+//     query from a fresh socket with a random port and ID, marked (MarkSocket)
+//     so that the firewall's DNS rules let it through; with All it goes to the
+//     node's resolvers through the tunnel instead;
 //   - with Search, short names work: a one-label name is first asked of the
 //     cluster DNS as NAME.NS.svc.DOMAIN for each search namespace, and a
 //     two-label name (svc.ns) whose normal answer is a failure as
@@ -104,9 +105,11 @@ type Config struct {
 	Listen []netip.Addr
 	// Port to serve on, UDP and TCP; 0 picks a free one (see Proxy.Port).
 	Port uint16
-	// BypassPort is the source port of the queries to Upstreams, UDP and TCP;
-	// 0 picks a free one (see Proxy.BypassPort).
-	BypassPort uint16
+	// MarkSocket marks a socket for a query to Upstreams, before it is
+	// connected, so the firewall's DNS rules do not capture the query (see
+	// firewall.DNSMark); nil leaves the sockets unmarked, for tests with no
+	// capture rules.
+	MarkSocket func(ctx context.Context, fd int) error
 	// Dial opens a TCP connection from the node to dst through the tunnel;
 	// required. Close must release the connection, and a deadline in the
 	// past must interrupt a Read or Write in progress: that is how a query
@@ -127,11 +130,11 @@ type Proxy struct {
 	// attempt is attemptTimeout; a field so tests can shorten it.
 	attempt time.Duration
 
-	port    uint16
-	udpLns  []*net.UDPConn
-	tcpLns  []*net.TCPListener
-	bypass  *bypass
-	streams streamPool
+	port     uint16
+	udpLns   []*net.UDPConn
+	tcpLns   []*net.TCPListener
+	upstream *upstream
+	streams  streamPool
 
 	mu      sync.Mutex
 	running bool
@@ -141,9 +144,8 @@ type Proxy struct {
 	closeSockets sync.Once
 }
 
-// New validates cfg and binds the proxy's sockets, so Port and
-// BypassPort are known before the firewall rules are installed. Queries are
-// answered once Run is called.
+// New validates cfg and binds the proxy's sockets, so Port is known before
+// the firewall rules are installed. Queries are answered once Run is called.
 func New(cfg Config) (*Proxy, error) {
 	if cfg.Dial == nil {
 		return nil, ErrNoDialer
@@ -181,6 +183,7 @@ func New(cfg Config) (*Proxy, error) {
 		clusterDNS: netip.AddrPortFrom(cfg.ClusterDNS.Unmap(), 53),
 		dial:       cfg.Dial,
 		attempt:    attemptTimeout,
+		upstream:   newUpstream(cfg.MarkSocket),
 		done:       make(chan struct{}),
 	}
 	for _, s := range cfg.Search {
@@ -199,14 +202,6 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if err := p.listen(); err != nil {
 		return nil, err
-	}
-	if !cfg.All {
-		b, err := newBypass(cfg.BypassPort)
-		if err != nil {
-			p.closeAll()
-			return nil, err
-		}
-		p.bypass = b
 	}
 	return p, nil
 }
@@ -253,16 +248,6 @@ func (p *Proxy) String() string {
 
 // Port is where the proxy serves, UDP and TCP: the firewall's DNSPort.
 func (p *Proxy) Port() uint16 { return p.port }
-
-// BypassPort is the source port of the proxy's own queries to the laptop's
-// resolvers, which the firewall must let through; 0 with All, which sends
-// nothing to them.
-func (p *Proxy) BypassPort() uint16 {
-	if p.bypass == nil {
-		return 0
-	}
-	return p.bypass.port
-}
 
 // listen binds UDP and TCP on every listen address, all on one port so one
 // REDIRECT target serves both protocols and families.
@@ -323,9 +308,6 @@ func (p *Proxy) closeAll() {
 		for _, t := range p.tcpLns {
 			t.Close()
 		}
-		if p.bypass != nil {
-			p.bypass.close()
-		}
 		p.streams.closeAll()
 	})
 }
@@ -346,15 +328,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 	base, cancel := context.WithCancel(ctx)
 	defer cancel()
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) { p.answer(base, w, req) })
-
-	var readerDone chan struct{}
-	if p.bypass != nil {
-		readerDone = make(chan struct{})
-		go func() {
-			defer close(readerDone)
-			p.bypass.readLoop()
-		}()
-	}
 
 	var servers []*dns.Server
 	for _, u := range p.udpLns {
@@ -386,7 +359,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	pending := len(started)
 	if runErr == nil {
-		p.log.Debug("dns proxy ready", "port", p.port, "bypass_port", p.BypassPort())
+		p.log.Debug("dns proxy ready", "port", p.port)
 		select {
 		case <-ctx.Done():
 		case <-p.done:
@@ -403,9 +376,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 		<-exits
 	}
 	p.closeAll()
-	if readerDone != nil {
-		<-readerDone
-	}
 	return runErr
 }
 
@@ -507,12 +477,12 @@ func (p *Proxy) forward(ctx context.Context, req *dns.Msg, overTCP bool) (*dns.M
 	}
 	// The client's transport is kept: a truncated UDP answer goes back
 	// truncated, and the client's retry over TCP goes upstream over TCP.
-	exchange := p.bypass.exchangeUDP
+	network := "udp"
 	if overTCP {
-		exchange = p.bypass.exchangeTCP
+		network = "tcp"
 	}
 	resp, err := tryEach(ctx, p.attempt, p.cfg.Upstreams, func(ctx context.Context, s netip.AddrPort) (*dns.Msg, error) {
-		return exchange(ctx, s, req)
+		return p.upstream.exchange(ctx, network, s, req)
 	})
 	return resp, "upstream", err
 }

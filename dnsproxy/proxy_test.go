@@ -39,6 +39,7 @@ type fakeDNS struct {
 
 type asked struct {
 	name string
+	id   uint16
 	from netip.AddrPort
 	tcp  bool
 }
@@ -85,7 +86,7 @@ func (f *fakeDNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	from, _ := netip.ParseAddrPort(w.RemoteAddr().String())
 	_, tcp := w.RemoteAddr().(*net.TCPAddr)
 	f.mu.Lock()
-	f.asked = append(f.asked, asked{name: dns.CanonicalName(q.Name), from: from, tcp: tcp})
+	f.asked = append(f.asked, asked{name: dns.CanonicalName(q.Name), id: req.Id, from: from, tcp: tcp})
 	f.mu.Unlock()
 
 	resp := new(dns.Msg).SetReply(req)
@@ -275,7 +276,7 @@ func startProxy(t *testing.T, cfg Config, before ...func(*Proxy)) *proxyFixture 
 // checkNoProxyGoroutines fails when a goroutine of the proxy outlives Run.
 func checkNoProxyGoroutines(t *testing.T) {
 	t.Helper()
-	leakcheck.None(t, 2*time.Second, "after Run returned", "dnsproxy.(*Proxy)", "dnsproxy.(*bypass)", "dnsproxy.(*dnsStream)")
+	leakcheck.None(t, 2*time.Second, "after Run returned", "dnsproxy.(*Proxy)", "dnsproxy.(*upstream)", "dnsproxy.(*dnsStream)")
 }
 
 // ask queries the proxy over net ("udp" or "tcp").
@@ -335,14 +336,111 @@ func TestProxySplit(t *testing.T) {
 			t.Errorf("dialled %v through the tunnel, want only the cluster DNS", d)
 		}
 	}
-	// The firewall lets the proxy's own queries out by their source port.
-	for _, a := range fx.upstream.log() {
-		if a.from.Port() != fx.proxy.BypassPort() {
-			t.Errorf("query for %s (tcp %v) came from port %d, want the bypass port %d", a.name, a.tcp, a.from.Port(), fx.proxy.BypassPort())
-		}
-	}
 	if up := fx.upstream.log(); len(up) != 2 || up[0].tcp || !up[1].tcp {
 		t.Errorf("the laptop's resolver saw %+v, want one UDP and then one TCP query, as the client asked", up)
+	}
+}
+
+// TestProxyUpstreamRandomises: like a stub resolver, the proxy asks the
+// laptop's resolver each time from a fresh socket, so a blind spoofer must
+// guess a random port as well as a random ID; one fixed port let one win in
+// about a second. Each socket is marked before it is connected, so the
+// firewall lets every packet of it through.
+func TestProxyUpstreamRandomises(t *testing.T) {
+	const n = 20
+	var mu sync.Mutex
+	var marked, connected int
+	mark := func(_ context.Context, fd int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		marked++
+		if _, err := syscall.Getpeername(fd); err == nil {
+			connected++
+		}
+		return nil
+	}
+	fx := startProxy(t, Config{MarkSocket: mark})
+	for _, network := range []string{"udp", "tcp"} {
+		before := len(fx.upstream.log())
+		for range n {
+			// The client's ID is always the same; the proxy's must not be.
+			m := new(dns.Msg).SetQuestion("example.test.", dns.TypeA)
+			m.Id = 0x1234
+			resp, _, err := (&dns.Client{Net: network, Timeout: 10 * time.Second}).Exchange(m, fmt.Sprintf("127.0.0.1:%d", fx.proxy.Port()))
+			if err != nil || resp.Id != 0x1234 || len(resp.Answer) != 1 {
+				t.Fatalf("over %s: %v, %v; want an answer with the client's ID 0x1234", network, resp, err)
+			}
+		}
+		ports, ids := map[uint16]bool{}, map[uint16]bool{}
+		for _, a := range fx.upstream.log()[before:] {
+			ports[a.from.Port()] = true
+			ids[a.id] = true
+		}
+		t.Logf("%d queries over %s to the laptop's resolver: %d source ports, %d IDs", n, network, len(ports), len(ids))
+		if len(ports) < n-2 || len(ids) < n-2 {
+			t.Errorf("%d queries over %s came from %d source ports with %d IDs, want at least %d of each", n, network, len(ports), len(ids), n-2)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if marked != 2*n || connected != 0 {
+		t.Errorf("MarkSocket called %d times (%d on connected sockets), want %d, each before connect", marked, connected, 2*n)
+	}
+}
+
+// A socket that cannot be marked would be captured again: the query fails
+// rather than go out unmarked.
+func TestProxyUpstreamMarkFails(t *testing.T) {
+	fx := startProxy(t, Config{MarkSocket: func(context.Context, int) error { return errors.New("no helper") }})
+	for _, network := range []string{"udp", "tcp"} {
+		if resp := fx.ask(t, network, "example.test.", dns.TypeA); resp.Rcode != dns.RcodeServerFailure {
+			t.Errorf("over %s: rcode %s, want SERVFAIL", network, dns.RcodeToString[resp.Rcode])
+		}
+	}
+	if n := len(fx.upstream.log()); n != 0 {
+		t.Errorf("the laptop's resolver got %d unmarked queries", n)
+	}
+}
+
+// Answers with another ID or to another question are dropped; the real one
+// that follows them is taken.
+func TestProxyUpstreamDropsForgeries(t *testing.T) {
+	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	go func() {
+		buf := make([]byte, dns.MaxMsgSize)
+		for {
+			n, from, err := u.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			req := new(dns.Msg)
+			if req.Unpack(buf[:n]) != nil {
+				continue
+			}
+			reply := func(id uint16, name, a string) {
+				m := new(dns.Msg).SetReply(req)
+				m.Id = id
+				m.Question[0].Name = name
+				rr, _ := dns.NewRR(name + " 30 IN A " + a)
+				m.Answer = []dns.RR{rr}
+				b, _ := m.Pack()
+				u.WriteToUDPAddrPort(b, from)
+			}
+			q := req.Question[0].Name
+			u.WriteToUDPAddrPort([]byte{1, 2, 3}, from)
+			reply(req.Id+1, q, "203.0.113.1")
+			reply(req.Id, "other.test.", "203.0.113.2")
+			reply(req.Id, q, "192.0.2.7")
+		}
+	}()
+	fx := startProxy(t, Config{Upstreams: []netip.AddrPort{u.LocalAddr().(*net.UDPAddr).AddrPort()}})
+	resp := fx.ask(t, "udp", "example.test.", dns.TypeA)
+	if got, want := answers(resp), []string{"example.test. A 192.0.2.7"}; !slices.Equal(got, want) {
+		t.Errorf("answers %q, want %q: the forgeries before it must be dropped", got, want)
 	}
 }
 
@@ -469,9 +567,6 @@ func TestProxySearch(t *testing.T) {
 
 func TestProxyAll(t *testing.T) {
 	fx := startProxy(t, Config{All: true, NodeDNS: []netip.Addr{testNodeDNS}})
-	if p := fx.proxy.BypassPort(); p != 0 {
-		t.Errorf("BypassPort = %d with All, want 0: nothing goes to the laptop's resolver", p)
-	}
 	resp := fx.ask(t, "udp", "example.test.", dns.TypeA)
 	if got, want := answers(resp), []string{"example.test. A 198.51.100.7"}; !slices.Equal(got, want) {
 		t.Errorf("answers %q, want %q from the node's resolver", got, want)
@@ -610,9 +705,9 @@ func TestProxyLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port, bypassPort := p.Port(), p.BypassPort()
-	if port == 0 || bypassPort == 0 {
-		t.Fatalf("ports %d and %d, want both picked", port, bypassPort)
+	port := p.Port()
+	if port == 0 {
+		t.Fatal("port 0, want one picked")
 	}
 	p.Close()
 	p.Close()
@@ -620,7 +715,7 @@ func TestProxyLifecycle(t *testing.T) {
 		t.Errorf("Run after Close: %v", err)
 	}
 	c2 := cfg
-	c2.Port, c2.BypassPort = port, bypassPort
+	c2.Port = port
 	p2, err := New(c2)
 	if err != nil {
 		t.Fatalf("ports not freed by Close: %v", err)

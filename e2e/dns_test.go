@@ -256,7 +256,7 @@ func TestDNSTunnel(t *testing.T) {
 		}
 	})
 	// glibc asks over UDP with 512 bytes, gets TC and asks again over TCP: both TCP paths, through the tunnel and
-	// to the laptop's resolver from the bypass port, are taken.
+	// to the laptop's resolver from a marked socket, are taken.
 	t.Run("large answers over TCP", func(t *testing.T) {
 		for _, name := range []string{BigServiceName, BigExternalName} {
 			out, err := getent(ctx, lab, "ahostsv4", name)

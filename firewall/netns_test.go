@@ -125,12 +125,11 @@ func exerciseRealIptables(t *testing.T, veth bool) error {
 	port := uint16(ln.Addr().(*net.TCPAddr).Port)
 
 	spec := Spec{
-		Port:          port,
-		Include:       targets(t, "10.99.0.0/24", "10.98.0.0/16:8000-9000"),
-		Exclude:       targets(t, "10.99.0.3", "10.99.0.0/24:22"),
-		DNS:           []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")},
-		DNSPort:       port,
-		DNSBypassPort: 5301,
+		Port:    port,
+		Include: targets(t, "10.99.0.0/24", "10.98.0.0/16:8000-9000"),
+		Exclude: targets(t, "10.99.0.3", "10.99.0.0/24:22"),
+		DNS:     []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")},
+		DNSPort: port,
 	}
 	if ipv6 {
 		spec.Include = append(spec.Include, targets(t, "fd00:99::/64", "[fd00:98::/64]:443")...)

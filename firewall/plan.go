@@ -70,12 +70,10 @@ type Spec struct {
 	// Exclude targets are left alone: the user's -x, plus the SSH server's own
 	// addresses, because capturing them would cut the tunnel's own legs.
 	Exclude []Target `json:"exclude,omitempty"`
-	// DNS resolvers whose UDP and TCP traffic is REDIRECTed to DNSPort.
+	// DNS resolvers whose UDP and TCP traffic is REDIRECTed to DNSPort,
+	// except k8stunnel's own upstream queries, whose sockets carry DNSMark.
 	DNS     []netip.AddrPort `json:"dns,omitempty"`
 	DNSPort uint16           `json:"dns_port,omitempty"`
-	// DNSBypassPort, if not 0, is the source port of k8stunnel's own upstream
-	// DNS queries, which must not be captured by the DNS rules.
-	DNSBypassPort uint16 `json:"dns_bypass_port,omitempty"`
 }
 
 // Validate reports the first thing in s that cannot become rules.
@@ -122,7 +120,7 @@ func (r Rule) String() string {
 // what Fake records reads like the real table.
 //
 // The order matters, as in sshuttle's nat method:
-//  1. k8stunnel's own upstream DNS queries (source DNSBypassPort) return first;
+//  1. k8stunnel's own upstream DNS queries (marked DNSMark) return first;
 //  2. DNS to the resolvers is redirected before anything can return it, since
 //     resolvers are often local (127.0.0.53);
 //  3. excludes return;
@@ -155,10 +153,9 @@ func planFamily(spec Spec, fam Family) []Rule {
 		rules = append(rules, Rule{Family: fam, Table: natTable, Chain: chain, Args: args})
 	}
 
-	if spec.DNSBypassPort != 0 {
-		for _, proto := range []string{"udp", "tcp"} {
-			add("-p", proto, "-m", proto, "--sport", strconv.Itoa(int(spec.DNSBypassPort)), "-j", "RETURN")
-		}
+	if len(dns) > 0 {
+		mark := "0x" + strconv.FormatUint(DNSMark, 16)
+		add("-m", "mark", "--mark", mark+"/"+mark, "-j", "RETURN")
 	}
 	for _, r := range dns {
 		port := r.Port()

@@ -106,25 +106,22 @@ iptables -t nat -A K8STUNNEL-9 -p tcp -j REDIRECT --to-ports 9
 `,
 		},
 		{
-			name: "dns before excludes and local, bypass first",
+			name: "dns before excludes and local, marked queries first",
 			spec: Spec{
-				Port:          12300,
-				Include:       targets(t, "10.96.0.0/12"),
-				Exclude:       targets(t, "127.0.0.0/8"),
-				DNS:           []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53"), netip.MustParseAddrPort("[::1]:53")},
-				DNSPort:       5300,
-				DNSBypassPort: 5301,
+				Port:    12300,
+				Include: targets(t, "10.96.0.0/12"),
+				Exclude: targets(t, "127.0.0.0/8"),
+				DNS:     []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53"), netip.MustParseAddrPort("[::1]:53")},
+				DNSPort: 5300,
 			},
 			want: `
-iptables -t nat -A K8STUNNEL-12300 -p udp -m udp --sport 5301 -j RETURN
-iptables -t nat -A K8STUNNEL-12300 -p tcp -m tcp --sport 5301 -j RETURN
+iptables -t nat -A K8STUNNEL-12300 -m mark --mark 0x10000000/0x10000000 -j RETURN
 iptables -t nat -A K8STUNNEL-12300 -d 127.0.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 5300
 iptables -t nat -A K8STUNNEL-12300 -d 127.0.0.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 5300
 iptables -t nat -A K8STUNNEL-12300 -d 127.0.0.0/8 -j RETURN
 iptables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
 iptables -t nat -A K8STUNNEL-12300 -d 10.96.0.0/12 -p tcp -j REDIRECT --to-ports 12300
-ip6tables -t nat -A K8STUNNEL-12300 -p udp -m udp --sport 5301 -j RETURN
-ip6tables -t nat -A K8STUNNEL-12300 -p tcp -m tcp --sport 5301 -j RETURN
+ip6tables -t nat -A K8STUNNEL-12300 -m mark --mark 0x10000000/0x10000000 -j RETURN
 ip6tables -t nat -A K8STUNNEL-12300 -d ::1/128 -p udp -m udp --dport 53 -j REDIRECT --to-ports 5300
 ip6tables -t nat -A K8STUNNEL-12300 -d ::1/128 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 5300
 ip6tables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
@@ -134,6 +131,7 @@ ip6tables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
 			name: "dns only, resolver on a mapped address and an unusual port",
 			spec: Spec{Port: 7, DNS: []netip.AddrPort{netip.MustParseAddrPort("[::ffff:10.0.0.2]:5353")}, DNSPort: 8},
 			want: `
+iptables -t nat -A K8STUNNEL-7 -m mark --mark 0x10000000/0x10000000 -j RETURN
 iptables -t nat -A K8STUNNEL-7 -d 10.0.0.2/32 -p udp -m udp --dport 5353 -j REDIRECT --to-ports 8
 iptables -t nat -A K8STUNNEL-7 -d 10.0.0.2/32 -p tcp -m tcp --dport 5353 -j REDIRECT --to-ports 8
 iptables -t nat -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN

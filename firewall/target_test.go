@@ -87,19 +87,18 @@ func FuzzParseTarget(f *testing.F) {
 
 func TestSpecJSONRoundTrip(t *testing.T) {
 	spec := Spec{
-		Port:          12300,
-		Include:       []Target{mustTarget(t, "10.96.0.0/12"), mustTarget(t, "[fd00::/8]:80-90")},
-		Exclude:       []Target{mustTarget(t, "192.168.1.10")},
-		DNS:           []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53"), netip.MustParseAddrPort("[::1]:53")},
-		DNSPort:       5300,
-		DNSBypassPort: 5301,
+		Port:    12300,
+		Include: []Target{mustTarget(t, "10.96.0.0/12"), mustTarget(t, "[fd00::/8]:80-90")},
+		Exclude: []Target{mustTarget(t, "192.168.1.10")},
+		DNS:     []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53"), netip.MustParseAddrPort("[::1]:53")},
+		DNSPort: 5300,
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const want = `{"port":12300,"include":["10.96.0.0/12","[fd00::/8]:80-90"],"exclude":["192.168.1.10/32"],` +
-		`"dns":["127.0.0.53:53","[::1]:53"],"dns_port":5300,"dns_bypass_port":5301}`
+		`"dns":["127.0.0.53:53","[::1]:53"],"dns_port":5300}`
 	if string(b) != want {
 		t.Errorf("json.Marshal(spec) =\n%s\nwant\n%s", b, want)
 	}
