@@ -110,6 +110,10 @@ type Config struct {
 	// firewall.DNSMark); nil leaves the sockets unmarked, for tests with no
 	// capture rules.
 	MarkSocket func(ctx context.Context, fd int) error
+	// DialUpstream, when set, connects to one of Upstreams instead of a
+	// marking dialer: for a test that runs the proxy in another network
+	// namespace. Like the default, it must make a fresh socket each time.
+	DialUpstream func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Dial opens a TCP connection from the node to dst through the tunnel;
 	// required. Close must release the connection, and a deadline in the
 	// past must interrupt a Read or Write in progress: that is how a query
@@ -183,7 +187,7 @@ func New(cfg Config) (*Proxy, error) {
 		clusterDNS: netip.AddrPortFrom(cfg.ClusterDNS.Unmap(), 53),
 		dial:       cfg.Dial,
 		attempt:    attemptTimeout,
-		upstream:   newUpstream(cfg.MarkSocket),
+		upstream:   newUpstream(cfg.MarkSocket, cfg.DialUpstream),
 		done:       make(chan struct{}),
 	}
 	for _, s := range cfg.Search {

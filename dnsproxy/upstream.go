@@ -25,12 +25,20 @@ const maxUpstreamQueries = 256
 // before it sends anything, so the firewall's DNS rules let it through
 // instead of capturing it again.
 type upstream struct {
-	mark func(ctx context.Context, fd int) error // nil: unmarked
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	sem  chan struct{}
 }
 
-func newUpstream(mark func(context.Context, int) error) *upstream {
-	return &upstream{mark: mark, sem: make(chan struct{}, maxUpstreamQueries)}
+// newUpstream asks through dial, or when it is nil from sockets that mark
+// gives the firewall's mark (none when mark is nil too).
+func newUpstream(mark func(context.Context, int) error, dial func(context.Context, string, string) (net.Conn, error)) *upstream {
+	if dial == nil {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			d := net.Dialer{Control: markControl(ctx, mark)}
+			return d.DialContext(ctx, network, addr)
+		}
+	}
+	return &upstream{dial: dial, sem: make(chan struct{}, maxUpstreamQueries)}
 }
 
 // exchange asks server over network ("udp" or "tcp") and returns its answer
@@ -43,8 +51,7 @@ func (u *upstream) exchange(ctx context.Context, network string, server netip.Ad
 	}
 	defer func() { <-u.sem }()
 
-	d := net.Dialer{Control: u.control(ctx)}
-	c, err := d.DialContext(ctx, network, server.String())
+	c, err := u.dial(ctx, network, server.String())
 	if err != nil {
 		return nil, fmt.Errorf("asking %v over %s: %w", server, network, err)
 	}
@@ -78,14 +85,15 @@ func (u *upstream) exchange(ctx context.Context, network string, server netip.Ad
 	}
 }
 
-// control marks a socket between its creation and its connect.
-func (u *upstream) control(ctx context.Context) func(string, string, syscall.RawConn) error {
-	if u.mark == nil {
+// markControl is a net.Dialer Control that marks a socket between its
+// creation and its connect.
+func markControl(ctx context.Context, mark func(context.Context, int) error) func(string, string, syscall.RawConn) error {
+	if mark == nil {
 		return nil
 	}
 	return func(_, _ string, rc syscall.RawConn) error {
 		var merr error
-		err := rc.Control(func(fd uintptr) { merr = u.mark(ctx, int(fd)) })
+		err := rc.Control(func(fd uintptr) { merr = mark(ctx, int(fd)) })
 		return errors.Join(err, merr)
 	}
 }

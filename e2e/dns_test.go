@@ -99,8 +99,8 @@ func TestDNSLab(t *testing.T) {
 func TestDNSProxyInLab(t *testing.T) {
 	lab, _ := newDNSLab(t)
 	var proxy *dnsproxy.Proxy
-	// Sockets belong to the namespace of the thread that creates them: the proxy's are made inside the laptop. The
-	// one socket it makes later, for an upstream query over TCP, would not be, so this test asks upstream over UDP.
+	// Sockets belong to the namespace of the thread that creates them: the proxy's listeners are made inside the
+	// laptop, and so is the fresh socket of each query to the laptop's resolver (DialUpstream).
 	err := lab.Laptop.Do(func() error {
 		var err error
 		proxy, err = dnsproxy.New(dnsproxy.Config{
@@ -111,6 +111,7 @@ func TestDNSProxyInLab(t *testing.T) {
 			Dial: func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 				return lab.Node.Dial(ctx, "tcp", dst.String())
 			},
+			DialUpstream: lab.Laptop.Dial,
 		})
 		return err
 	})
@@ -153,8 +154,10 @@ func TestDNSProxyInLab(t *testing.T) {
 	if resp := ask("udp", BigServiceName); !resp.Truncated {
 		t.Errorf("%s over UDP: not truncated, %d answers", BigServiceName, len(resp.Answer))
 	}
-	if got := dnsAddrs(ask("tcp", BigServiceName)); len(got) != BigServiceAddrs {
-		t.Errorf("%s over TCP: %d addresses, want %d", BigServiceName, len(got), BigServiceAddrs)
+	for _, name := range []string{BigServiceName, BigExternalName} {
+		if got := dnsAddrs(ask("tcp", name)); len(got) != BigServiceAddrs {
+			t.Errorf("%s over TCP: %d addresses, want %d", name, len(got), BigServiceAddrs)
+		}
 	}
 }
 
