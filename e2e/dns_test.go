@@ -287,6 +287,64 @@ func TestDNSTunnel(t *testing.T) {
 	assertRootNamespaceUntouched(t)
 }
 
+// TestDNSPrivilegeSplit: run by a normal user, k8stunnel cannot mark the sockets of its queries to the laptop's
+// resolver itself; its root firewall child marks them, so those queries still get past the capture rules instead of
+// looping back into the proxy. Both ways sudo runs the child are covered: as its direct child, and from a terminal
+// (use_pty) under a second sudo.
+func TestDNSPrivilegeSplit(t *testing.T) {
+	requireDNSFlag(t)
+	lab, _ := newDNSLab(t)
+	pub, env := setupSplit(t, lab)
+	argv := AsUser("nobody", "nogroup", pub, "-v", "--dns", "--cluster-dns", ClusterDNSIP, "-r", "root@"+NodeAddr, ServiceCIDR, PodCIDR)
+	resolves := func(t *testing.T, stderr func() string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for name, want := range map[string]string{ExternalName: ExternalAddr, ServiceName: ServiceIP} {
+			if out, err := getent(ctx, lab, "hosts", name); err != nil || !strings.HasPrefix(out, want+" ") {
+				t.Errorf("getent hosts %s = %q, %v; want %s", name, out, err, want)
+			}
+		}
+		// Too large for UDP: asked again over TCP, from a marked TCP socket.
+		if out, err := getent(ctx, lab, "ahostsv4", BigExternalName); err != nil || len(strings.Split(strings.TrimSpace(out), "\n")) < BigServiceAddrs {
+			t.Errorf("getent ahostsv4 %s: %q, %v; want %d addresses", BigExternalName, out, err, BigServiceAddrs)
+		}
+		if t.Failed() {
+			t.Logf("k8stunnel stderr:\n%s", stderr())
+		}
+	}
+
+	t.Run("without a terminal", func(t *testing.T) {
+		c, err := StartClientCmd(lab, func(cmd *exec.Cmd) { cmd.Env = env }, argv[0], argv[1:]...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		watchClient(t, c)
+		if err := c.WaitReady(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		checkSplit(t, lab, pub, c.Pid())
+		resolves(t, c.Stderr)
+		if err := c.Stop(syscall.SIGTERM); err != nil {
+			t.Errorf("k8stunnel did not exit cleanly: %v", err)
+		}
+	})
+	t.Run("in the background of a terminal", func(t *testing.T) {
+		job := startBackgroundJob(t, lab, env, argv[0], argv[1:]...)
+		if !job.waitNotStopped(t, true, 30*time.Second) {
+			t.Fatalf("k8stunnel exited before it was ready: %v\n%s", job.err, job.Stderr())
+		}
+		checkSplit(t, lab, pub, job.pid)
+		resolves(t, job.Stderr)
+		if err := syscall.Kill(job.pid, syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		if err := job.Wait(StopTimeout); err != nil {
+			t.Errorf("after SIGHUP: %v, want exit status 0", err)
+		}
+	})
+}
+
 // TestDNSKilled: a client killed with SIGKILL leaves the laptop's DNS as it was; its firewall child takes the
 // capture rules out.
 func TestDNSKilled(t *testing.T) {

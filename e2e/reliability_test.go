@@ -301,32 +301,8 @@ func TestRulesRewritten(t *testing.T) {
 // root, through sudo. Whatever happens to the client, the rules do not outlive it.
 func TestPrivilegeSplit(t *testing.T) {
 	lab := newLab(t)
-	if _, err := exec.LookPath("sudo"); err != nil {
-		t.Skip("sudo is not installed; install the test dependencies with: sudo scripts/deps.sh")
-	}
-	pub, removePub, err := PublicCopy(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(removePub)
-	removeRule, err := AllowSudo("nobody", pub+" firewall")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := removeRule(); err != nil {
-			t.Errorf("removing the sudoers entry: %v", err)
-		}
-	})
-	// The user's own key and known_hosts, found where OpenSSH would look: no -i, no --known-hosts.
-	home, removeHome, err := UserHome(65534, 65534, map[string]string{"id_ed25519": lab.Identity, "known_hosts": lab.KnownHosts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(removeHome)
-
+	pub, env := setupSplit(t, lab)
 	argv := AsUser("nobody", "nogroup", pub, "-r", "root@"+NodeAddr, ServiceCIDR, PodCIDR)
-	env := UserEnv("nobody", home, "/usr/local/bin:/usr/bin:/bin")
 	start := func(t *testing.T) (*Client, Proc) {
 		t.Helper()
 		c, err := StartClientCmd(lab, func(cmd *exec.Cmd) { cmd.Env = env }, argv[0], argv[1:]...)
@@ -442,6 +418,36 @@ func TestPrivilegeSplit(t *testing.T) {
 
 // checkSplit checks a running tunnel started by nobody: it works, the client (pid) runs pub as nobody and one
 // firewall child runs as root. It returns the firewall child.
+// setupSplit prepares a run of k8stunnel by nobody with only its firewall part run as root, through sudo: a copy of
+// the binary nobody can run, a sudoers entry for exactly its firewall subcommand, and a home holding the lab's key
+// and known_hosts where OpenSSH would look (no -i, no --known-hosts). It returns the copy and nobody's environment.
+func setupSplit(t *testing.T, lab *Lab) (pub string, env []string) {
+	t.Helper()
+	if _, err := exec.LookPath("sudo"); err != nil {
+		t.Skip("sudo is not installed; install the test dependencies with: sudo scripts/deps.sh")
+	}
+	pub, removePub, err := PublicCopy(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(removePub)
+	removeRule, err := AllowSudo("nobody", pub+" firewall")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := removeRule(); err != nil {
+			t.Errorf("removing the sudoers entry: %v", err)
+		}
+	})
+	home, removeHome, err := UserHome(65534, 65534, map[string]string{"id_ed25519": lab.Identity, "known_hosts": lab.KnownHosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(removeHome)
+	return pub, UserEnv("nobody", home, "/usr/local/bin:/usr/bin:/bin")
+}
+
 func checkSplit(t *testing.T, lab *Lab, pub string, pid int) Proc {
 	t.Helper()
 	httpGet(t, lab, "http://"+ServiceIP+"/")
