@@ -513,9 +513,15 @@ func TestEngineServerMovesInstallFails(t *testing.T) {
 
 func TestEngineDNS(t *testing.T) {
 	target := echoTarget(t)
+	// The laptop's resolver: a socket that never answers.
+	resolver, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resolver.Close()
 	cfg := Config{DNS: &dnsproxy.Config{
 		ClusterDNS: netip.MustParseAddr("10.96.0.10"),
-		Upstreams:  []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")},
+		Upstreams:  []netip.AddrPort{resolver.LocalAddr().(*net.UDPAddr).AddrPort()},
 		Listen:     []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 	}}
 	e := startEngine(t, cfg, &transporttest.Transport{}, target)
@@ -530,7 +536,7 @@ func TestEngineDNS(t *testing.T) {
 	// A name outside the cluster goes to the laptop's resolver from a socket
 	// the firewall marked (whether anything answers there does not matter).
 	m := new(dns.Msg).SetQuestion("example.test.", dns.TypeA)
-	(&dns.Client{Timeout: 2 * time.Second}).Exchange(m, fmt.Sprintf("127.0.0.1:%d", d.Port()))
+	(&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(m, fmt.Sprintf("127.0.0.1:%d", d.Port()))
 	e.fw.mu.Lock()
 	marked := e.fw.marked
 	e.fw.mu.Unlock()

@@ -24,8 +24,10 @@ import (
 // helper's stdin, the helper answers each with one JSON line on its stdout.
 // Logs go to stderr, never stdout.
 type helperRequest struct {
-	Op   string       `json:"op"` // opInstall, opRemove, opPing or opMark
-	Spec *Spec        `json:"spec,omitempty"`
+	Op   string `json:"op"` // opInstall, opRemove or opPing
+	Spec *Spec  `json:"spec,omitempty"`
+
+	// Mark is the socket an opMark request (mark.go) names.
 	Mark *markRequest `json:"mark,omitempty"`
 }
 

@@ -161,3 +161,19 @@ func TestHelperMark(t *testing.T) {
 		t.Errorf("MarkSocket: %v, mark %#x; want %#x", err, markOf(t, fd), DNSMark)
 	}
 }
+
+// FuzzServeMark feeds the child arbitrary mark requests: whatever they name,
+// it must not crash, and nothing but an ancestor's socket may be marked.
+func FuzzServeMark(f *testing.F) {
+	f.Add(`{"op":"mark","mark":{"pid":1,"fd":0,"ino":0}}`)
+	f.Add(`{"op":"mark","mark":{"pid":-1,"fd":-1}}`)
+	f.Add(`{"op":"mark","mark":null}`)
+	f.Add(`{"op":"mark","mark":{"pid":0,"fd":3,"ino":18446744073709551615}}`)
+	fw := New(&Fake{}, nil)
+	f.Fuzz(func(t *testing.T, line string) {
+		_, reply := serveRequest(fw, []byte(line))
+		if !reply.OK && reply.Error == "" {
+			t.Errorf("%s: a failure without an error", line)
+		}
+	})
+}
