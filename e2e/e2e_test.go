@@ -361,6 +361,18 @@ func TestShutdown(t *testing.T) {
 			}
 			return c.Wait(StopTimeout)
 		}},
+		// timeout(1) and systemd: SIGTERM to the main process, then to its whole group (iptables runs of the
+		// cleanup included) a moment later.
+		{"SIGTERM, then SIGTERM to the process group", func(c *Client) error {
+			if err := c.Signal(syscall.SIGTERM); err != nil {
+				return err
+			}
+			time.Sleep(5 * time.Millisecond)
+			if err := c.SignalGroup(syscall.SIGTERM); err != nil {
+				return err
+			}
+			return c.Wait(StopTimeout)
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

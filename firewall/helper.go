@@ -43,7 +43,7 @@ const (
 	maxRequestLine = 1 << 20
 	// closeTimeout is how long Close waits for the helper to clean up and exit
 	// before killing it (and again after killing it).
-	closeTimeout = 5 * time.Second
+	closeTimeout = 10 * time.Second
 )
 
 // ServeHelper is the privileged side of the split, run by the hidden
@@ -89,12 +89,12 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 		select {
 		case <-ctx.Done():
 			log.Debug("firewall helper stopping", "reason", context.Cause(ctx))
-			return removeOnExit(fw)
+			return removeOnExit(fw, log)
 		case err := <-readErr:
 			if err != nil {
 				log.Warn("reading firewall requests", "err", err)
 			}
-			return removeOnExit(fw)
+			return removeOnExit(fw, log)
 		case line := <-lines:
 			req, reply := serveRequest(fw, line)
 			switch {
@@ -106,7 +106,7 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 				want = nil
 			}
 			if err := enc.Encode(reply); err != nil {
-				removeErr := removeOnExit(fw)
+				removeErr := removeOnExit(fw, log)
 				return errors.Join(fmt.Errorf("answering firewall request: %w", err), removeErr)
 			}
 		case <-heal.C:
@@ -156,8 +156,27 @@ func failed(err error) helperReply {
 	return helperReply{OK: true}
 }
 
-func removeOnExit(fw *Firewall) error {
-	if err := fw.Remove(); err != nil {
+// removeRetries and removeBackoff bound how hard removeOnExit tries: an
+// iptables run can fail when a signal meant for us killed it (systemd signals
+// the whole cgroup) or another program holds the xtables lock. The last try
+// ends well inside the parent's closeTimeout.
+var (
+	removeRetries = 8
+	removeBackoff = 50 * time.Millisecond
+)
+
+// removeOnExit removes the rules, retrying with backoff until it works:
+// rules left behind would send the CIDRs to a port nobody holds.
+func removeOnExit(fw *Firewall, log *slog.Logger) error {
+	var err error
+	for try, wait := 1, removeBackoff; ; try, wait = try+1, wait*2 {
+		if err = fw.Remove(); err == nil || try == removeRetries {
+			break
+		}
+		log.Warn("removing firewall rules failed; retrying", "try", try, "err", err)
+		time.Sleep(wait)
+	}
+	if err != nil {
 		return fmt.Errorf("removing firewall rules on exit: %w", err)
 	}
 	return nil
@@ -176,10 +195,20 @@ func removeOnExit(fw *Firewall) error {
 //   - SIGPIPE is ignored. By default Go dies of it when a write to stdout or
 //     stderr finds the reader gone, which is exactly when the parent died;
 //     ignored, the write fails with EPIPE and the cleanup runs.
+//
+// Once started (sudo has asked for its password by then) it leaves the
+// parent's process group, so the iptables runs of its cleanup are not killed
+// by a signal to that group: `timeout` and systemd send SIGTERM to the main
+// process and then to its group a moment later. SIGTTOU is ignored so that
+// logging to the terminal from outside the foreground group never stops it.
+// A later SIGTERM is caught and changes nothing; cleanup retries until done.
 func ServeHelperProcess(ctx context.Context, fw *Firewall, log *slog.Logger) error {
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGTTOU)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stop()
+	if err := syscall.Setpgid(0, 0); err != nil {
+		log.Debug("firewall helper stays in its parent's process group", "err", err)
+	}
 	return ServeHelper(ctx, os.Stdin, os.Stdout, fw, log)
 }
 
@@ -444,7 +473,7 @@ func (h *Helper) Ping(ctx context.Context) error {
 func (h *Helper) Done() <-chan struct{} { return h.exited }
 
 // Close closes the helper's stdin, which makes it remove its rules and exit,
-// and waits for that; a helper that takes longer than 5 s is killed. Safe to
+// and waits for that; a helper that takes longer than 10 s is killed. Safe to
 // call twice.
 //
 // It takes no context on purpose: it runs during shutdown, when the caller's

@@ -127,6 +127,32 @@ func TestServeHelperContextEnd(t *testing.T) {
 	}
 }
 
+// TestServeHelperRetriesRemoval: an iptables run killed by a signal meant for
+// the whole process group fails the removal; it is retried, not given up.
+func TestServeHelperRetriesRemoval(t *testing.T) {
+	fake := &Fake{}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := serveTestHelper(t, ctx, New(fake, testLogger(t)), testLogger(t))
+	if r := c.do(installLine(t, mixedSpec(t))); !r.OK {
+		t.Fatalf("install: %+v", r)
+	}
+	failures := 3
+	fake.Fail = func(op string, _ Family, _, _ string) error {
+		if op == "-D" && failures > 0 {
+			failures--
+			return errors.New("iptables: signal: terminated")
+		}
+		return nil
+	}
+	cancel()
+	if err := c.wait(); err != nil {
+		t.Fatalf("ServeHelper: %v", err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("after cancel with %d failed removals, left:\n%s", 3, got)
+	}
+}
+
 // messages is a slog handler that passes each record's message to a channel.
 type messages chan string
 
