@@ -68,8 +68,9 @@ type Config struct {
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
 	MaxConns int
-	// StartFirewall starts the privileged part. It is called once, before the
-	// link is made, so a missing sudo fails fast.
+	// StartFirewall starts the privileged part. It is called before the link
+	// is made, so a missing sudo fails fast, and again when the privileged
+	// part dies on its own (see Run).
 	StartFirewall func(ctx context.Context) (Firewall, error)
 	// OnReady, when set, is called once: when the tunnel first comes up with
 	// its rules installed (daemon mode reports success and writes its pidfile).
@@ -114,7 +115,10 @@ type Client struct {
 
 	active  atomic.Int64
 	capWarn atomic.Int64 // unix time of the last "too many connections" line
-	wg      sync.WaitGroup
+	// fwLost is set while the privileged part is gone: its rules may still
+	// send connections here, so the port is held and they are reset.
+	fwLost atomic.Bool
+	wg     sync.WaitGroup
 }
 
 // New validates cfg and binds the listeners, so the port is known before
@@ -266,11 +270,16 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		}
 	}()
 
+	var server netip.Addr
 	fw, err := c.cfg.StartFirewall(ctx)
 	if err != nil {
 		return err
 	}
 	defer func() {
+		if fw == nil {
+			err = c.removeOrphanedRules(server, err)
+			return
+		}
 		if cerr := fw.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("removing firewall rules: %w", cerr)
 		}
@@ -280,7 +289,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	server := l.server
+	server = l.server
 	if err := c.useFacts(l.facts); err != nil {
 		l.close()
 		return err
@@ -318,20 +327,17 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.cfg.OnReady()
 	}
 
-	// The privileged part dying means the rules are gone: traffic would leak
-	// to the real gateway, so stop rather than run on unprotected.
-	fwDone := fw.Done()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-fwDone:
-			// Killed, it removed nothing: its rules still send the CIDRs to
-			// our port, where nobody will listen once we are gone.
-			return &tui.HintError{
-				Err:  errors.New("the firewall helper exited unexpectedly; its rules may be left behind"),
-				Hint: "remove them with: sudo k8stunnel cleanup",
+		case <-fw.Done():
+			// Killed, it removed nothing: its rules may still send the CIDRs
+			// here, and to a port we let go any local user could listen on.
+			if fw = c.restartFirewall(ctx, server); fw == nil {
+				return nil // ctx ended; the deferred removal has the last word
 			}
+			continue
 		case <-l.done:
 		}
 		c.setLink(nil)
@@ -354,6 +360,70 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.setLink(l)
 		c.log.Info("tunnel restored", "remote", l.target)
 	}
+}
+
+// firewallRetry is how often a lost privileged part is started again; a
+// variable so tests can make it fast.
+var firewallRetry = 5 * time.Second
+
+// restartFirewall runs while the privileged part is gone: the port stays
+// bound and every connection to it is reset, while a new one is started and
+// given the rules, every firewallRetry until it works. It returns the new one,
+// or nil when ctx ends first.
+func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewall {
+	c.fwLost.Store(true)
+	c.log.Error("the firewall helper exited unexpectedly; resetting connections until it is back",
+		"port", c.port, "hint", "if it does not come back, stop k8stunnel and run: sudo k8stunnel cleanup")
+	lastErr := ""
+	for {
+		fw, err := c.cfg.StartFirewall(ctx)
+		if err == nil {
+			if err = c.install(ctx, fw, server); err == nil {
+				c.fwLost.Store(false)
+				c.log.Info("firewall helper restarted; rules restored")
+				return fw
+			}
+			fw.Close()
+		}
+		if err.Error() != lastErr {
+			c.log.Warn("restarting the firewall helper", "err", err, "retry_in", firewallRetry)
+			lastErr = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(firewallRetry):
+		}
+	}
+}
+
+// removeOrphanedRules runs on exit when the privileged part died and could
+// not be restarted: one last helper replaces the rules it left behind with
+// ours and removes them. If that fails too the user is told how to repair it,
+// since the rules then point at a port nobody holds.
+func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
+	defer cancel()
+	fw, err := c.cfg.StartFirewall(ctx)
+	if err == nil {
+		if err = c.install(ctx, fw, server); err == nil {
+			err = fw.Close()
+		} else {
+			fw.Close()
+		}
+	}
+	if err == nil {
+		c.log.Info("removed the rules the lost firewall helper left behind")
+		return runErr
+	}
+	lost := &tui.HintError{
+		Err:  fmt.Errorf("the firewall helper exited unexpectedly and could not be restarted (%v); its rules may be left behind", err),
+		Hint: "remove them with: sudo k8stunnel cleanup",
+	}
+	if runErr != nil {
+		return errors.Join(runErr, lost)
+	}
+	return lost
 }
 
 // install installs the rule set for server, bounded by installTimeout.
@@ -521,6 +591,11 @@ func (c *Client) handle(conn *net.TCPConn) {
 		return
 	}
 	sess := c.session()
+	if c.fwLost.Load() {
+		c.log.Debug("firewall helper lost, resetting", "dst", dst)
+		local.Abort()
+		return
+	}
 	if sess == nil {
 		c.log.Debug("tunnel down, resetting", "dst", dst)
 		local.Abort()

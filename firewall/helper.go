@@ -221,7 +221,10 @@ type HelperConfig struct {
 	// Sudo runs the helper through sudo when this process is not root, with
 	// -n (fail instead of prompting) when stdin is not a terminal.
 	Sudo bool
-	Log  *slog.Logger
+	// NoPrompt passes -n to sudo even on a terminal: a restart in the middle
+	// of a run, perhaps in the background, must not ask for a password.
+	NoPrompt bool
+	Log      *slog.Logger
 	// Stderr receives the helper's logs and sudo's prompt; nil means
 	// os.Stderr.
 	Stderr io.Writer
@@ -277,7 +280,7 @@ func StartHelper(ctx context.Context, cfg HelperConfig) (*Helper, error) {
 		cfg.Stderr = os.Stderr
 	}
 	viaSudo := cfg.Sudo && os.Geteuid() != 0
-	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, tui.CanPrompt())
+	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, !cfg.NoPrompt && tui.CanPrompt())
 	h, err := startHelper(ctx, argv, cfg)
 	if err != nil && viaSudo {
 		return nil, fmt.Errorf("%w: %w", err, ErrNeedRoot)
