@@ -396,6 +396,38 @@ func TestPrivilegeSplit(t *testing.T) {
 		expectNoProcs(t, lab.Laptop, 5*time.Second)
 	})
 
+	// The sudo rule lets nobody run the firewall part, not point it anywhere: a spec redirecting to a port that
+	// another user's program listens on is refused, and the laptop's rules stay as they were.
+	t.Run("firewall part asked for another user's port", func(t *testing.T) {
+		before := iptablesSave(t, lab)
+		theirs, err := lab.Laptop.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer theirs.Close()
+		port := theirs.Addr().(*net.TCPAddr).Port
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		// A shell of nobody's is the caller, as k8stunnel would be ("; exit" keeps it from exec'ing sudo).
+		sudo := AsUser("nobody", "nogroup", "/bin/sh", "-c", `/usr/bin/sudo -n "$0" firewall; exit $?`, pub)
+		cmd := lab.Laptop.Command(ctx, sudo[0], sudo[1:]...)
+		cmd.Env = env
+		cmd.Stdin = strings.NewReader(fmt.Sprintf(`{"op":"install","spec":{"port":%d,"include":["10.96.0.0/12"]}}`+"\n", port))
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("sudo %s firewall: %v\n%s%s", pub, err, out, stderr.String())
+		}
+		if !strings.Contains(string(out), "not a socket of the calling k8stunnel") {
+			t.Errorf("the firewall part answered %q, want the spec refused", out)
+		}
+		if after := iptablesSave(t, lab); after != before {
+			t.Errorf("the laptop's rules changed\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		t.Logf("asked to redirect to root's port %d, the firewall part said: %s", port, strings.TrimSpace(string(out)))
+	})
+
 	// Killed, the firewall child removed nothing: its rules still send the CIDRs to the client's port. The client
 	// must keep that port (a port it let go any local user could take, receiving other users' redirected traffic),
 	// start a new firewall child, and work again; stopped, it leaves the rules as they were.

@@ -58,6 +58,12 @@ const (
 // flushed them (iptables -t nat -F, a firewall manager reloading), installs
 // them again and logs "firewall rules restored".
 func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall, log *slog.Logger) error {
+	return serveHelper(ctx, in, out, fw, log, nil)
+}
+
+// serveHelper is ServeHelper where authorize, when not nil, must accept a
+// Spec before it is installed.
+func serveHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall, log *slog.Logger, authorize func(Spec) error) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -96,7 +102,7 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 			}
 			return removeOnExit(fw, log)
 		case line := <-lines:
-			req, reply := serveRequest(fw, line)
+			req, reply := serveRequest(fw, line, authorize)
 			switch {
 			case req.Op == opInstall && reply.OK:
 				want = req.Spec
@@ -129,7 +135,7 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 	}
 }
 
-func serveRequest(fw *Firewall, line []byte) (helperRequest, helperReply) {
+func serveRequest(fw *Firewall, line []byte, authorize func(Spec) error) (helperRequest, helperReply) {
 	var req helperRequest
 	if err := json.Unmarshal(line, &req); err != nil {
 		return req, failed(fmt.Errorf("decoding firewall request: %w", err))
@@ -140,6 +146,11 @@ func serveRequest(fw *Firewall, line []byte) (helperRequest, helperReply) {
 	case opInstall:
 		if req.Spec == nil {
 			return req, failed(errors.New("install request has no spec"))
+		}
+		if authorize != nil {
+			if err := authorize(*req.Spec); err != nil {
+				return req, failed(err)
+			}
 		}
 		return req, failed(fw.Install(*req.Spec))
 	case opRemove:
@@ -202,14 +213,22 @@ func removeOnExit(fw *Firewall, log *slog.Logger) error {
 // process and then to its group a moment later. SIGTTOU is ignored so that
 // logging to the terminal from outside the foreground group never stops it.
 // A later SIGTERM is caught and changes nothing; cleanup retries until done.
+//
+// It installs only rules that redirect to the calling client's own sockets
+// (see Caller.Authorize).
 func ServeHelperProcess(ctx context.Context, fw *Firewall, log *slog.Logger) error {
+	caller, err := FindCaller()
+	if err != nil {
+		return err
+	}
 	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGTTOU)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stop()
 	if err := syscall.Setpgid(0, 0); err != nil {
 		log.Debug("firewall helper stays in its parent's process group", "err", err)
 	}
-	return ServeHelper(ctx, os.Stdin, os.Stdout, fw, log)
+	log.Debug("firewall helper serving", "caller_pid", caller.Pid, "caller_uid", caller.UID)
+	return serveHelper(ctx, os.Stdin, os.Stdout, fw, log, caller.Authorize)
 }
 
 // HelperConfig says how to start the privileged helper.
