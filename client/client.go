@@ -50,8 +50,12 @@ type Config struct {
 	// Transport makes the links to the node (sshtransport in production).
 	Transport transport.Transport
 	// Listen are the addresses to accept redirected connections on; empty
-	// means 127.0.0.1 and [::1] on DefaultPort, or a lower free port.
-	Listen  []string
+	// means 127.0.0.1 and [::1] (0.0.0.0 and [::] with Gateway) on
+	// DefaultPort, or a lower free port.
+	Listen []string
+	// Gateway also captures the connections this host routes (containers,
+	// VMs); see firewall.Spec.Gateway.
+	Gateway bool
 	Include []firewall.Target
 	Exclude []firewall.Target
 	// AutoCIDRs forwards the pod and service CIDRs the helper finds on the
@@ -181,6 +185,12 @@ func (c *Client) listen() error {
 	explicit := len(addrs) > 0
 	if !explicit {
 		addrs = []string{"127.0.0.1:" + strconv.Itoa(DefaultPort), "[::1]:" + strconv.Itoa(DefaultPort)}
+		if c.cfg.Gateway {
+			// REDIRECT sends routed connections to the address they arrived
+			// on, which can be any of the host's. Connections made to the
+			// listener itself, not redirected, are dropped (see handle).
+			addrs = []string{"0.0.0.0:" + strconv.Itoa(DefaultPort), "[::]:" + strconv.Itoa(DefaultPort)}
+		}
 	}
 	var parsed []netip.AddrPort
 	for _, a := range addrs {
@@ -201,7 +211,7 @@ func (c *Client) listen() error {
 		return nil
 	}
 	// Try the port and up to 100 below it; every listener shares one port so
-	// one chain name (K8STUNNEL-<port>) covers both families.
+	// one chain covers both families.
 	for port := base; port > 0 && port+100 > base; port-- {
 		ls, err := listenAll(parsed, port, !explicit)
 		if err == nil {
@@ -227,9 +237,14 @@ func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPLi
 		// for a peer that is a local process.
 		lc := net.ListenConfig{KeepAlive: -1}
 		if port == 0 && len(ls) > 0 {
-			port = uint16(ls[0].Addr().(*net.TCPAddr).Port) // the one chain name needs one port
+			port = uint16(ls[0].Addr().(*net.TCPAddr).Port) // the one chain needs one port
 		}
-		nl, err := lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(a.Addr(), port).String())
+		// tcp6 is v6-only, so [::] and 0.0.0.0 can both be bound.
+		network := "tcp4"
+		if a.Addr().Is6() {
+			network = "tcp6"
+		}
+		nl, err := lc.Listen(context.Background(), network, netip.AddrPortFrom(a.Addr(), port).String())
 		l, _ := nl.(*net.TCPListener)
 		if err != nil {
 			if optional && a.Addr().Is6() && errors.Is(err, syscall.EADDRNOTAVAIL) {
@@ -438,7 +453,10 @@ func (c *Client) install(ctx context.Context, fw Firewall, server netip.Addr) er
 func (c *Client) spec(server netip.Addr) firewall.Spec {
 	ex := append([]firewall.Target(nil), c.cfg.Exclude...)
 	ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
-	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex}
+	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex, Gateway: c.cfg.Gateway}
+	for _, ln := range c.listeners {
+		s.Listen = append(s.Listen, ln.Addr().(*net.TCPAddr).AddrPort())
+	}
 	if c.dns != nil {
 		s.DNS, s.DNSPort, s.DNSBypassPort = c.dns.Resolvers(), c.dns.Port(), c.dns.BypassPort()
 	}

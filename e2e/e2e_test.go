@@ -404,6 +404,40 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
+// TestGateway: connections the laptop routes (a container behind it) are captured only in gateway mode, and then
+// they work; by default k8stunnel installs no PREROUTING rule at all.
+func TestGateway(t *testing.T) {
+	lab := newLab(t)
+	ctr, err := lab.AddContainer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := iptablesSave(t, lab)
+	c := startClient(t, lab)
+	for _, line := range k8stunnelRules(iptablesSave(t, lab)) {
+		if strings.Contains(line, "PREROUTING") {
+			t.Errorf("without --gateway, a PREROUTING rule: %s", line)
+		}
+	}
+	if err := tryGetFrom(ctr, "http://"+ServiceIP+"/"); err == nil {
+		t.Errorf("without --gateway, the container reached the service through the tunnel")
+	}
+	stopClient(t, c)
+
+	c = startClientArgs(t, lab, append([]string{"--gateway"}, lab.ClientArgs(ServiceCIDR, PodCIDR)...)...)
+	if err := tryGetFrom(ctr, "http://"+ServiceIP+"/"); err != nil {
+		t.Errorf("with --gateway, from the container: %v", err)
+	}
+	if err := tryGetFrom(ctr, "http://"+net.JoinHostPort(PodAddr, strconv.Itoa(PodHTTPPort))+"/"); err != nil {
+		t.Errorf("with --gateway, from the container to the pod: %v", err)
+	}
+	httpGet(t, lab, "http://"+ServiceIP+"/")
+	stopClient(t, c)
+	if after := iptablesSave(t, lab); after != before {
+		t.Errorf("the laptop's rules differ after exit\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
 // TestReconnect: when the helper on the node dies, the client brings the tunnel back by itself; meanwhile new
 // connections are reset rather than left hanging.
 func TestReconnect(t *testing.T) {
@@ -668,10 +702,13 @@ func httpGet(t *testing.T, lab *Lab, url string) {
 	}
 }
 
-func tryGet(lab *Lab, url string) error {
+func tryGet(lab *Lab, url string) error { return tryGetFrom(lab.Laptop, url) }
+
+// tryGetFrom gets url from inside ns.
+func tryGetFrom(ns *Netns, url string) error {
 	hc := &http.Client{
 		Timeout:   5 * time.Second,
-		Transport: &http.Transport{DialContext: lab.Laptop.Dial, DisableKeepAlives: true},
+		Transport: &http.Transport{DialContext: ns.Dial, DisableKeepAlives: true},
 	}
 	resp, err := hc.Get(url)
 	if err != nil {

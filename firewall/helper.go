@@ -126,7 +126,7 @@ func serveHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 				log.Warn("checking firewall rules", "err", err)
 				lastHealErr = err.Error()
 			case err == nil && restored:
-				log.Warn("firewall rules restored", "chain", ChainName(want.Port))
+				log.Warn("firewall rules restored", "chain", ChainName(*want))
 				lastHealErr = ""
 			case err == nil:
 				lastHealErr = ""
