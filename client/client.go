@@ -54,8 +54,12 @@ type Config struct {
 	// Transport makes the links to the node (sshtransport in production).
 	Transport transport.Transport
 	// Listen are the addresses to accept redirected connections on; empty
-	// means 127.0.0.1 and [::1] on DefaultPort, or a lower free port.
-	Listen  []string
+	// means 127.0.0.1 and [::1] (0.0.0.0 and [::] with Gateway) on
+	// DefaultPort, or a lower free port.
+	Listen []string
+	// Gateway also captures the connections this host routes (containers,
+	// VMs); see firewall.Spec.Gateway.
+	Gateway bool
 	Include []firewall.Target
 	Exclude []firewall.Target
 	// AutoCIDRs forwards the pod and service CIDRs the helper finds on the
@@ -72,8 +76,9 @@ type Config struct {
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
 	MaxConns int
-	// StartFirewall starts the privileged part. It is called once, before the
-	// link is made, so a missing sudo fails fast.
+	// StartFirewall starts the privileged part. It is called before the link
+	// is made, so a missing sudo fails fast, and again when the privileged
+	// part dies on its own (see Run).
 	StartFirewall func(ctx context.Context) (Firewall, error)
 	// OnReady, when set, is called once: when the tunnel first comes up with
 	// its rules installed (daemon mode reports success and writes its pidfile).
@@ -118,7 +123,10 @@ type Client struct {
 
 	active  atomic.Int64
 	capWarn atomic.Int64 // unix time of the last "too many connections" line
-	wg      sync.WaitGroup
+	// fwLost is set while the privileged part is gone: its rules may still
+	// send connections here, so the port is held and they are reset.
+	fwLost atomic.Bool
+	wg     sync.WaitGroup
 }
 
 // New validates cfg and binds the listeners, so the port is known before
@@ -181,6 +189,12 @@ func (c *Client) listen() error {
 	explicit := len(addrs) > 0
 	if !explicit {
 		addrs = []string{"127.0.0.1:" + strconv.Itoa(DefaultPort), "[::1]:" + strconv.Itoa(DefaultPort)}
+		if c.cfg.Gateway {
+			// REDIRECT sends routed connections to the address they arrived
+			// on, which can be any of the host's. Connections made to the
+			// listener itself, not redirected, are dropped (see handle).
+			addrs = []string{"0.0.0.0:" + strconv.Itoa(DefaultPort), "[::]:" + strconv.Itoa(DefaultPort)}
+		}
 	}
 	var parsed []netip.AddrPort
 	for _, a := range addrs {
@@ -201,7 +215,7 @@ func (c *Client) listen() error {
 		return nil
 	}
 	// Try the port and up to 100 below it; every listener shares one port so
-	// one chain name (K8STUNNEL-<port>) covers both families.
+	// one chain covers both families.
 	for port := base; port > 0 && port+100 > base; port-- {
 		ls, err := listenAll(parsed, port, !explicit)
 		if err == nil {
@@ -227,9 +241,14 @@ func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPLi
 		// for a peer that is a local process.
 		lc := net.ListenConfig{KeepAlive: -1}
 		if port == 0 && len(ls) > 0 {
-			port = uint16(ls[0].Addr().(*net.TCPAddr).Port) // the one chain name needs one port
+			port = uint16(ls[0].Addr().(*net.TCPAddr).Port) // the one chain needs one port
 		}
-		nl, err := lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(a.Addr(), port).String())
+		// tcp6 is v6-only, so [::] and 0.0.0.0 can both be bound.
+		network := "tcp4"
+		if a.Addr().Is6() {
+			network = "tcp6"
+		}
+		nl, err := lc.Listen(context.Background(), network, netip.AddrPortFrom(a.Addr(), port).String())
 		l, _ := nl.(*net.TCPListener)
 		if err != nil {
 			if optional && a.Addr().Is6() && errors.Is(err, syscall.EADDRNOTAVAIL) {
@@ -270,11 +289,16 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		}
 	}()
 
+	var server netip.Addr
 	fw, err := c.cfg.StartFirewall(ctx)
 	if err != nil {
 		return err
 	}
 	defer func() {
+		if fw == nil {
+			err = c.removeOrphanedRules(server, err)
+			return
+		}
 		if cerr := fw.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("removing firewall rules: %w", cerr)
 		}
@@ -284,7 +308,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	server := l.server
+	server = l.server
 	if err := c.useFacts(l.facts); err != nil {
 		l.close()
 		return err
@@ -322,20 +346,17 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.cfg.OnReady()
 	}
 
-	// The privileged part dying means the rules are gone: traffic would leak
-	// to the real gateway, so stop rather than run on unprotected.
-	fwDone := fw.Done()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-fwDone:
-			// Killed, it removed nothing: its rules still send the CIDRs to
-			// our port, where nobody will listen once we are gone.
-			return &tui.HintError{
-				Err:  errors.New("the firewall helper exited unexpectedly; its rules may be left behind"),
-				Hint: "remove them with: sudo k8stunnel cleanup",
+		case <-fw.Done():
+			// Killed, it removed nothing: its rules may still send the CIDRs
+			// here, and to a port we let go any local user could listen on.
+			if fw = c.restartFirewall(ctx, server); fw == nil {
+				return nil // ctx ended; the deferred removal has the last word
 			}
+			continue
 		case <-l.done:
 		}
 		c.setLink(nil)
@@ -360,6 +381,70 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	}
 }
 
+// firewallRetry is how often a lost privileged part is started again; a
+// variable so tests can make it fast.
+var firewallRetry = 5 * time.Second
+
+// restartFirewall runs while the privileged part is gone: the port stays
+// bound and every connection to it is reset, while a new one is started and
+// given the rules, every firewallRetry until it works. It returns the new one,
+// or nil when ctx ends first.
+func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewall {
+	c.fwLost.Store(true)
+	c.log.Error("the firewall helper exited unexpectedly; resetting connections until it is back",
+		"port", c.port, "hint", "if it does not come back, stop k8stunnel and run: sudo k8stunnel cleanup")
+	lastErr := ""
+	for {
+		fw, err := c.cfg.StartFirewall(ctx)
+		if err == nil {
+			if err = c.install(ctx, fw, server); err == nil {
+				c.fwLost.Store(false)
+				c.log.Info("firewall helper restarted; rules restored")
+				return fw
+			}
+			fw.Close()
+		}
+		if err.Error() != lastErr {
+			c.log.Warn("restarting the firewall helper", "err", err, "retry_in", firewallRetry)
+			lastErr = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(firewallRetry):
+		}
+	}
+}
+
+// removeOrphanedRules runs on exit when the privileged part died and could
+// not be restarted: one last helper replaces the rules it left behind with
+// ours and removes them. If that fails too the user is told how to repair it,
+// since the rules then point at a port nobody holds.
+func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
+	defer cancel()
+	fw, err := c.cfg.StartFirewall(ctx)
+	if err == nil {
+		if err = c.install(ctx, fw, server); err == nil {
+			err = fw.Close()
+		} else {
+			fw.Close()
+		}
+	}
+	if err == nil {
+		c.log.Info("removed the rules the lost firewall helper left behind")
+		return runErr
+	}
+	lost := &tui.HintError{
+		Err:  fmt.Errorf("the firewall helper exited unexpectedly and could not be restarted (%v); its rules may be left behind", err),
+		Hint: "remove them with: sudo k8stunnel cleanup",
+	}
+	if runErr != nil {
+		return errors.Join(runErr, lost)
+	}
+	return lost
+}
+
 // install installs the rule set for server, bounded by installTimeout.
 func (c *Client) install(ctx context.Context, fw Firewall, server netip.Addr) error {
 	ctx, cancel := context.WithTimeout(ctx, installTimeout)
@@ -372,7 +457,10 @@ func (c *Client) install(ctx context.Context, fw Firewall, server netip.Addr) er
 func (c *Client) spec(server netip.Addr) firewall.Spec {
 	ex := append([]firewall.Target(nil), c.cfg.Exclude...)
 	ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
-	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex}
+	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex, Gateway: c.cfg.Gateway}
+	for _, ln := range c.listeners {
+		s.Listen = append(s.Listen, ln.Addr().(*net.TCPAddr).AddrPort())
+	}
 	if c.dns != nil {
 		s.DNS, s.DNSPort = c.dns.Resolvers(), c.dns.Port()
 	}
@@ -525,6 +613,11 @@ func (c *Client) handle(conn *net.TCPConn) {
 		return
 	}
 	sess := c.session()
+	if c.fwLost.Load() {
+		c.log.Debug("firewall helper lost, resetting", "dst", dst)
+		local.Abort()
+		return
+	}
 	if sess == nil {
 		c.log.Debug("tunnel down, resetting", "dst", dst)
 		local.Abort()

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -421,30 +422,86 @@ func TestEngineInstallFails(t *testing.T) {
 	}
 }
 
+// TestEngineFirewallDies: when the privileged part dies, its rules may still
+// send connections to our port. The client keeps the port (so no other local
+// user can take it and receive the redirected traffic), resets connections,
+// and starts a new privileged part until one installs the rules again.
 func TestEngineFirewallDies(t *testing.T) {
-	fw := &dyingFirewall{fakeFirewall: &fakeFirewall{}, done: make(chan struct{})}
-	tr := &transporttest.Transport{}
-	e := startEngine(t, Config{StartFirewall: func(context.Context) (Firewall, error) { return fw, nil }}, tr, echoTarget(t))
-	echo(t, e.dial(t), "hello")
-	close(fw.done)
-	var err error
-	select {
-	case err = <-e.run:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run still going after the firewall helper died")
+	defer func(d time.Duration) { firewallRetry = d }(firewallRetry)
+	firewallRetry = 10 * time.Millisecond
+	first := &dyingFirewall{fakeFirewall: &fakeFirewall{}, done: make(chan struct{})}
+	second := &fakeFirewall{}
+	var starts atomic.Int32
+	refuse := make(chan struct{}) // open while starting again fails
+	start := func(context.Context) (Firewall, error) {
+		switch starts.Add(1) {
+		case 1:
+			return first, nil
+		}
+		select {
+		case <-refuse:
+			return second, nil
+		default:
+			return nil, errors.New("sudo: a password is required")
+		}
 	}
+	tr := &transporttest.Transport{}
+	e := startEngine(t, Config{StartFirewall: start}, tr, echoTarget(t))
+	echo(t, e.dial(t), "hello")
+	close(first.done)
+	waitFor(t, "a second start of the firewall helper", func() bool { return starts.Load() >= 3 })
+	e.expectReset(t)
+	addr := "127.0.0.1:" + strconv.Itoa(int(e.c.Port()))
+	if ln, err := net.Listen("tcp", addr); err == nil {
+		ln.Close()
+		t.Fatalf("%s could be bound by someone else while the rules may still point at it", addr)
+	}
+	close(refuse)
+	waitFor(t, "the rules installed by the new firewall helper", func() bool { return len(second.specs()) == 1 })
+	waitFor(t, "connections relayed again", func() bool { return !e.c.fwLost.Load() })
+	echo(t, e.dial(t), "again")
+	e.fw = second // the one shutdown must find closed
+	e.shutdown(t)
+}
+
+// TestEngineFirewallNeverBack: a lost privileged part that cannot be started
+// again leaves the port held until the user stops the client, which then
+// tries once more to remove the rules, and says how to if that fails too.
+func TestEngineFirewallNeverBack(t *testing.T) {
+	defer func(d time.Duration) { firewallRetry = d }(firewallRetry)
+	firewallRetry = 10 * time.Millisecond
+	fw := &dyingFirewall{fakeFirewall: &fakeFirewall{}, done: make(chan struct{})}
+	var starts atomic.Int32
+	start := func(context.Context) (Firewall, error) {
+		if starts.Add(1) == 1 {
+			return fw, nil
+		}
+		return nil, errors.New("sudo: a password is required")
+	}
+	tr := &transporttest.Transport{}
+	e := startEngine(t, Config{StartFirewall: start}, tr, echoTarget(t))
+	close(fw.done)
+	waitFor(t, "a second start of the firewall helper", func() bool { return starts.Load() >= 2 })
+	select {
+	case err := <-e.run:
+		t.Fatalf("Run returned %v while the rules may still point at its port", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	e.expectReset(t)
+	before := starts.Load()
+	e.stop()
+	err := <-e.run
 	var he *tui.HintError
 	if !errors.As(err, &he) || !strings.Contains(he.Hint, "sudo k8stunnel cleanup") {
 		t.Errorf("Run = %v (%T), want the HintError about sudo k8stunnel cleanup", err, err)
+	}
+	if starts.Load() <= before {
+		t.Error("no last attempt to remove the rules on exit")
 	}
 	tr.Wait()
 	if l := tr.Links()[0]; l.Err() == nil {
 		t.Error("link still open after Run returned")
 	}
-	if !fw.isClosed() {
-		t.Error("firewall not closed after Run returned")
-	}
-	checkNoEngineGoroutines(t)
 }
 
 func TestEngineServerMoves(t *testing.T) {
@@ -618,5 +675,15 @@ func TestEngineHelperDoesNotStart(t *testing.T) {
 	err := runFailing(t, Config{}, tr, &fakeFirewall{})
 	if !strings.HasPrefix(err.Error(), "starting the helper on the node") {
 		t.Errorf("Run = %v, want starting the helper on the node: ...", err)
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("still waiting for %s after 10s", what)
+		}
 	}
 }

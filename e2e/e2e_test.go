@@ -361,6 +361,18 @@ func TestShutdown(t *testing.T) {
 			}
 			return c.Wait(StopTimeout)
 		}},
+		// timeout(1) and systemd: SIGTERM to the main process, then to its whole group (iptables runs of the
+		// cleanup included) a moment later.
+		{"SIGTERM, then SIGTERM to the process group", func(c *Client) error {
+			if err := c.Signal(syscall.SIGTERM); err != nil {
+				return err
+			}
+			time.Sleep(5 * time.Millisecond)
+			if err := c.SignalGroup(syscall.SIGTERM); err != nil {
+				return err
+			}
+			return c.Wait(StopTimeout)
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -389,6 +401,40 @@ func TestShutdown(t *testing.T) {
 			expectGone(t, lab)
 			assertRootNamespaceUntouched(t)
 		})
+	}
+}
+
+// TestGateway: connections the laptop routes (a container behind it) are captured only in gateway mode, and then
+// they work; by default k8stunnel installs no PREROUTING rule at all.
+func TestGateway(t *testing.T) {
+	lab := newLab(t)
+	ctr, err := lab.AddContainer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := iptablesSave(t, lab)
+	c := startClient(t, lab)
+	for _, line := range k8stunnelRules(iptablesSave(t, lab)) {
+		if strings.Contains(line, "PREROUTING") {
+			t.Errorf("without --gateway, a PREROUTING rule: %s", line)
+		}
+	}
+	if err := tryGetFrom(ctr, "http://"+ServiceIP+"/"); err == nil {
+		t.Errorf("without --gateway, the container reached the service through the tunnel")
+	}
+	stopClient(t, c)
+
+	c = startClientArgs(t, lab, append([]string{"--gateway"}, lab.ClientArgs(ServiceCIDR, PodCIDR)...)...)
+	if err := tryGetFrom(ctr, "http://"+ServiceIP+"/"); err != nil {
+		t.Errorf("with --gateway, from the container: %v", err)
+	}
+	if err := tryGetFrom(ctr, "http://"+net.JoinHostPort(PodAddr, strconv.Itoa(PodHTTPPort))+"/"); err != nil {
+		t.Errorf("with --gateway, from the container to the pod: %v", err)
+	}
+	httpGet(t, lab, "http://"+ServiceIP+"/")
+	stopClient(t, c)
+	if after := iptablesSave(t, lab); after != before {
+		t.Errorf("the laptop's rules differ after exit\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
 
@@ -656,10 +702,13 @@ func httpGet(t *testing.T, lab *Lab, url string) {
 	}
 }
 
-func tryGet(lab *Lab, url string) error {
+func tryGet(lab *Lab, url string) error { return tryGetFrom(lab.Laptop, url) }
+
+// tryGetFrom gets url from inside ns.
+func tryGetFrom(ns *Netns, url string) error {
 	hc := &http.Client{
 		Timeout:   5 * time.Second,
-		Transport: &http.Transport{DialContext: lab.Laptop.Dial, DisableKeepAlives: true},
+		Transport: &http.Transport{DialContext: ns.Dial, DisableKeepAlives: true},
 	}
 	resp, err := hc.Get(url)
 	if err != nil {

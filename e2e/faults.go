@@ -438,3 +438,35 @@ func Procs(ns *Netns) ([]Proc, error) {
 	}
 	return procs, nil
 }
+
+// Container addresses: a namespace behind the laptop, routed through it, as a container on a bridge or a VM is.
+const (
+	LaptopBridgeAddr = "10.200.9.1"
+	ContainerAddr    = "10.200.9.2"
+)
+
+// AddContainer adds a namespace behind the laptop (veth ctr0 in the laptop, eth0 in it) whose default route is the
+// laptop, which forwards. It is deleted with the lab.
+func (l *Lab) AddContainer() (*Netns, error) {
+	ns := &Netns{Name: strings.TrimSuffix(l.Laptop.Name, "-laptop") + "-ctr"}
+	if err := run("ip", "netns", "add", ns.Name); err != nil {
+		return nil, fmt.Errorf("creating namespace %s: %w", ns.Name, err)
+	}
+	l.namespaces = append(l.namespaces, ns)
+	lap, ctr := l.Laptop.Name, ns.Name
+	for _, s := range [][]string{
+		{"ip", "-n", lap, "link", "add", "ctr0", "type", "veth", "peer", "name", "eth0", "netns", ctr},
+		{"ip", "-n", lap, "addr", "add", LaptopBridgeAddr + "/24", "dev", "ctr0"},
+		{"ip", "-n", lap, "link", "set", "ctr0", "up"},
+		{"ip", "netns", "exec", lap, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		{"ip", "-n", ctr, "link", "set", "lo", "up"},
+		{"ip", "-n", ctr, "addr", "add", ContainerAddr + "/24", "dev", "eth0"},
+		{"ip", "-n", ctr, "link", "set", "eth0", "up"},
+		{"ip", "-n", ctr, "route", "add", "default", "via", LaptopBridgeAddr},
+	} {
+		if err := run(s[0], s[1:]...); err != nil {
+			return nil, fmt.Errorf("adding a container to the lab: %w", err)
+		}
+	}
+	return ns, nil
+}

@@ -260,7 +260,6 @@ func TestRulesRewritten(t *testing.T) {
 	}{
 		{"iptables -t nat -F", []string{"-t", "nat", "-F"}, false},
 		{"OUTPUT jump deleted", []string{"-t", "nat", "-D", "OUTPUT", "-j", chain}, true},
-		{"PREROUTING jump deleted", []string{"-t", "nat", "-D", "PREROUTING", "-j", chain}, true},
 		{"chain emptied", []string{"-t", "nat", "-F", chain}, true},
 	}
 	for _, tc := range cases {
@@ -372,8 +371,41 @@ func TestPrivilegeSplit(t *testing.T) {
 		expectNoProcs(t, lab.Laptop, 5*time.Second)
 	})
 
-	// Nobody is left who could remove the rules: the client must say so and stop, and `k8stunnel cleanup` must
-	// repair the laptop.
+	// The sudo rule lets nobody run the firewall part, not point it anywhere: a spec redirecting to a port that
+	// another user's program listens on is refused, and the laptop's rules stay as they were.
+	t.Run("firewall part asked for another user's port", func(t *testing.T) {
+		before := iptablesSave(t, lab)
+		theirs, err := lab.Laptop.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer theirs.Close()
+		port := theirs.Addr().(*net.TCPAddr).Port
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		// A shell of nobody's is the caller, as k8stunnel would be ("; exit" keeps it from exec'ing sudo).
+		sudo := AsUser("nobody", "nogroup", "/bin/sh", "-c", `/usr/bin/sudo -n "$0" firewall; exit $?`, pub)
+		cmd := lab.Laptop.Command(ctx, sudo[0], sudo[1:]...)
+		cmd.Env = env
+		cmd.Stdin = strings.NewReader(fmt.Sprintf(`{"op":"install","spec":{"port":%d,"include":["10.96.0.0/12"]}}`+"\n", port))
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("sudo %s firewall: %v\n%s%s", pub, err, out, stderr.String())
+		}
+		if !strings.Contains(string(out), "not a socket of the calling k8stunnel") {
+			t.Errorf("the firewall part answered %q, want the spec refused", out)
+		}
+		if after := iptablesSave(t, lab); after != before {
+			t.Errorf("the laptop's rules changed\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		t.Logf("asked to redirect to root's port %d, the firewall part said: %s", port, strings.TrimSpace(string(out)))
+	})
+
+	// Killed, the firewall child removed nothing: its rules still send the CIDRs to the client's port. The client
+	// must keep that port (a port it let go any local user could take, receiving other users' redirected traffic),
+	// start a new firewall child, and work again; stopped, it leaves the rules as they were.
 	t.Run("firewall child killed", func(t *testing.T) {
 		before := iptablesSave(t, lab)
 		c, fw := start(t)
@@ -381,38 +413,44 @@ func TestPrivilegeSplit(t *testing.T) {
 			t.Fatal(err)
 		}
 		killed := time.Now()
+		for {
+			procs, err := Procs(lab.Laptop)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(procs, func(p Proc) bool { return p.Pid == fw.Pid }) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		select {
 		case <-c.Exited():
-		case <-time.After(5 * time.Second):
-			t.Fatalf("the client still runs 5s after its firewall child was killed")
+			t.Fatalf("the client exited after its firewall child was killed: %v\n%s", c.ExitErr(), c.Stderr())
+		default:
 		}
-		err := c.ExitErr()
-		last := logLines(c.Stderr())
-		t.Logf("the client exited %v after its firewall child was killed: %v; its last line: %q",
-			time.Since(killed).Round(time.Millisecond), err, last[len(last)-1])
-		if err == nil {
-			t.Errorf("the client exited 0 after losing its firewall child, want an error")
+		if ln, err := lab.Laptop.Listen("tcp", "127.0.0.1:12300"); err == nil {
+			ln.Close()
+			t.Errorf("another program could listen on the client's port 12300 while the rules point at it")
+		} else if !errors.Is(err, syscall.EADDRINUSE) {
+			t.Errorf("listening on the client's port: %v, want EADDRINUSE", err)
 		}
-		expectNoProcs(t, lab.Laptop, 5*time.Second)
-		left := iptablesSave(t, lab)
-		if left != before {
-			t.Logf("rules left behind, as expected with nobody to remove them:\n%s", strings.Join(k8stunnelRules(left), "\n"))
-			// They redirect the cluster's CIDRs to a port nobody listens on: every connection there fails until
-			// the user removes them, so the user must be told how.
-			if !strings.Contains(c.Stderr(), "k8stunnel cleanup") {
-				t.Errorf("the client left rules behind without telling the user to run `k8stunnel cleanup`; it said:\n%s", c.Stderr())
+		var recovered time.Duration
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if tryGet(lab, "http://"+ServiceIP+"/") == nil {
+				recovered = time.Since(killed)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the tunnel does not work 15s after its firewall child was killed:\n%s", c.Stderr())
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, err := lab.Laptop.Command(ctx, binary, "cleanup").CombinedOutput()
-		if err != nil {
-			t.Fatalf("k8stunnel cleanup: %v\n%s", err, out)
-		}
+		fw = checkSplit(t, lab, pub, c.Pid())
+		t.Logf("firewall child killed: a new one (pid %d) and the tunnel works again after %v", fw.Pid, recovered.Round(time.Millisecond))
+		stopClient(t, c)
 		if after := iptablesSave(t, lab); after != before {
-			t.Fatalf("after k8stunnel cleanup the laptop's rules differ\nbefore:\n%s\nafter:\n%s\ncleanup said:\n%s", before, after, out)
+			t.Errorf("the laptop's rules differ after exit\nbefore:\n%s\nafter:\n%s", before, after)
 		}
-		t.Logf("k8stunnel cleanup said: %s", strings.TrimSpace(string(out)))
+		expectNoProcs(t, lab.Laptop, 5*time.Second)
 	})
 }
 

@@ -11,7 +11,9 @@
 //   - ServeHelper and StartHelper are the two ends of a privilege split, like
 //     sshuttle's firewall process: only the small helper runs as root, and it
 //     removes every rule it installed when its stdin reaches EOF, which also
-//     happens when the unprivileged parent is killed with SIGKILL.
+//     happens when the unprivileged parent is killed with SIGKILL. It also
+//     marks the DNS proxy's upstream sockets (DNSMark, mark.go), which the
+//     parent may not do itself.
 //
 // The rules follow sshuttle's nat method: one chain K8STUNNEL-<port> in the nat
 // table per family, reached from OUTPUT (this host's own connections) and

@@ -65,7 +65,7 @@ func New(r Runner, log *slog.Logger) *Firewall {
 }
 
 // Install replaces whatever this Firewall installed before with spec's
-// rules. It first removes a stale chain for the same port (left by a run
+// rules. It first removes a stale chain of the same name (left by a run
 // that could not clean up), then per family creates the chain, fills it, and
 // only then inserts the jumps, so no connection ever sees a half-built chain.
 // On error nothing is left installed: neither the old rules nor the new.
@@ -79,7 +79,7 @@ func (f *Firewall) Install(spec Spec) error {
 	if err := f.removeLocked(); err != nil {
 		return err
 	}
-	chain := ChainName(spec.Port)
+	chain := ChainName(spec)
 	plan := Plan(spec)
 	byFamily := map[Family][]Rule{}
 	for _, r := range plan {
@@ -119,7 +119,7 @@ func (f *Firewall) Install(spec Spec) error {
 			continue
 		}
 		inst.fams = append(inst.fams, installedFamily{fam: fam, tables: t})
-		listed, err := installChain(t, chain, byFamily[fam])
+		listed, err := installChain(t, chain, byFamily[fam], spec.hooks())
 		if err != nil {
 			f.rollback(inst)
 			return fmt.Errorf("installing %s rules in chain %s: %w", fam, chain, err)
@@ -131,7 +131,7 @@ func (f *Firewall) Install(spec Spec) error {
 	return nil
 }
 
-func installChain(t Tables, chain string, rules []Rule) (listed []string, err error) {
+func installChain(t Tables, chain string, rules []Rule, hooks []string) (listed []string, err error) {
 	if err := t.NewChain(natTable, chain); err != nil {
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func installChain(t Tables, chain string, rules []Rule) (listed []string, err er
 	if listed, err = t.List(natTable, chain); err != nil {
 		return nil, err
 	}
-	for _, hook := range hookChains {
+	for _, hook := range hooks {
 		if err := t.Insert(natTable, hook, 1, "-j", chain); err != nil {
 			return nil, fmt.Errorf("adding jump from %s: %w", hook, err)
 		}
@@ -211,7 +211,7 @@ func (f *Firewall) Check() (ok bool, err error) {
 		if !slices.Equal(listed, fi.listed) {
 			return false, nil
 		}
-		for _, hook := range hookChains {
+		for _, hook := range f.installed.spec.hooks() {
 			ok, err := fi.tables.Exists(natTable, hook, "-j", chain)
 			if err != nil {
 				return false, fmt.Errorf("checking %s jump from %s to %s: %w", fi.fam, hook, chain, err)

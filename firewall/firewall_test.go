@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -29,13 +30,11 @@ func mixedSpec(t testing.TB) Spec {
 }
 
 const mixedDump = `iptables -t nat -N K8STUNNEL-12300
-iptables -t nat -A PREROUTING -j K8STUNNEL-12300
 iptables -t nat -A OUTPUT -j K8STUNNEL-12300
 iptables -t nat -A K8STUNNEL-12300 -d 192.168.33.10/32 -j RETURN
 iptables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
 iptables -t nat -A K8STUNNEL-12300 -d 10.96.0.0/12 -p tcp -j REDIRECT --to-ports 12300
 ip6tables -t nat -N K8STUNNEL-12300
-ip6tables -t nat -A PREROUTING -j K8STUNNEL-12300
 ip6tables -t nat -A OUTPUT -j K8STUNNEL-12300
 ip6tables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
 ip6tables -t nat -A K8STUNNEL-12300 -d fd00::/8 -p tcp -j REDIRECT --to-ports 12300
@@ -82,7 +81,6 @@ func TestInstallDifferentSpecReplaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	const want = `iptables -t nat -N K8STUNNEL-5
-iptables -t nat -A PREROUTING -j K8STUNNEL-5
 iptables -t nat -A OUTPUT -j K8STUNNEL-5
 iptables -t nat -A K8STUNNEL-5 -m addrtype --dst-type LOCAL -j RETURN
 iptables -t nat -A K8STUNNEL-5 -d 10.0.0.0/8 -p tcp -j REDIRECT --to-ports 5
@@ -104,7 +102,6 @@ func TestInstallRemovesStaleChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	const want = `iptables -t nat -N K8STUNNEL-12300
-iptables -t nat -A PREROUTING -j K8STUNNEL-12300
 iptables -t nat -A OUTPUT -j K8STUNNEL-12300
 iptables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
 iptables -t nat -A K8STUNNEL-12300 -d 10.0.0.0/8 -p tcp -j REDIRECT --to-ports 12300
@@ -133,7 +130,7 @@ func TestInstallWithoutIPv6(t *testing.T) {
 func TestInstallFailureRollsBack(t *testing.T) {
 	fake := &Fake{}
 	fake.Fail = func(op string, fam Family, table, chain string) error {
-		if fam == IPv6 && op == "-I" && chain == "PREROUTING" {
+		if fam == IPv6 && op == "-I" && chain == "OUTPUT" {
 			return errors.New("injected")
 		}
 		return nil
@@ -161,12 +158,7 @@ func TestCheckDetectsChanges(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{"missing PREROUTING jump", func(t *testing.T, fake *Fake) {
-			v4, _ := fake.Family(IPv4)
-			if err := v4.Delete("nat", "PREROUTING", "-j", "K8STUNNEL-12300"); err != nil {
-				t.Fatal(err)
-			}
-		}},
+
 		{"flushed nat table", func(t *testing.T, fake *Fake) { fake.Flush(IPv4, "nat") }},
 		{"chain deleted", func(t *testing.T, fake *Fake) {
 			fake.Flush(IPv6, "nat")
@@ -246,5 +238,75 @@ func TestCleanupWithoutIPv6(t *testing.T) {
 	fake.Unavailable[IPv4] = true
 	if _, err := Cleanup(fake, testLogger(t)); !errors.Is(err, ErrFamilyUnavailable) {
 		t.Fatalf("Cleanup with no iptables at all = %v; want ErrFamilyUnavailable", err)
+	}
+}
+
+// TestGatewayHooks: only gateway mode captures routed connections
+// (PREROUTING); by default nothing but this host's own (OUTPUT) is captured.
+func TestGatewayHooks(t *testing.T) {
+	fake := &Fake{}
+	fw := New(fake, testLogger(t))
+	spec := Spec{Port: 5, Include: targets(t, "10.0.0.0/8")}
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Dump(); strings.Contains(got, "PREROUTING") {
+		t.Fatalf("PREROUTING captured without gateway mode:\n%s", got)
+	}
+	spec.Gateway = true
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	const want = `iptables -t nat -N K8STUNNEL-5
+iptables -t nat -A PREROUTING -j K8STUNNEL-5
+iptables -t nat -A OUTPUT -j K8STUNNEL-5
+iptables -t nat -A K8STUNNEL-5 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t nat -A K8STUNNEL-5 -d 10.0.0.0/8 -p tcp -j REDIRECT --to-ports 5
+`
+	if got := fake.Dump(); got != want {
+		t.Fatalf("gateway mode:\n%s\nwant\n%s", got, want)
+	}
+	v4, _ := fake.Family(IPv4)
+	if err := v4.Delete("nat", "PREROUTING", "-j", "K8STUNNEL-5"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := fw.Check(); ok || err != nil {
+		t.Errorf("Check with the PREROUTING jump gone = %v, %v; want false", ok, err)
+	}
+	if err := fw.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Errorf("after Remove:\n%s", got)
+	}
+}
+
+// TestInstancesOnOnePort: two instances on the same port but different
+// listen addresses (-l 127.0.0.1:P, -l [::1]:P) each keep their own chain,
+// instead of removing each other's as stale and healing it back every second.
+func TestInstancesOnOnePort(t *testing.T) {
+	fake := &Fake{}
+	a, b := New(fake, testLogger(t)), New(fake, testLogger(t))
+	specA := Spec{Port: 12300, Include: targets(t, "10.96.0.0/12"), Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:12300")}}
+	specB := Spec{Port: 12300, Include: targets(t, "fd00::/8"), Listen: []netip.AddrPort{netip.MustParseAddrPort("[::1]:12300")}}
+	if ChainName(specA) == ChainName(specB) || !strings.HasPrefix(ChainName(specA), "K8STUNNEL-12300-") || len(ChainName(specA)) > 28 {
+		t.Fatalf("chain names %q and %q: want distinct K8STUNNEL-12300-<hash>, at most 28 characters", ChainName(specA), ChainName(specB))
+	}
+	if err := a.Install(specA); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Install(specB); err != nil {
+		t.Fatal(err)
+	}
+	for name, fw := range map[string]*Firewall{"first": a, "second": b} {
+		if ok, err := fw.Check(); !ok || err != nil {
+			t.Errorf("%s instance's Check = %v, %v; want true", name, ok, err)
+		}
+	}
+	if err := a.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Check(); !ok || err != nil {
+		t.Errorf("after the first instance left, the second's Check = %v, %v; want true", ok, err)
 	}
 }

@@ -46,7 +46,7 @@ const (
 	maxRequestLine = 1 << 20
 	// closeTimeout is how long Close waits for the helper to clean up and exit
 	// before killing it (and again after killing it).
-	closeTimeout = 5 * time.Second
+	closeTimeout = 10 * time.Second
 )
 
 // ServeHelper is the privileged side of the split, run by the hidden
@@ -61,6 +61,12 @@ const (
 // flushed them (iptables -t nat -F, a firewall manager reloading), installs
 // them again and logs "firewall rules restored".
 func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall, log *slog.Logger) error {
+	return serveHelper(ctx, in, out, fw, log, nil)
+}
+
+// serveHelper is ServeHelper where authorize, when not nil, must accept a
+// Spec before it is installed.
+func serveHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall, log *slog.Logger, authorize func(Spec) error) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -92,14 +98,14 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 		select {
 		case <-ctx.Done():
 			log.Debug("firewall helper stopping", "reason", context.Cause(ctx))
-			return removeOnExit(fw)
+			return removeOnExit(fw, log)
 		case err := <-readErr:
 			if err != nil {
 				log.Warn("reading firewall requests", "err", err)
 			}
-			return removeOnExit(fw)
+			return removeOnExit(fw, log)
 		case line := <-lines:
-			req, reply := serveRequest(fw, line)
+			req, reply := serveRequest(fw, line, authorize)
 			switch {
 			case req.Op == opInstall && reply.OK:
 				want = req.Spec
@@ -109,7 +115,7 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 				want = nil
 			}
 			if err := enc.Encode(reply); err != nil {
-				removeErr := removeOnExit(fw)
+				removeErr := removeOnExit(fw, log)
 				return errors.Join(fmt.Errorf("answering firewall request: %w", err), removeErr)
 			}
 		case <-heal.C:
@@ -123,7 +129,7 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 				log.Warn("checking firewall rules", "err", err)
 				lastHealErr = err.Error()
 			case err == nil && restored:
-				log.Warn("firewall rules restored", "chain", ChainName(want.Port))
+				log.Warn("firewall rules restored", "chain", ChainName(*want))
 				lastHealErr = ""
 			case err == nil:
 				lastHealErr = ""
@@ -132,7 +138,7 @@ func ServeHelper(ctx context.Context, in io.Reader, out io.Writer, fw *Firewall,
 	}
 }
 
-func serveRequest(fw *Firewall, line []byte) (helperRequest, helperReply) {
+func serveRequest(fw *Firewall, line []byte, authorize func(Spec) error) (helperRequest, helperReply) {
 	var req helperRequest
 	if err := json.Unmarshal(line, &req); err != nil {
 		return req, failed(fmt.Errorf("decoding firewall request: %w", err))
@@ -143,6 +149,11 @@ func serveRequest(fw *Firewall, line []byte) (helperRequest, helperReply) {
 	case opInstall:
 		if req.Spec == nil {
 			return req, failed(errors.New("install request has no spec"))
+		}
+		if authorize != nil {
+			if err := authorize(*req.Spec); err != nil {
+				return req, failed(err)
+			}
 		}
 		return req, failed(fw.Install(*req.Spec))
 	case opRemove:
@@ -161,8 +172,27 @@ func failed(err error) helperReply {
 	return helperReply{OK: true}
 }
 
-func removeOnExit(fw *Firewall) error {
-	if err := fw.Remove(); err != nil {
+// removeRetries and removeBackoff bound how hard removeOnExit tries: an
+// iptables run can fail when a signal meant for us killed it (systemd signals
+// the whole cgroup) or another program holds the xtables lock. The last try
+// ends well inside the parent's closeTimeout.
+var (
+	removeRetries = 8
+	removeBackoff = 50 * time.Millisecond
+)
+
+// removeOnExit removes the rules, retrying with backoff until it works:
+// rules left behind would send the CIDRs to a port nobody holds.
+func removeOnExit(fw *Firewall, log *slog.Logger) error {
+	var err error
+	for try, wait := 1, removeBackoff; ; try, wait = try+1, wait*2 {
+		if err = fw.Remove(); err == nil || try == removeRetries {
+			break
+		}
+		log.Warn("removing firewall rules failed; retrying", "try", try, "err", err)
+		time.Sleep(wait)
+	}
+	if err != nil {
 		return fmt.Errorf("removing firewall rules on exit: %w", err)
 	}
 	return nil
@@ -181,11 +211,29 @@ func removeOnExit(fw *Firewall) error {
 //   - SIGPIPE is ignored. By default Go dies of it when a write to stdout or
 //     stderr finds the reader gone, which is exactly when the parent died;
 //     ignored, the write fails with EPIPE and the cleanup runs.
+//
+// Once started (sudo has asked for its password by then) it leaves the
+// parent's process group, so the iptables runs of its cleanup are not killed
+// by a signal to that group: `timeout` and systemd send SIGTERM to the main
+// process and then to its group a moment later. SIGTTOU is ignored so that
+// logging to the terminal from outside the foreground group never stops it.
+// A later SIGTERM is caught and changes nothing; cleanup retries until done.
+//
+// It installs only rules that redirect to the calling client's own sockets
+// (see Caller.Authorize).
 func ServeHelperProcess(ctx context.Context, fw *Firewall, log *slog.Logger) error {
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	caller, err := FindCaller()
+	if err != nil {
+		return err
+	}
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGTTOU)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stop()
-	return ServeHelper(ctx, os.Stdin, os.Stdout, fw, log)
+	if err := syscall.Setpgid(0, 0); err != nil {
+		log.Debug("firewall helper stays in its parent's process group", "err", err)
+	}
+	log.Debug("firewall helper serving", "caller_pid", caller.Pid, "caller_uid", caller.UID)
+	return serveHelper(ctx, os.Stdin, os.Stdout, fw, log, caller.Authorize)
 }
 
 // HelperConfig says how to start the privileged helper.
@@ -197,7 +245,10 @@ type HelperConfig struct {
 	// Sudo runs the helper through sudo when this process is not root, with
 	// -n (fail instead of prompting) when stdin is not a terminal.
 	Sudo bool
-	Log  *slog.Logger
+	// NoPrompt passes -n to sudo even on a terminal: a restart in the middle
+	// of a run, perhaps in the background, must not ask for a password.
+	NoPrompt bool
+	Log      *slog.Logger
 	// Stderr receives the helper's logs and sudo's prompt; nil means
 	// os.Stderr.
 	Stderr io.Writer
@@ -253,7 +304,7 @@ func StartHelper(ctx context.Context, cfg HelperConfig) (*Helper, error) {
 		cfg.Stderr = os.Stderr
 	}
 	viaSudo := cfg.Sudo && os.Geteuid() != 0
-	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, tui.CanPrompt())
+	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, !cfg.NoPrompt && tui.CanPrompt())
 	h, err := startHelper(ctx, argv, cfg)
 	if err != nil && viaSudo {
 		return nil, fmt.Errorf("%w: %w", err, ErrNeedRoot)
@@ -449,7 +500,7 @@ func (h *Helper) Ping(ctx context.Context) error {
 func (h *Helper) Done() <-chan struct{} { return h.exited }
 
 // Close closes the helper's stdin, which makes it remove its rules and exit,
-// and waits for that; a helper that takes longer than 5 s is killed. Safe to
+// and waits for that; a helper that takes longer than 10 s is killed. Safe to
 // call twice.
 //
 // It takes no context on purpose: it runs during shutdown, when the caller's

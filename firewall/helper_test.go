@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -124,6 +126,32 @@ func TestServeHelperContextEnd(t *testing.T) {
 	}
 	if got := fake.Dump(); got != "" {
 		t.Fatalf("after cancel:\n%s", got)
+	}
+}
+
+// TestServeHelperRetriesRemoval: an iptables run killed by a signal meant for
+// the whole process group fails the removal; it is retried, not given up.
+func TestServeHelperRetriesRemoval(t *testing.T) {
+	fake := &Fake{}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := serveTestHelper(t, ctx, New(fake, testLogger(t)), testLogger(t))
+	if r := c.do(installLine(t, mixedSpec(t))); !r.OK {
+		t.Fatalf("install: %+v", r)
+	}
+	failures := 3
+	fake.Fail = func(op string, _ Family, _, _ string) error {
+		if op == "-D" && failures > 0 {
+			failures--
+			return errors.New("iptables: signal: terminated")
+		}
+		return nil
+	}
+	cancel()
+	if err := c.wait(); err != nil {
+		t.Fatalf("ServeHelper: %v", err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("after cancel with %d failed removals, left:\n%s", 3, got)
 	}
 }
 
@@ -291,12 +319,26 @@ func startTestHelper(t *testing.T) (*Helper, *lockedBuffer) {
 	return h, stderr
 }
 
+// heldSpec is mixedSpec redirecting to a port this process listens on, as
+// the helper's Caller.Authorize wants.
+func heldSpec(t *testing.T) Spec {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	s := mixedSpec(t)
+	s.Port = uint16(ln.Addr().(*net.TCPAddr).Port)
+	return s
+}
+
 func TestHelper(t *testing.T) {
 	h, stderr := startTestHelper(t)
-	if err := h.Install(context.Background(), mixedSpec(t)); err != nil {
+	held := heldSpec(t)
+	if err := h.Install(context.Background(), held); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
-	if err := h.Install(context.Background(), Spec{Port: 1, Include: targets(t, "fd00::/8")}); err != nil {
+	if err := h.Install(context.Background(), Spec{Port: held.Port, Include: targets(t, "fd00::/8")}); err != nil {
 		t.Fatalf("second Install: %v", err)
 	}
 	if err := h.Install(context.Background(), Spec{Port: 1}); err == nil {
@@ -315,7 +357,7 @@ func TestHelper(t *testing.T) {
 	if err := h.Remove(); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
-	if err := h.Install(context.Background(), mixedSpec(t)); err != nil {
+	if err := h.Install(context.Background(), held); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
 	if err := h.Close(); err != nil {
@@ -337,7 +379,7 @@ func TestHelper(t *testing.T) {
 
 func TestHelperSIGTERM(t *testing.T) {
 	h, stderr := startTestHelper(t)
-	if err := h.Install(context.Background(), mixedSpec(t)); err != nil {
+	if err := h.Install(context.Background(), heldSpec(t)); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
 	if err := h.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -353,6 +395,58 @@ func TestHelperSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "rules at exit:\n(end)\n") {
 		t.Fatalf("helper left rules behind after SIGTERM:\n%s", stderr)
+	}
+}
+
+// TestHelperRefusesForeignPort: the root helper installs no rule that sends
+// connections to a port its caller does not hold, such as another program's
+// or one that nobody listens on yet.
+func TestHelperRefusesForeignPort(t *testing.T) {
+	h, stderr := startTestHelper(t)
+	// A listener held by another process only: made here, handed to a child,
+	// closed here.
+	theirs, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPort := uint16(theirs.Addr().(*net.TCPAddr).Port)
+	f, err := theirs.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := exec.Command("sleep", "60")
+	other.ExtraFiles = []*os.File{f}
+	if err := other.Start(); err != nil {
+		t.Fatalf("starting another listener: %v", err)
+	}
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
+	f.Close()
+	theirs.Close()
+	own := heldSpec(t).Port
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nobody := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	for name, port := range map[string]uint16{"another process's port": otherPort, "a port nobody holds": nobody} {
+		s := mixedSpec(t)
+		s.Port = port
+		err := h.Install(context.Background(), s)
+		if err == nil || !strings.Contains(err.Error(), "not a socket of the calling k8stunnel") {
+			t.Errorf("%s (%d): Install = %v, want it refused", name, port, err)
+		}
+	}
+	s := mixedSpec(t)
+	s.Port = own
+	if err := h.Install(context.Background(), s); err != nil {
+		t.Errorf("own port: %v", err)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatalf("Close: %v\n%s", err, stderr)
+	}
+	if n := strings.Count(stderr.String(), "firewall rules installed"); n != 1 {
+		t.Fatalf("helper installed %d times, want 1 (its caller's own port only):\n%s", n, stderr)
 	}
 }
 

@@ -1,12 +1,10 @@
 package firewall
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,10 +27,6 @@ type markRequest struct {
 	FD  int    `json:"fd"`
 	Ino uint64 `json:"ino"`
 }
-
-// maxCallerDepth is how far up its ancestry the child looks for the caller:
-// the caller runs sudo, which under use_pty runs a second sudo that runs us.
-const maxCallerDepth = 3
 
 // MarkSocket gives the socket fd DNSMark. It sets the mark itself when this
 // process may (root, CAP_NET_ADMIN), and otherwise asks the root child. Call
@@ -66,61 +60,27 @@ func setMark(fd int) error {
 }
 
 // serveMark is the child's side of opMark: it marks the socket only when
-// the caller is one of its own ancestors (the process that started it,
-// through sudo) and the descriptor is an IPv4 or IPv6 UDP or TCP socket.
+// it belongs to the caller (FindCaller: the client that started this
+// helper, through sudo or not) and is an IPv4 or IPv6 UDP or TCP socket.
 func serveMark(m *markRequest) error {
 	if m == nil {
 		return errors.New("mark request names no socket")
 	}
-	// Opened first: the pidfd pins the process, so the ancestry checked
-	// next is that of the process whose descriptor is taken.
+	// Opened first: the pidfd pins the process, so the caller found next
+	// is the process whose descriptor is taken.
 	pidfd, err := unix.PidfdOpen(m.PID, 0)
 	if err != nil {
 		return fmt.Errorf("marking a socket of pid %d: %w", m.PID, err)
 	}
 	defer unix.Close(pidfd)
-	if err := checkCaller(m.PID); err != nil {
+	caller, err := FindCaller()
+	if err != nil {
 		return err
 	}
+	if m.PID != caller.Pid {
+		return fmt.Errorf("refusing to mark a socket of pid %d: not the process that started the firewall helper (pid %d)", m.PID, caller.Pid)
+	}
 	return markPeer(pidfd, m)
-}
-
-// checkCaller accepts pid only when it is one of the first maxCallerDepth
-// ancestors of this process.
-func checkCaller(pid int) error {
-	p := os.Getppid()
-	for range maxCallerDepth {
-		if p == pid {
-			return nil
-		}
-		if p <= 1 {
-			break
-		}
-		var err error
-		if p, err = parentOf(p); err != nil {
-			return err
-		}
-	}
-	return fmt.Errorf("refusing to mark a socket of pid %d: not the process that started the firewall helper", pid)
-}
-
-// parentOf reads pid's parent from /proc/<pid>/stat, whose second field
-// (the command name, in parentheses) may itself hold spaces and ')'.
-func parentOf(pid int) (int, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, fmt.Errorf("finding the parent of pid %d: %w", pid, err)
-	}
-	i := bytes.LastIndexByte(b, ')')
-	f := bytes.Fields(b[i+1:])
-	if i < 0 || len(f) < 2 {
-		return 0, fmt.Errorf("finding the parent of pid %d: unexpected /proc/%d/stat", pid, pid)
-	}
-	ppid, err := strconv.Atoi(string(f[1]))
-	if err != nil {
-		return 0, fmt.Errorf("finding the parent of pid %d: %w", pid, err)
-	}
-	return ppid, nil
 }
 
 // markPeer sets DNSMark on descriptor m.FD of the process pidfd refers to.

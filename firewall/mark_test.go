@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -93,32 +92,6 @@ func TestMarkPeer(t *testing.T) {
 	}
 }
 
-func TestCheckCaller(t *testing.T) {
-	if err := checkCaller(os.Getppid()); err != nil {
-		t.Errorf("parent refused: %v", err)
-	}
-	if gp, err := parentOf(os.Getppid()); err != nil {
-		t.Errorf("parentOf(parent): %v", err)
-	} else if gp > 1 {
-		if err := checkCaller(gp); err != nil {
-			t.Errorf("grandparent %d refused: %v", gp, err)
-		}
-	}
-	child := exec.Command("sleep", "10")
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { child.Process.Kill(); child.Wait() }()
-	for name, pid := range map[string]int{"itself": os.Getpid(), "a child": child.Process.Pid} {
-		if err := checkCaller(pid); err == nil {
-			t.Errorf("checkCaller accepted %s (pid %d)", name, pid)
-		}
-	}
-	if p, err := parentOf(os.Getpid()); err != nil || p != os.Getppid() {
-		t.Errorf("parentOf(self) = %d, %v; want %d", p, err, os.Getppid())
-	}
-}
-
 // TestServeHelperMarkRefuses: in process, the test is not an ancestor of
 // "the child", so a request naming its own socket is refused unmarked.
 func TestServeHelperMarkRefuses(t *testing.T) {
@@ -171,7 +144,7 @@ func FuzzServeMark(f *testing.F) {
 	f.Add(`{"op":"mark","mark":{"pid":0,"fd":3,"ino":18446744073709551615}}`)
 	fw := New(&Fake{}, nil)
 	f.Fuzz(func(t *testing.T, line string) {
-		_, reply := serveRequest(fw, []byte(line))
+		_, reply := serveRequest(fw, []byte(line), nil)
 		if !reply.OK && reply.Error == "" {
 			t.Errorf("%s: a failure without an error", line)
 		}

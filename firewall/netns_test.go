@@ -130,6 +130,9 @@ func exerciseRealIptables(t *testing.T, veth bool) error {
 		Exclude: targets(t, "10.99.0.3", "10.99.0.0/24:22"),
 		DNS:     []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")},
 		DNSPort: port,
+		// Routed connections from the veth peer come through PREROUTING.
+		Gateway: true,
+		Listen:  []netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()},
 	}
 	if ipv6 {
 		spec.Include = append(spec.Include, targets(t, "fd00:99::/64", "[fd00:98::/64]:443")...)
@@ -143,7 +146,7 @@ func exerciseRealIptables(t *testing.T, veth bool) error {
 
 	// Every planned rule must read back exactly as Plan spells it.
 	saved := saveNat(t)
-	chain := ChainName(port)
+	chain := ChainName(spec)
 	for _, want := range []string{":" + chain + " -", "-A OUTPUT -j " + chain, "-A PREROUTING -j " + chain} {
 		if !strings.Contains(saved, "\n"+want) {
 			t.Errorf("iptables-save lacks %q:\n%s", want, saved)

@@ -2,6 +2,8 @@ package firewall
 
 import (
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -53,12 +55,36 @@ const (
 	ChainPrefix = "K8STUNNEL-"
 )
 
-// hookChains are the built-in nat chains that jump to ours: OUTPUT catches
-// this host's own connections, PREROUTING the ones it routes (containers).
+// hookChains are the built-in nat chains that may jump to ours: OUTPUT
+// catches this host's own connections, PREROUTING (gateway mode only) the ones
+// it routes for containers and VMs. Removal looks at both.
 var hookChains = [...]string{"OUTPUT", "PREROUTING"}
 
-// ChainName is the chain that holds the rules for a listener on port.
-func ChainName(port uint16) string { return ChainPrefix + strconv.Itoa(int(port)) }
+// hooks are the chains that jump to spec's chain.
+func (s Spec) hooks() []string {
+	if s.Gateway {
+		return hookChains[:]
+	}
+	return hookChains[:1]
+}
+
+// ChainName is the chain that holds spec's rules: K8STUNNEL-<port>, and when
+// spec says where its listeners are, a hash of those addresses after it
+// (K8STUNNEL-12300-1a2b3c4d), so that two instances on one port but different
+// addresses (-l 127.0.0.1:P and -l [::1]:P) each keep their own chain.
+func ChainName(spec Spec) string {
+	name := ChainPrefix + strconv.Itoa(int(spec.Port))
+	if len(spec.Listen) == 0 {
+		return name
+	}
+	addrs := make([]string, len(spec.Listen))
+	for i, a := range spec.Listen {
+		addrs[i] = a.String()
+	}
+	slices.Sort(addrs)
+	sum := sha256.Sum256([]byte(strings.Join(addrs, ",")))
+	return name + "-" + hex.EncodeToString(sum[:4])
+}
 
 // Spec is everything the firewall needs to know to steer connections into
 // k8stunnel. It travels as JSON to the privileged helper.
@@ -74,6 +100,13 @@ type Spec struct {
 	// except k8stunnel's own upstream queries, whose sockets carry DNSMark.
 	DNS     []netip.AddrPort `json:"dns,omitempty"`
 	DNSPort uint16           `json:"dns_port,omitempty"`
+	// Listen are the addresses the listeners on Port are bound to; they name
+	// the chain (see ChainName).
+	Listen []netip.AddrPort `json:"listen,omitempty"`
+	// Gateway also captures the connections this host routes (containers,
+	// VMs), through PREROUTING. REDIRECT sends those to the address they
+	// arrived on, so the listeners must accept on it (0.0.0.0 and [::]).
+	Gateway bool `json:"gateway,omitempty"`
 }
 
 // Validate reports the first thing in s that cannot become rules.
@@ -92,6 +125,11 @@ func (s Spec) Validate() error {
 	for _, r := range s.DNS {
 		if !r.Addr().IsValid() {
 			return fmt.Errorf("firewall spec has an invalid DNS resolver")
+		}
+	}
+	for _, a := range s.Listen {
+		if !a.Addr().IsValid() || a.Port() != s.Port {
+			return fmt.Errorf("firewall spec has listen address %v, not on port %d", a, s.Port)
 		}
 	}
 	if len(s.DNS) > 0 && s.DNSPort == 0 {
@@ -113,7 +151,7 @@ func (r Rule) String() string {
 	return r.Family.Command() + " -t " + r.Table + " -A " + r.Chain + " " + strings.Join(r.Args, " ")
 }
 
-// Plan turns spec into the ordered rules of chain K8STUNNEL-<Port>, IPv4
+// Plan turns spec into the ordered rules of chain ChainName(spec), IPv4
 // first, then IPv6. A family gets rules only when it has something to
 // redirect (an Include target or a DNS resolver); its excludes alone would be
 // pointless. Each rule is spelled the way `iptables -S` prints it back, so
@@ -147,7 +185,7 @@ func planFamily(spec Spec, fam Family) []Rule {
 		return nil
 	}
 
-	chain := ChainName(spec.Port)
+	chain := ChainName(spec)
 	var rules []Rule
 	add := func(args ...string) {
 		rules = append(rules, Rule{Family: fam, Table: natTable, Chain: chain, Args: args})

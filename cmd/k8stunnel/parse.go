@@ -95,7 +95,7 @@ func parseServer(args []string) (invocation, error) {
 type tunnelFlags struct {
 	remote, sshConfig, knownHosts, remoteCmd string
 	identities, listen, excludes             []string
-	autoCIDRs                                bool
+	autoCIDRs, gateway                       bool
 	dnsOn, dnsAll                            bool
 	clusterDNS, clusterDomain                string
 	dnsSearch                                []string
@@ -119,6 +119,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringVar(&f.clusterDomain, "cluster-domain", "", "with --dns, the cluster's DNS `DOMAIN` (default: found on the node, else cluster.local)")
 	fs.StringArrayVar(&f.dnsSearch, "dns-search", nil, "with --dns, let short names (svc, svc.ns) resolve in namespace `NS` (repeatable)")
 	fs.StringArrayVarP(&f.listen, "listen", "l", nil, "accept redirected connections on `ADDR` (default 127.0.0.1:12300 and [::1]:12300)")
+	fs.BoolVar(&f.gateway, "gateway", false, "also forward connections this host routes (containers, VMs); listens on 0.0.0.0 and [::]")
 	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "SSH private key `FILE` (repeatable)")
 	fs.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh_config `FILE` (default ~/.ssh/config)")
 	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts `FILE` (default ~/.ssh/known_hosts)")
@@ -189,6 +190,7 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 	}
 	return client.Config{
 		Listen:    f.listen,
+		Gateway:   f.gateway,
 		Include:   include,
 		Exclude:   exclude,
 		AutoCIDRs: f.autoCIDRs,

@@ -76,8 +76,11 @@ func runClient(ctx context.Context, inv invocation, log *slog.Logger, stderr io.
 		}
 		child.ready()
 	}
+	started := false // the first start may ask for sudo's password; restarts may not
 	cfg.StartFirewall = func(ctx context.Context) (client.Firewall, error) {
-		return startFirewall(ctx, firewall.HelperConfig{Exe: exe, Sudo: true, Log: log, Stderr: stderr})
+		noPrompt := started
+		started = true
+		return startFirewall(ctx, firewall.HelperConfig{Exe: exe, Sudo: true, NoPrompt: noPrompt, Log: log, Stderr: stderr})
 	}
 	c, err := client.New(cfg)
 	if err != nil {
