@@ -434,9 +434,16 @@ func TestPrivilegeSplit(t *testing.T) {
 		} else if !errors.Is(err, syscall.EADDRINUSE) {
 			t.Errorf("listening on the client's port: %v, want EADDRINUSE", err)
 		}
+		// Until the client noticed, the old rules still work: wait for a new firewall child first.
+		newChild := func() bool {
+			procs, err := Procs(lab.Laptop)
+			return err == nil && slices.ContainsFunc(procs, func(p Proc) bool {
+				return p.Exe == pub && len(p.Args) == 2 && p.Args[1] == "firewall" && p.Pid != fw.Pid
+			})
+		}
 		var recovered time.Duration
 		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-			if tryGet(lab, "http://"+ServiceIP+"/") == nil {
+			if newChild() && strings.Contains(c.Stderr(), "rules restored") && tryGet(lab, "http://"+ServiceIP+"/") == nil {
 				recovered = time.Since(killed)
 				break
 			}
