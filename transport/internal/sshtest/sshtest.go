@@ -32,9 +32,10 @@ type Server struct {
 	HostKey ssh.Signer
 	opts    Options
 
-	mu    sync.Mutex
-	execs []string
-	conns []net.Conn
+	mu      sync.Mutex
+	execs   []string
+	conns   []net.Conn
+	running sync.WaitGroup // exec requests
 }
 
 // Options says what the server accepts and how it behaves.
@@ -141,8 +142,12 @@ func (s *Server) serve(nc net.Conn, cfg *ssh.ServerConfig, wg *sync.WaitGroup) {
 				r.Reply(true, nil)
 				s.mu.Lock()
 				s.execs = append(s.execs, p.Command)
+				s.running.Add(1)
 				s.mu.Unlock()
-				wg.Go(func() { s.exec(ch, p.Command) })
+				wg.Go(func() {
+					defer s.running.Done()
+					s.exec(ch, p.Command)
+				})
 			}
 		})
 	}
@@ -191,6 +196,14 @@ func (s *Server) ExecCount(substr string) int {
 		}
 	}
 	return n
+}
+
+// WaitExecs waits until the commands of all exec requests so far have
+// exited: closing a session does not wait for that.
+func (s *Server) WaitExecs() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running.Wait()
 }
 
 // Remote is user@127.0.0.1:port, or without user@ when user is "".
