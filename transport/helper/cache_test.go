@@ -210,3 +210,26 @@ func prefixed(prefix, s string) string {
 	}
 	return prefix + s
 }
+
+func TestNodeWithoutSha256sum(t *testing.T) {
+	// A node with the tools the scripts use, but sha256sum.
+	bin := t.TempDir()
+	for _, tool := range []string{"sh", "id", "uname", "mkdir", "ls", "chmod", "rm", "mktemp", "cat", "mv"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(p, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ct := newCacheTest(t, sshtest.Options{Env: []string{"PATH=" + bin}})
+	_, err := ct.l.Start(sshtest.Ctx(t), ct.c)
+	var he *tui.HintError
+	if err == nil || !strings.Contains(err.Error(), "sha256sum") || !errors.As(err, &he) || !strings.Contains(he.Hint, "--remote-cmd") {
+		t.Fatalf("Start = %v, want an error about sha256sum with a hint to use --remote-cmd", err)
+	}
+	if n := ct.uploads(); n != 0 {
+		t.Errorf("%d uploads to a node that cannot check them, want 0", n)
+	}
+}
