@@ -2,6 +2,7 @@ package helper
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -59,23 +60,29 @@ func (ct *cacheTest) start(t *testing.T) {
 
 func (ct *cacheTest) uploads() int { return ct.srv.ExecCount("cat > ") }
 
-func TestCachedImpostorIsNotRun(t *testing.T) {
-	ct := newCacheTest(t, sshtest.Options{})
-	// Someone who could write to the cache left a script of the helper's size.
+// writeImpostor puts a script of the helper's size in the cache that, if
+// run, leaves a marker file, whose path it returns.
+func (ct *cacheTest) writeImpostor(t *testing.T) string {
+	t.Helper()
 	marker := filepath.Join(t.TempDir(), "impostor-ran")
 	impostor := "#!/bin/sh\n: > " + marker + "\nexec cat\n"
 	impostor += "#" + strings.Repeat("x", int(ct.exe.size)-len(impostor)-2) + "\n"
-	if err := os.MkdirAll(ct.cache, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cached := filepath.Join(ct.cache, "k8stunnel-"+ct.exe.hash)
-	if err := os.WriteFile(cached, []byte(impostor), 0o700); err != nil {
-		t.Fatal(err)
-	}
 	if int64(len(impostor)) != ct.exe.size {
 		t.Fatalf("impostor is %d bytes, the helper %d", len(impostor), ct.exe.size)
 	}
+	if err := os.MkdirAll(ct.cache, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ct.cache, "k8stunnel-"+ct.exe.hash), []byte(impostor), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return marker
+}
 
+func TestCachedImpostorIsNotRun(t *testing.T) {
+	ct := newCacheTest(t, sshtest.Options{})
+	// Someone who could write to the cache left a script of the helper's size.
+	marker := ct.writeImpostor(t)
 	ct.start(t)
 	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the same-size impostor in the cache was run (%v)", err)
@@ -84,8 +91,41 @@ func TestCachedImpostorIsNotRun(t *testing.T) {
 		t.Errorf("%d uploads, want 1: the impostor must be replaced", n)
 	}
 	want, _ := os.ReadFile(ct.exe.path)
-	if got, _ := os.ReadFile(cached); string(got) != string(want) {
+	if got, _ := os.ReadFile(filepath.Join(ct.cache, "k8stunnel-"+ct.exe.hash)); string(got) != string(want) {
 		t.Errorf("the cache still holds the impostor")
+	}
+}
+
+// The check that counts is the one in the step that runs the helper: a copy
+// swapped after the probe found it good is not run either.
+func TestHelperSwappedAfterProbeIsNotRun(t *testing.T) {
+	var ct *cacheTest
+	var swap bool
+	var marker string
+	ct = newCacheTest(t, sshtest.Options{Shell: func(command string) *exec.Cmd {
+		if swap && strings.Contains(command, `" server`) && !strings.Contains(command, "uname") {
+			marker = ct.writeImpostor(t)
+		}
+		return exec.Command("sh", "-c", command)
+	}})
+	ct.start(t)
+	swap = true
+	h, err := ct.l.Start(sshtest.Ctx(t), ct.c)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	// Our end of stdin closed, a helper (or an impostor echoing it) ends.
+	h.stdin.Close()
+	io.Copy(io.Discard, h)
+	h.Close()
+	if marker == "" {
+		t.Fatal("the helper was not swapped")
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the helper swapped after the probe was run (%v)", err)
+	}
+	if err := h.Explain(errors.New("no handshake")); !strings.Contains(err.Error(), "is not this k8stunnel") {
+		t.Errorf("Explain = %v, want it to say the cached helper is not this k8stunnel", err)
 	}
 }
 
@@ -231,5 +271,20 @@ func TestNodeWithoutSha256sum(t *testing.T) {
 	}
 	if n := ct.uploads(); n != 0 {
 		t.Errorf("%d uploads to a node that cannot check them, want 0", n)
+	}
+}
+
+// The probe hands back the cache's path as it is, whatever it holds: dash's
+// echo would make a tab of the \t here.
+func TestCachePathWithBackslash(t *testing.T) {
+	home := filepath.Join(t.TempDir(), `a\tb`)
+	if err := os.Mkdir(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ct := newCacheTest(t, sshtest.Options{Home: home})
+	ct.start(t)
+	ct.start(t)
+	if n := ct.uploads(); n != 1 {
+		t.Errorf("%d uploads, want 1", n)
 	}
 }

@@ -410,8 +410,7 @@ else
 		"install k8stunnel on the node and pass --remote-cmd '/path/to/k8stunnel server'"
 fi
 if verify "$f"; then echo "cached $kind"; else echo "missing $kind"; fi
-echo "$PWD"
-echo "$why"
+printf '%s\n' "$PWD" "$why"
 `
 
 // helperUploadScript writes stdin to the cache under a temporary name and
