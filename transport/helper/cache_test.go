@@ -118,6 +118,7 @@ func TestHelperSwappedAfterProbeIsNotRun(t *testing.T) {
 	h.stdin.Close()
 	io.Copy(io.Discard, h)
 	h.Close()
+	ct.srv.WaitExecs()
 	if marker == "" {
 		t.Fatal("the helper was not swapped")
 	}
