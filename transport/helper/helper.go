@@ -17,7 +17,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,14 +76,11 @@ func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := helperInstall(ctx, c, exe, log); err != nil {
+		cache, err := helperInstall(ctx, c, exe, log)
+		if err != nil {
 			return nil, err
 		}
-		script := helperVars(exe.hash) + `exec "$p" server`
-		for _, a := range opt.Args {
-			script += " " + tui.Quote(a)
-		}
-		cmd = helperShell(script)
+		cmd = helperShell(helperStartScript(exe, cache, opt.Args))
 	}
 
 	sess, err := c.NewSession()
@@ -315,7 +311,8 @@ func (h *Stdio) Close() error {
 // helperExe is the local executable as the node will cache it.
 type helperExe struct {
 	path string
-	hash string // first 16 hex digits of its sha256
+	sum  string // its sha256, in hex
+	hash string // the first 16 hex digits of sum, which name it in the cache
 	size int64
 }
 
@@ -342,18 +339,112 @@ func helperLocalExe(path string) (helperExe, error) {
 		return helperExe{}, fmt.Errorf("reading this executable: %w", err)
 	}
 	defer f.Close()
-	sum := sha256.New()
-	n, err := io.Copy(sum, f)
+	h := sha256.New()
+	n, err := io.Copy(h, f)
 	if err != nil {
 		return helperExe{}, fmt.Errorf("reading this executable: %w", err)
 	}
-	return helperExe{path: path, hash: hex.EncodeToString(sum.Sum(nil))[:16], size: n}, nil
+	sum := hex.EncodeToString(h.Sum(nil))
+	return helperExe{path: path, sum: sum, hash: sum[:16], size: n}, nil
 }
 
-// helperVars names the cache on the node in shell variables d and p, so the
-// scripts below expand $HOME there and quote every use.
-func helperVars(hash string) string {
-	return `d="${XDG_CACHE_HOME:-$HOME/.cache}/k8stunnel"; p="$d/k8stunnel-` + hash + `"; `
+// nodeCache is the directory on the node the helper is cached in.
+type nodeCache struct {
+	dir  string
+	temp bool // made for this run only, and removed when the helper exits
+}
+
+// helperScript is a script for the node: the variables and functions that
+// its three steps (probe, upload, start) share, then body.
+//
+// The cached helper is trusted for its full sha256 only, checked right
+// before each exec in the same script. So that no one can swap it between
+// check and exec, every step first changes into the cache directory, then
+// checks that this directory is the user's own and no one else can write to
+// it, and from then on names the file relative to it: once we are inside,
+// no rename of a parent can redirect the path.
+func helperScript(exe helperExe, body string) string {
+	return `H=` + exe.sum + `; f=./k8stunnel-` + exe.hash + `; u=$(id -u)
+# refuse MESSAGE HINT: the node cannot run the helper safely; status 3 tells the client.
+refuse() { printf '%s\n' "$1" "$2" >&2; exit 3; }
+# private: only this user can write to the current directory.
+private() {
+	set -- $(ls -ldn .)
+	[ "$3" = "$u" ] || refuse "refusing the helper cache $PWD: it belongs to uid $3, not $u" "remove it (as its owner or root): rm -r $PWD"
+	case $1 in ?????w*|????????w*)
+		refuse "refusing the helper cache $PWD: others can write to it" "chmod 700 $PWD"
+	esac
+}
+# verify FILE: FILE is exactly this k8stunnel.
+verify() { [ -f "$1" ] && set -- $(sha256sum < "$1") && [ "$1" = "$H" ]; }
+` + body
+}
+
+// helperProbeScript says the node's platform and picks the cache: the
+// user's cache dir, or when that cannot be written or is mounted noexec
+// another private one, made for this run if need be. It prints four lines:
+// `uname -sm`, "cached|missing home|other|temp", the dir, and why the ones
+// before it could not be used.
+const helperProbeScript = `command -v sha256sum >/dev/null || refuse "the node has no sha256sum to check the helper with" \
+	"install coreutils or busybox on the node, or install k8stunnel there and pass --remote-cmd '/path/to/k8stunnel server'"
+uname -sm
+umask 077
+why= d=
+# try DIR: DIR (made 0700 if need be) is private and we can write and run files
+# there; if not, add why to $why.
+try() {
+	mkdir -p "$1" 2>/dev/null && cd "$1" 2>/dev/null || { why="$why$1 cannot be made or entered; "; return 1; }
+	private
+	t=.exec-test.$$
+	printf '#!/bin/sh\n' 2>/dev/null > "$t" || { why="$why$1 is not writable; "; return 1; }
+	chmod 700 "$t" && "./$t" 2>/dev/null; s=$?; rm -f "$t"
+	[ $s = 0 ] || { why="$why$1 does not allow running programs (noexec); "; return 1; }
+}
+if try "${XDG_CACHE_HOME:-$HOME/.cache}/k8stunnel"; then kind=home
+elif [ -d "$XDG_RUNTIME_DIR" ] && try "$XDG_RUNTIME_DIR/k8stunnel"; then kind=other
+elif [ -d /dev/shm ] && try "/dev/shm/k8stunnel-$u"; then kind=other
+elif d=$(mktemp -d "${TMPDIR:-/tmp}/k8stunnel.XXXXXX") && try "$d"; then kind=temp
+else
+	[ -z "$d" ] || rm -rf "$d"
+	refuse "no directory on the node lets k8stunnel keep and run its helper: $why" \
+		"install k8stunnel on the node and pass --remote-cmd '/path/to/k8stunnel server'"
+fi
+if verify "$f"; then echo "cached $kind"; else echo "missing $kind"; fi
+printf '%s\n' "$PWD" "$why"
+`
+
+// helperUploadScript writes stdin to the cache under a temporary name and
+// renames it only once it checks out, so a dropped connection or a parallel
+// run never leaves a damaged helper.
+func helperUploadScript(exe helperExe, cache nodeCache) string {
+	body := `d=` + tui.Quote(cache.dir) + `; cd "$d" || exit 1; private
+umask 077; t=$f.tmp.$$
+cat > "$t" && verify "$t" && chmod 700 "$t" && mv -f "$t" "$f" && exit
+rm -f "$t"
+`
+	if cache.temp {
+		body += `cd / && rm -rf "$d"` + "\n"
+	}
+	return helperScript(exe, body+`echo "the upload does not match this k8stunnel" >&2; exit 1`)
+}
+
+// helperStartScript runs the cached helper, checked in the same script.
+func helperStartScript(exe helperExe, cache nodeCache, args []string) string {
+	body := `d=` + tui.Quote(cache.dir) + `; cd "$d" || exit 1; private
+`
+	run := `exec "$f" server`
+	if cache.temp {
+		// No exec: the shell stays to remove the dir once the helper exits.
+		body += `trap 'cd / && rm -rf "$d"' EXIT; trap 'exit 1' HUP INT TERM
+`
+		run = `"$f" server`
+	}
+	body += `verify "$f" || refuse "the helper cached in $PWD is not this k8stunnel" "run k8stunnel again"
+`
+	for _, a := range args {
+		run += " " + tui.Quote(a)
+	}
+	return helperScript(exe, body+run)
 }
 
 // helperShell runs script under sh: the login shell on the node may be one
@@ -362,47 +453,53 @@ func helperShell(script string) string {
 	return "sh -c " + tui.Quote(script)
 }
 
-// helperInstall makes sure the node has exe in its cache, uploading it if not.
-// One probe session answers both "which platform" and "already there".
-func helperInstall(ctx context.Context, c *ssh.Client, exe helperExe, log *slog.Logger) error {
-	probe := "uname -sm; " + helperVars(exe.hash) + `if [ -x "$p" ]; then wc -c < "$p"; else echo 0; fi`
-	out, err := helperRun(ctx, c, probe, nil)
+// helperInstall picks the cache on the node and makes sure exe is in it,
+// uploading it if not. One probe session answers "which platform", "which
+// cache" and "already there".
+func helperInstall(ctx context.Context, c *ssh.Client, exe helperExe, log *slog.Logger) (nodeCache, error) {
+	out, err := helperRun(ctx, c, helperScript(exe, helperProbeScript), nil)
 	if err != nil {
-		return fmt.Errorf("probing the node: %w", err)
+		return nodeCache{}, fmt.Errorf("probing the node: %w", err)
 	}
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 {
-		return fmt.Errorf("probing the node: unexpected answer %q", out)
+	lines := strings.Split(out, "\n")
+	if len(lines) != 5 || lines[4] != "" || !strings.HasPrefix(lines[2], "/") {
+		return nodeCache{}, fmt.Errorf("probing the node: unexpected answer %q", out)
 	}
-	uname := strings.TrimSpace(lines[0])
+	uname, state, dir, why := strings.TrimSpace(lines[0]), lines[1], lines[2], strings.TrimSuffix(lines[3], "; ")
 	if !helperPlatformMatches(uname, runtime.GOOS, runtime.GOARCH) {
-		return &tui.HintError{
+		return nodeCache{}, &tui.HintError{
 			Err:  fmt.Errorf("the node runs %s, this k8stunnel is %s/%s", uname, runtime.GOOS, runtime.GOARCH),
 			Hint: "install a matching k8stunnel on the node and pass --remote-cmd '/path/to/k8stunnel server'",
 		}
 	}
-	if size, err := strconv.ParseInt(strings.TrimSpace(lines[1]), 10, 64); err == nil && size == exe.size {
-		log.Debug("the node has this k8stunnel cached", "hash", exe.hash)
-		return nil
+	cache := nodeCache{dir: dir}
+	switch state {
+	case "cached home", "missing home":
+	case "cached other", "missing other":
+		log.Info("the helper is cached outside the node's home", "dir", dir, "why", why)
+	case "missing temp":
+		cache.temp = true
+		log.Info("the helper runs from a temporary directory on the node, uploaded each run", "dir", dir, "why", why)
+	default:
+		return nodeCache{}, fmt.Errorf("probing the node: unexpected answer %q", out)
+	}
+	if strings.HasPrefix(state, "cached") {
+		log.Debug("the node has this k8stunnel cached", "hash", exe.hash, "dir", dir)
+		return cache, nil
 	}
 
 	f, err := os.Open(exe.path)
 	if err != nil {
-		return fmt.Errorf("reading this executable: %w", err)
+		return nodeCache{}, fmt.Errorf("reading this executable: %w", err)
 	}
 	defer f.Close()
 	log.Info("uploading k8stunnel to the node", "bytes", exe.size, "hash", exe.hash)
 	start := time.Now()
-	// Written under a temporary name and renamed only when complete, so a
-	// dropped connection or a parallel run never leaves a truncated helper.
-	upload := helperVars(exe.hash) + `t="$p.tmp.$$"; ` +
-		`mkdir -p "$d" && cat > "$t" && [ $(wc -c < "$t") -eq ` + strconv.FormatInt(exe.size, 10) + ` ] && ` +
-		`chmod 700 "$t" && mv -f "$t" "$p" || { rm -f "$t"; exit 1; }`
-	if _, err := helperRun(ctx, c, upload, f); err != nil {
-		return fmt.Errorf("uploading k8stunnel to the node: %w", err)
+	if _, err := helperRun(ctx, c, helperUploadScript(exe, cache), f); err != nil {
+		return nodeCache{}, fmt.Errorf("uploading k8stunnel to the node: %w", err)
 	}
 	log.Debug("uploaded k8stunnel to the node", "took", time.Since(start).Round(time.Millisecond))
-	return nil
+	return cache, nil
 }
 
 // helperRun runs script on the node and returns its stdout; stderr goes into
@@ -422,6 +519,12 @@ func helperRun(ctx context.Context, c *ssh.Client, script string, stdin io.Reade
 	if ctx.Err() != nil {
 		return "", context.Cause(ctx)
 	}
+	var exit *ssh.ExitError
+	if errors.As(err, &exit) && exit.ExitStatus() == refusedStatus {
+		// The script refused, and said why on stderr: a line of error, a line of hint.
+		msg, hint, _ := strings.Cut(strings.TrimSpace(errOut.String()), "\n")
+		return "", &tui.HintError{Err: errors.New(msg), Hint: hint}
+	}
 	if err != nil {
 		if msg := strings.TrimSpace(errOut.String()); msg != "" {
 			err = fmt.Errorf("%w: %s", err, msg)
@@ -430,6 +533,9 @@ func helperRun(ctx context.Context, c *ssh.Client, script string, stdin io.Reade
 	}
 	return out.String(), nil
 }
+
+// refusedStatus is the exit status of refuse in helperScript.
+const refusedStatus = 3
 
 // maxCommandOutput bounds what we keep of a setup command's output.
 const maxCommandOutput = 16 << 10

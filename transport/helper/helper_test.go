@@ -29,8 +29,8 @@ func (h uploadTestLog) Handle(_ context.Context, r slog.Record) error {
 func (h uploadTestLog) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h uploadTestLog) WithGroup(string) slog.Handler      { return h }
 
-// waitLog waits for a record with message msg and returns its "from" attribute.
-func (h uploadTestLog) waitLog(t *testing.T, msg string) string {
+// waitLog waits for a record with message msg and returns its attributes as text.
+func (h uploadTestLog) waitLog(t *testing.T, msg string) map[string]string {
 	t.Helper()
 	timeout := time.After(5 * time.Second)
 	for {
@@ -39,19 +39,29 @@ func (h uploadTestLog) waitLog(t *testing.T, msg string) string {
 			if r.Message != msg {
 				continue
 			}
-			from := ""
+			attrs := map[string]string{}
 			r.Attrs(func(a slog.Attr) bool {
-				if a.Key == "from" {
-					from = a.Value.String()
-				}
+				attrs[a.Key] = a.Value.String()
 				return true
 			})
-			return from
+			return attrs
 		case <-timeout:
 			t.Fatalf("no log record %q", msg)
-			return ""
+			return nil
 		}
 	}
+}
+
+// fakeHelper writes a stand-in for k8stunnel: it ignores "server" and echoes
+// its stdin. Its comment pads it to a size an impostor can match.
+func fakeHelper(t *testing.T) string {
+	t.Helper()
+	exe := filepath.Join(t.TempDir(), "fake-k8stunnel")
+	script := "#!/bin/sh\necho helper started >&2\nexec cat\n#" + strings.Repeat("-", 500) + "\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return exe
 }
 
 func uploadTestEcho(t *testing.T, rwc io.ReadWriteCloser) {
@@ -78,13 +88,8 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey(), Home: nodeHome})
 	c := sshtest.Client(t, srv, signer)
 
-	// A fake helper: it ignores "server" and echoes its stdin.
-	exe := filepath.Join(t.TempDir(), "fake-k8stunnel")
-	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho helper started >&2\nexec cat\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	logs := make(uploadTestLog, 100)
-	l := New(Config{Exe: exe, Log: slog.New(logs), Args: []string{"-v"}})
+	l := New(Config{Exe: fakeHelper(t), Log: slog.New(logs), Args: []string{"-v"}})
 	local, err := l.localExe()
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +103,7 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 	}
 	// Until the caller says the helper answered, its stderr is kept for the error that would explain a failure.
 	rwc.Started()
-	if from := logs.waitLog(t, "helper started"); from != "node" {
+	if from := logs.waitLog(t, "helper started")["from"]; from != "node" {
 		t.Errorf("helper stderr logged with from=%q, want node", from)
 	}
 	uploadTestEcho(t, rwc)
@@ -109,6 +114,18 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 	if st.Mode().Perm() != 0o700 || st.Size() != local.size {
 		t.Errorf("cached helper: mode %v size %d, want 0700 and %d", st.Mode().Perm(), st.Size(), local.size)
 	}
+	// The dirs made for the cache are this user's alone.
+	for _, dir := range []string{filepath.Dir(cached), filepath.Dir(filepath.Dir(cached))} {
+		if st, err := os.Stat(dir); err != nil {
+			t.Error(err)
+		} else if st.Mode().Perm() != 0o700 {
+			t.Errorf("%s made with mode %v, want 0700", dir, st.Mode().Perm())
+		}
+	}
+	// A probe, an upload and the helper itself; then a probe and the helper.
+	if n := srv.ExecCount(""); n != 3 {
+		t.Errorf("%d ssh sessions for a start that uploads, want 3", n)
+	}
 
 	rwc, err = l.Start(ctx, c)
 	if err != nil {
@@ -117,6 +134,9 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 	uploadTestEcho(t, rwc)
 	if n := srv.ExecCount("cat > "); n != 1 {
 		t.Errorf("%d uploads, want 1: the second start must reuse the cache", n)
+	}
+	if n := srv.ExecCount(""); n != 5 {
+		t.Errorf("%d ssh sessions after a start from the cache, want 5 (2 more)", n)
 	}
 
 	// A truncated copy (say, from an older k8stunnel) is replaced.

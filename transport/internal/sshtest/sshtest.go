@@ -32,9 +32,10 @@ type Server struct {
 	HostKey ssh.Signer
 	opts    Options
 
-	mu    sync.Mutex
-	execs []string
-	conns []net.Conn
+	mu      sync.Mutex
+	execs   []string
+	conns   []net.Conn
+	running sync.WaitGroup // exec requests
 }
 
 // Options says what the server accepts and how it behaves.
@@ -45,6 +46,11 @@ type Options struct {
 	Silent     bool          // never answer global requests (a hung node)
 	Keepalives chan string   // receives the type of each global request
 	HostKeys   []ssh.Signer  // nil = one fresh ed25519 key; the first is HostKey
+	Env        []string      // added to the environment of exec requests (HOME and PATH)
+
+	// Shell makes the process that runs an exec request; nil = sh -c command.
+	// Tests use it to give the node, say, a read-only home in a mount namespace.
+	Shell func(command string) *exec.Cmd
 }
 
 // Start runs a server until the test ends.
@@ -136,8 +142,12 @@ func (s *Server) serve(nc net.Conn, cfg *ssh.ServerConfig, wg *sync.WaitGroup) {
 				r.Reply(true, nil)
 				s.mu.Lock()
 				s.execs = append(s.execs, p.Command)
+				s.running.Add(1)
 				s.mu.Unlock()
-				wg.Go(func() { s.exec(ch, p.Command) })
+				wg.Go(func() {
+					defer s.running.Done()
+					s.exec(ch, p.Command)
+				})
 			}
 		})
 	}
@@ -145,9 +155,14 @@ func (s *Server) serve(nc net.Conn, cfg *ssh.ServerConfig, wg *sync.WaitGroup) {
 
 func (s *Server) exec(ch ssh.Channel, command string) {
 	defer ch.Close()
-	cmd := exec.Command("sh", "-c", command)
+	var cmd *exec.Cmd
+	if s.opts.Shell != nil {
+		cmd = s.opts.Shell(command)
+	} else {
+		cmd = exec.Command("sh", "-c", command)
+	}
 	cmd.Dir = s.opts.Home
-	cmd.Env = []string{"HOME=" + s.opts.Home, "PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"HOME=" + s.opts.Home, "PATH=" + os.Getenv("PATH")}, s.opts.Env...)
 	cmd.Stdout, cmd.Stderr = ch, ch.Stderr()
 	// Like sshd, end the session when the command exits, even if the client
 	// never closes stdin: exec.Cmd would wait for a Stdin copy forever.
@@ -181,6 +196,14 @@ func (s *Server) ExecCount(substr string) int {
 		}
 	}
 	return n
+}
+
+// WaitExecs waits until the commands of all exec requests so far have
+// exited: closing a session does not wait for that.
+func (s *Server) WaitExecs() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running.Wait()
 }
 
 // Remote is user@127.0.0.1:port, or without user@ when user is "".
