@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -150,6 +151,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if !transparent && cfg.DNS != nil {
 		return nil, errors.New("DNS capture needs CIDRs to forward (the proxies resolve cluster names by themselves)")
+	}
+	if transparent && runtime.GOOS != "linux" {
+		return nil, firewall.ErrNeedsLinux
 	}
 	if transparent && cfg.StartFirewall == nil {
 		return nil, errors.New("no firewall")

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 )
 
 // bypass sends queries to the laptop's own resolvers from one port, the
@@ -55,44 +54,16 @@ func newBypass(port uint16) (*bypass, error) {
 				pending: make(map[pendingKey]*pendingQuery)}, nil
 		}
 		u.Close()
-		if port != 0 || !errors.Is(err, unix.EADDRINUSE) || attempt == portAttempts {
+		if port != 0 || !errors.Is(err, syscall.EADDRINUSE) || attempt == portAttempts {
 			return nil, fmt.Errorf("binding the DNS bypass port %d/tcp: %w", got, err)
 		}
 	}
 }
 
-// reserveTCPPort binds a TCP socket to port on all addresses, dual-stack
-// when the host has IPv6, with SO_REUSEADDR and without listening.
-func reserveTCPPort(port uint16) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(port)}
-	if err == nil {
-		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-	} else if errors.Is(err, unix.EAFNOSUPPORT) {
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		sa = &unix.SockaddrInet4{Port: int(port)}
-	}
-	if err != nil {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
-		return -1, err
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
-}
-
 func (b *bypass) close() {
 	b.udp.Close()
 	if b.tcpFD >= 0 {
-		unix.Close(b.tcpFD)
+		closeFD(b.tcpFD)
 		b.tcpFD = -1
 	}
 }
@@ -190,13 +161,7 @@ func (b *bypass) exchangeTCP(ctx context.Context, server netip.AddrPort, req *dn
 
 	d := net.Dialer{
 		LocalAddr: &net.TCPAddr{Port: int(b.port)},
-		Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			})
-			return errors.Join(err, serr)
-		},
+		Control:   func(_, _ string, rc syscall.RawConn) error { return reuseAddr(rc) },
 	}
 	c, err := d.DialContext(ctx, "tcp", server.String())
 	if err != nil {

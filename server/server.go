@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/k8stunnel/k8stunnel/mux"
 )
 
@@ -149,9 +147,7 @@ func statusOf(err error) mux.Status {
 // node that took a quarter of the CPU per byte off sshd and the helper.
 func Stdio() io.ReadWriteCloser {
 	for _, f := range []*os.File{os.Stdin, os.Stdout} {
-		// Best effort: not a pipe (a socketpair, a terminal) or over the
-		// limit in /proc/sys/fs/pipe-max-size, and it stays as it is.
-		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		growPipe(f)
 	}
 	return stdio{}
 }
