@@ -5,7 +5,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
-.PHONY: build test unit e2e demo deps cleanup bench bench-deps
+.PHONY: build test unit cross e2e demo deps cleanup bench bench-deps
 
 build:
 	$(GO) build -o bin/k8stunnel ./cmd/k8stunnel
@@ -13,13 +13,19 @@ build:
 deps:
 	scripts/deps.sh
 
-test: deps
+test: deps cross
 	$(GO) vet ./...
 	$(GO) test $(UNIT_PKGS)
 	$(GO) test -count=1 -v -timeout 10m ./e2e/
 
 unit:
 	$(GO) test $(UNIT_PKGS)
+
+# The proxy mode (--socks, --http-proxy) runs on macOS and Windows laptops too.
+cross:
+	GOOS=darwin GOARCH=amd64 $(GO) build -o /dev/null ./cmd/k8stunnel
+	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/k8stunnel
+	GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/k8stunnel
 
 e2e: deps
 	$(GO) test -count=1 -v -timeout 10m ./e2e/

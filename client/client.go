@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -76,7 +77,15 @@ type Config struct {
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
 	MaxConns int
-	// StartFirewall starts the privileged part. It is called before the link
+	// SOCKS and HTTPProxy, when set, are where (see proxy.ListenAddr) to
+	// serve a SOCKS5 and an HTTP proxy whose connections go through the
+	// tunnel. With either, Include may be empty and AutoCIDRs unset: then no
+	// firewall part is started and nothing needs root.
+	SOCKS, HTTPProxy string
+	// Names says how the proxies resolve cluster names.
+	Names Names
+	// StartFirewall starts the privileged part, when there are CIDRs to
+	// forward. It is called before the link
 	// is made, so a missing sudo fails fast, and again when the privileged
 	// part dies on its own (see Run).
 	StartFirewall func(ctx context.Context) (Firewall, error)
@@ -117,6 +126,11 @@ type Client struct {
 	// localNets, when set, stands in for the laptop's own networks in tests.
 	localNets func() []netip.Prefix
 	dns       *dnsproxy.Proxy // nil without DNS
+	// transparent is set when there are CIDRs to capture: only then are
+	// there a firewall and redirect listeners.
+	transparent     bool
+	socksLn, httpLn net.Listener // nil unless asked for
+	resolver        *resolver    // the proxies' cluster names; set by Run
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -135,10 +149,17 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Transport == nil {
 		return nil, errors.New("no transport")
 	}
-	if len(cfg.Include) == 0 && !cfg.AutoCIDRs {
-		return nil, errors.New("no CIDRs to forward")
+	transparent := len(cfg.Include) > 0 || cfg.AutoCIDRs
+	if !transparent && cfg.SOCKS == "" && cfg.HTTPProxy == "" {
+		return nil, errors.New("no CIDRs to forward and no proxy to serve")
 	}
-	if cfg.StartFirewall == nil {
+	if !transparent && cfg.DNS != nil {
+		return nil, errors.New("DNS capture needs CIDRs to forward (the proxies resolve cluster names by themselves)")
+	}
+	if transparent && runtime.GOOS != "linux" {
+		return nil, firewall.ErrNeedsLinux
+	}
+	if transparent && cfg.StartFirewall == nil {
 		return nil, errors.New("no firewall")
 	}
 	if cfg.Channels <= 0 {
@@ -157,8 +178,14 @@ func New(cfg Config) (*Client, error) {
 		}
 		cfg.DNS = &d
 	}
-	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst}
-	if err := c.listen(); err != nil {
+	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst, transparent: transparent}
+	if transparent {
+		if err := c.listen(); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.listenProxies(); err != nil {
+		c.Close()
 		return nil, err
 	}
 	return c, nil
@@ -174,6 +201,11 @@ func (c *Client) Close() error {
 		for _, l := range c.listeners {
 			if err := l.Close(); err != nil {
 				errs = append(errs, err)
+			}
+		}
+		for _, l := range []net.Listener{c.socksLn, c.httpLn} {
+			if l != nil {
+				l.Close() // Run's proxies may have closed it already
 			}
 		}
 		c.closeErr = errors.Join(errs...)
@@ -277,6 +309,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("running the tunnel: %w", net.ErrClosed)
 	}
 	defer func() {
+		cancel() // first: what Run started sees it is ending, not failing
 		c.Close()
 		c.setLink(nil)
 		c.wg.Wait()
@@ -290,19 +323,21 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	}()
 
 	var server netip.Addr
-	fw, err := c.cfg.StartFirewall(ctx)
-	if err != nil {
-		return err
+	var fw Firewall
+	if c.transparent {
+		if fw, err = c.cfg.StartFirewall(ctx); err != nil {
+			return err
+		}
+		defer func() {
+			if fw == nil {
+				err = c.removeOrphanedRules(server, err)
+				return
+			}
+			if cerr := fw.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("removing firewall rules: %w", cerr)
+			}
+		}()
 	}
-	defer func() {
-		if fw == nil {
-			err = c.removeOrphanedRules(server, err)
-			return
-		}
-		if cerr := fw.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("removing firewall rules: %w", cerr)
-		}
-	}()
 
 	l, err := c.connect(ctx, firstConnectTimeout)
 	if err != nil {
@@ -328,19 +363,31 @@ func (c *Client) Run(ctx context.Context) (err error) {
 			}
 		}()
 	}
-	if err := c.install(ctx, fw, server); err != nil {
-		l.close()
-		return fmt.Errorf("installing firewall rules: %w", err)
+	if c.transparent {
+		if err := c.install(ctx, fw, server); err != nil {
+			l.close()
+			return fmt.Errorf("installing firewall rules: %w", err)
+		}
+	}
+	if c.proxying() {
+		if err := c.startProxies(ctx, l.facts); err != nil {
+			l.close()
+			return err
+		}
 	}
 	c.setLink(l)
 	for _, ln := range c.listeners {
 		c.wg.Add(1)
 		go c.acceptLoop(ctx, ln)
 	}
-	ready := []any{"remote", l.target, "port", c.port, "forward", targetsString(c.include)}
+	ready := []any{"remote", l.target}
+	if c.transparent {
+		ready = append(ready, "port", c.port, "forward", targetsString(c.include))
+	}
 	if c.dns != nil {
 		ready = append(ready, "dns", c.dns.String())
 	}
+	ready = append(ready, c.proxyReady()...)
 	c.log.Info("tunnel ready", ready...)
 	if c.cfg.OnReady != nil {
 		c.cfg.OnReady()
@@ -350,7 +397,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-fw.Done():
+		case <-firewallDone(fw):
 			// Killed, it removed nothing: its rules may still send the CIDRs
 			// here, and to a port we let go any local user could listen on.
 			if fw = c.restartFirewall(ctx, server); fw == nil {
@@ -368,7 +415,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 			}
 			return err
 		}
-		if l.server != server {
+		if c.transparent && l.server != server {
 			// The node's address changed (DNS): keep its traffic out of the tunnel.
 			server = l.server
 			if err := c.install(ctx, fw, server); err != nil {
@@ -379,6 +426,14 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.setLink(l)
 		c.log.Info("tunnel restored", "remote", l.target)
 	}
+}
+
+// firewallDone is fw.Done, or nil (never ready) without a firewall.
+func firewallDone(fw Firewall) <-chan struct{} {
+	if fw == nil {
+		return nil
+	}
+	return fw.Done()
 }
 
 // firewallRetry is how often a lost privileged part is started again; a
@@ -713,7 +768,7 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 			tl.Close()
 			return nil, err
 		}
-		hello := mux.Hello{Program: c.cfg.Program, Discover: i == 0 && (c.cfg.AutoCIDRs || c.cfg.DNS != nil)}
+		hello := mux.Hello{Program: c.cfg.Program, Discover: i == 0 && (c.cfg.AutoCIDRs || c.cfg.DNS != nil || c.proxying())}
 		sess, err := mux.NewClient(ch, hello, c.log)
 		if err != nil {
 			ch.Close()

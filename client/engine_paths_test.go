@@ -289,6 +289,8 @@ func TestNewValidates(t *testing.T) {
 		{"no transport", Config{Include: inc, StartFirewall: fw}, "no transport"},
 		{"no CIDRs", Config{Transport: tr, StartFirewall: fw}, "no CIDRs to forward"},
 		{"no firewall", Config{Transport: tr, Include: inc}, "no firewall"},
+		{"DNS without CIDRs", Config{Transport: tr, SOCKS: "127.0.0.1:0", DNS: &dnsproxy.Config{}}, "DNS capture needs CIDRs"},
+		{"bad proxy address", Config{Transport: tr, SOCKS: "example.com:1080"}, `bad proxy address "example.com:1080"`},
 		{"bad listen", Config{Transport: tr, Include: inc, StartFirewall: fw, Listen: []string{"localhost:80"}}, `bad listen address "localhost:80"`},
 		{"foreign address", Config{Transport: tr, Include: inc, StartFirewall: fw, Listen: []string{"192.0.2.1:12300"}}, "listening on 192.0.2.1:12300"},
 	} {
@@ -303,8 +305,14 @@ func TestNewValidates(t *testing.T) {
 			}
 		})
 	}
+	// A proxy alone needs neither CIDRs nor a firewall.
+	c, err := New(Config{Transport: tr, HTTPProxy: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatalf("New with only a proxy: %v", err)
+	}
+	c.Close()
 	// AutoCIDRs stands in for CIDRs, and the zero values get defaults.
-	c, err := New(Config{Transport: tr, AutoCIDRs: true, StartFirewall: fw, Listen: []string{freeAddr(t)}})
+	c, err = New(Config{Transport: tr, AutoCIDRs: true, StartFirewall: fw, Listen: []string{freeAddr(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}

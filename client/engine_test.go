@@ -192,7 +192,7 @@ func (e *engine) shutdown(t *testing.T) {
 // returned: the engine's, the helper's, the mux's and the fake transport's.
 var engineFrames = []string{
 	"k8stunnel/client.(*Client)", "k8stunnel/client.(*link)",
-	"k8stunnel/server.", "k8stunnel/mux.", "k8stunnel/transport/transporttest.", "hashicorp/yamux.",
+	"k8stunnel/server.", "k8stunnel/mux.", "k8stunnel/proxy.", "k8stunnel/transport/transporttest.", "hashicorp/yamux.",
 }
 
 // checkNoEngineGoroutines fails when a goroutine of the engine outlives Run.

@@ -14,6 +14,9 @@ var (
 	// ErrFamilyUnavailable means a family's iptables binary is missing or its
 	// nat table does not work (no ip6tables, or no IPv6 nat in the kernel).
 	ErrFamilyUnavailable = errors.New("iptables family unavailable")
+	// ErrNeedsLinux is what the transparent mode (rules, redirect, DNS
+	// capture) says on other systems.
+	ErrNeedsLinux = errors.New("transparent mode needs Linux; use --socks or --http-proxy")
 	// ErrNeedRoot is the hint given when the privileged helper, started
 	// through sudo, exits before it answers.
 	ErrNeedRoot = errors.New("k8stunnel needs root for iptables: run it with sudo, or allow sudo for this user")

@@ -226,10 +226,10 @@ func ServeHelperProcess(ctx context.Context, fw *Firewall, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGTTOU)
+	ignoreJobSignals()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stop()
-	if err := syscall.Setpgid(0, 0); err != nil {
+	if err := leaveProcessGroup(); err != nil {
 		log.Debug("firewall helper stays in its parent's process group", "err", err)
 	}
 	log.Debug("firewall helper serving", "caller_pid", caller.Pid, "caller_uid", caller.UID)

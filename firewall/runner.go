@@ -1,11 +1,6 @@
 package firewall
 
-import (
-	"fmt"
-	"sync"
-
-	"github.com/coreos/go-iptables/iptables"
-)
+import "sync"
 
 // Tables is the narrow seam over go-iptables for one family: the subset of
 // *iptables.IPTables the Firewall uses. Rule specs are the words after the
@@ -30,27 +25,6 @@ type Runner interface {
 	// Family returns the tables of fam, or an error wrapping
 	// ErrFamilyUnavailable when that family's iptables cannot be used.
 	Family(fam Family) (Tables, error)
-}
-
-// lockTimeout bounds the wait for the xtables lock: go-iptables' default of
-// 0 waits forever behind whatever else holds it.
-const lockTimeout = 5 // seconds
-
-// NewTables returns go-iptables for one family, after checking that its nat
-// table can be listed.
-func NewTables(fam Family) (Tables, error) {
-	proto := iptables.ProtocolIPv4
-	if fam == IPv6 {
-		proto = iptables.ProtocolIPv6
-	}
-	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(lockTimeout))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrFamilyUnavailable, fam.Command(), err)
-	}
-	if _, err := ipt.ListChains(natTable); err != nil {
-		return nil, fmt.Errorf("%w: %s -t nat: %w", ErrFamilyUnavailable, fam.Command(), err)
-	}
-	return ipt, nil
 }
 
 // NewRunner returns the Runner backed by the iptables binaries on PATH.

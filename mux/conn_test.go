@@ -246,3 +246,85 @@ func TestSessionCloseAwaitsItsGoroutines(t *testing.T) {
 		}
 	}
 }
+
+// TestDialName sends a name to a helper that says it takes names: the
+// helper's end sees the name and port, both ends' addresses name them, and
+// WaitDial reports the helper's answer before any data.
+func TestDialName(t *testing.T) {
+	goroutineLeakCheck(t)
+	log := slog.New(slog.DiscardHandler)
+	a, b := net.Pipe()
+	srvc := make(chan *Session, 1)
+	go func() {
+		s, _ := NewServer(b, func(Hello) Hello { return Hello{Names: true} }, log)
+		srvc <- s
+	}()
+	client, err := NewClient(a, Hello{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := <-srvc
+	defer func() {
+		client.Close()
+		server.Close()
+	}()
+	reqs := make(chan Request, 2)
+	go server.Serve(context.Background(), func(req Request, st *Stream) {
+		defer st.Close()
+		reqs <- req
+		if req.Host == "nowhere.example" {
+			st.WriteStatus(StatusNoName)
+			return
+		}
+		if got := st.LocalAddr().String(); got != "web.default:8080" {
+			t.Errorf("helper's local address %q, want web.default:8080", got)
+		}
+		st.WriteStatus(StatusOK)
+		st.Write([]byte("hi"))
+	})
+
+	st, err := client.DialName("web.default", 8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.WaitDial(); err != nil {
+		t.Fatalf("WaitDial: %v", err)
+	}
+	if req := <-reqs; req.Host != "web.default" || req.Port != 8080 || req.Target() != "web.default:8080" {
+		t.Errorf("helper got %+v", req)
+	}
+	if got := st.RemoteAddr().String(); got != "web.default:8080" {
+		t.Errorf("dialled remote address %q, want web.default:8080", got)
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("read %q, %v after WaitDial", buf, err)
+	}
+
+	bad, err := client.DialName("nowhere.example", 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	var de *DialError
+	if err := bad.WaitDial(); !errors.As(err, &de) || de.Status != StatusNoName {
+		t.Fatalf("WaitDial for a name that does not resolve: %v, want StatusNoName", err)
+	}
+	if _, err := bad.Read(buf); !errors.As(err, &de) {
+		t.Fatalf("Read after a failed WaitDial: %v, want the same DialError", err)
+	}
+	if _, err := client.DialName("a b", 80); !errors.Is(err, ErrBadName) {
+		t.Fatalf("DialName of a bad name: %v, want ErrBadName", err)
+	}
+}
+
+// A helper that does not say Names must never get a connect-by-name: it
+// would drop the stream as an unknown kind.
+func TestDialNameNeedsHelperSupport(t *testing.T) {
+	client, _, _, stop := sessionPair(t)
+	defer stop()
+	if _, err := client.DialName("web.default", 80); !errors.Is(err, ErrNoNames) {
+		t.Fatalf("got %v, want ErrNoNames", err)
+	}
+}

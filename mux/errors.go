@@ -17,6 +17,10 @@ var (
 	ErrHelloTooLarge = errors.New("handshake too large")
 	// ErrBadAddress means a destination cannot be put in a stream header.
 	ErrBadAddress = errors.New("bad address in stream header")
+	// ErrBadName means a host name is not one a stream header may carry.
+	ErrBadName = errors.New("bad host name")
+	// ErrNoNames means the helper is too old to resolve names.
+	ErrNoNames = errors.New("the helper on the node cannot resolve names (an older k8stunnel)")
 	// ErrBadStatus means the helper answered a connect request with an unknown status.
 	ErrBadStatus = errors.New("unknown status")
 

@@ -28,6 +28,8 @@ type Hello struct {
 	Program string `json:"program,omitempty"` // e.g. "k8stunnel 0.1.0"
 	// Discover asks the helper to look for the cluster's CIDRs and DNS (client to helper).
 	Discover bool `json:"discover,omitempty"`
+	// Names says the helper takes connect-by-name requests (helper to client).
+	Names bool `json:"names,omitempty"`
 	// Facts is what the helper found on the node (helper to client).
 	Facts *Facts `json:"facts,omitempty"`
 	// Error is set when the helper refuses the session, e.g. on a version mismatch.

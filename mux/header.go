@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"strconv"
 )
 
 // protocolVersion is the stream-header and handshake version. Both ends
@@ -20,6 +22,9 @@ const (
 	// kindReset asks the peer to abort the stream with the given ID: yamux has
 	// no reset of its own, and a half-close is not the same thing.
 	kindReset streamKind = 2
+	// kindConnectName asks the helper to resolve a name with the node's
+	// resolver, dial it and relay; sent only to a helper whose hello has Names.
+	kindConnectName streamKind = 3
 )
 
 // Status is the helper's answer to a connect request.
@@ -31,6 +36,8 @@ const (
 	StatusUnreachable Status = 2
 	StatusTimeout     Status = 3
 	StatusFailed      Status = 4
+	// StatusNoName answers a connect-by-name whose name does not resolve.
+	StatusNoName Status = 5
 )
 
 func (s Status) String() string {
@@ -45,6 +52,8 @@ func (s Status) String() string {
 		return "timed out"
 	case StatusFailed:
 		return "failed"
+	case StatusNoName:
+		return "no such host"
 	}
 	return fmt.Sprintf("status %d", uint8(s))
 }
@@ -54,18 +63,61 @@ type Request struct {
 	kind streamKind
 	// Dst is the original destination, for kindConnect.
 	Dst netip.AddrPort
+	// Host and Port are the destination of kindConnectName.
+	Host string
+	Port uint16
 	// StreamID names the stream to abort, for kindReset.
 	streamID uint32
 }
 
-// maxRequestLen is the longest encoded request: version, kind, family,
-// 16 address bytes, port.
-const maxRequestLen = 3 + 16 + 2
+// Target is where the request asks to connect, as net.Dial takes it.
+func (r Request) Target() string {
+	if r.kind == kindConnectName {
+		return net.JoinHostPort(r.Host, strconv.Itoa(int(r.Port)))
+	}
+	return r.Dst.String()
+}
+
+// maxNameLen is the longest DNS name, in its dotted form without the final dot.
+const maxNameLen = 253
+
+// maxRequestLen is the longest encoded request: version, kind, name length,
+// a name, port.
+const maxRequestLen = 3 + maxNameLen + 2
+
+// ValidName reports whether s is a host name the helper may be asked to
+// resolve: 1 to 253 bytes of dot-separated labels of 1 to 63 letters, digits,
+// hyphens or underscores, with no final dot. The name comes from a local
+// application and goes to the node's resolver, so nothing else passes.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > maxNameLen {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+			continue
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+		if label++; label > 63 {
+			return false
+		}
+	}
+	return label > 0
+}
 
 // appendRequest appends the encoding of r to b. Layout:
 //
 //	connect: version(1) kind(1) addrlen(1: 4 or 16) addr port(2, big endian)
 //	reset:   version(1) kind(1) streamID(4, big endian)
+//	name:    version(1) kind(1) namelen(1: 1..253) name port(2, big endian)
 func appendRequest(b []byte, r Request) ([]byte, error) {
 	b = append(b, protocolVersion, byte(r.kind))
 	switch r.kind {
@@ -80,6 +132,13 @@ func appendRequest(b []byte, r Request) ([]byte, error) {
 		b = binary.BigEndian.AppendUint16(b, r.Dst.Port())
 	case kindReset:
 		b = binary.BigEndian.AppendUint32(b, r.streamID)
+	case kindConnectName:
+		if !ValidName(r.Host) {
+			return nil, fmt.Errorf("encoding %q: %w", r.Host, ErrBadName)
+		}
+		b = append(b, byte(len(r.Host)))
+		b = append(b, r.Host...)
+		b = binary.BigEndian.AppendUint16(b, r.Port)
 	default:
 		return nil, errBadKind
 	}
@@ -126,6 +185,22 @@ func readRequest(rd io.Reader) (Request, error) {
 			return Request{}, noEOF(err)
 		}
 		r.streamID = binary.BigEndian.Uint32(buf[:4])
+	case kindConnectName:
+		if _, err := io.ReadFull(rd, buf[:1]); err != nil {
+			return Request{}, noEOF(err)
+		}
+		n := int(buf[0])
+		if n == 0 || n > maxNameLen {
+			return Request{}, fmt.Errorf("%w: length %d", ErrBadName, n)
+		}
+		if _, err := io.ReadFull(rd, buf[:n+2]); err != nil {
+			return Request{}, noEOF(err)
+		}
+		if !ValidName(string(buf[:n])) {
+			return Request{}, ErrBadName
+		}
+		r.Host = string(buf[:n])
+		r.Port = binary.BigEndian.Uint16(buf[n:])
 	default:
 		return Request{}, fmt.Errorf("%w: %d", errBadKind, r.kind)
 	}
@@ -145,7 +220,7 @@ func readStatus(r io.Reader) (Status, error) {
 		return 0, err
 	}
 	s := Status(b[0])
-	if s > StatusFailed {
+	if s > StatusNoName {
 		return 0, fmt.Errorf("%w: %d", ErrBadStatus, b[0])
 	}
 	return s, nil

@@ -23,6 +23,8 @@ func TestRequestRoundTrip(t *testing.T) {
 		{"ipv6", Request{kind: kindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:8080")},
 			[]byte{1, 1, 16, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x1f, 0x90}},
 		{"reset", Request{kind: kindReset, streamID: 0x01020304}, []byte{1, 2, 1, 2, 3, 4}},
+		{"name", Request{kind: kindConnectName, Host: "web.default.svc", Port: 443},
+			append(append([]byte{1, 3, 15}, "web.default.svc"...), 1, 187)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,6 +64,11 @@ func TestReadRequestErrors(t *testing.T) {
 		{"bad address length", []byte{1, 1, 5}, ErrBadAddress},
 		{"short address", []byte{1, 1, 4, 10, 0}, io.ErrUnexpectedEOF},
 		{"short reset", []byte{1, 2, 0}, io.ErrUnexpectedEOF},
+		{"empty name", []byte{1, 3, 0}, ErrBadName},
+		{"name too long", []byte{1, 3, 254}, ErrBadName},
+		{"short name", []byte{1, 3, 5, 'a', 'b'}, io.ErrUnexpectedEOF},
+		{"name with a space", []byte{1, 3, 3, 'a', ' ', 'b', 0, 80}, ErrBadName},
+		{"name with a newline", []byte{1, 3, 2, 'a', '\n', 0, 80}, ErrBadName},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -74,10 +81,44 @@ func TestReadRequestErrors(t *testing.T) {
 	if _, err := appendRequest(nil, Request{kind: kindConnect}); !errors.Is(err, ErrBadAddress) {
 		t.Fatalf("encoding a zero address: got %v, want ErrBadAddress", err)
 	}
+	if _, err := appendRequest(nil, Request{kind: kindConnectName, Host: "a..b", Port: 80}); !errors.Is(err, ErrBadName) {
+		t.Fatalf("encoding a bad name: got %v, want ErrBadName", err)
+	}
+}
+
+func TestValidName(t *testing.T) {
+	label63 := strings.Repeat("a", 63)
+	long := strings.Repeat(label63+".", 3) + strings.Repeat("b", 61) // 253 bytes
+	for _, tt := range []struct {
+		name string
+		ok   bool
+	}{
+		{"localhost", true},
+		{"web.default.svc.cluster.local", true},
+		{"_http._tcp.example.com", true},
+		{"xn--bcher-kva.example", true},
+		{"10.0.0.1", true}, // the resolver takes it as an address
+		{long, true},
+		{long + "b", false},
+		{label63 + "a.com", false},
+		{"", false},
+		{".", false},
+		{"example.com.", false},
+		{".example.com", false},
+		{"a..b", false},
+		{"a b", false},
+		{"a:80", false},
+		{"[::1]", false},
+		{"caf\u00e9.example", false},
+	} {
+		if got := ValidName(tt.name); got != tt.ok {
+			t.Errorf("ValidName(%q) = %v, want %v", tt.name, got, tt.ok)
+		}
+	}
 }
 
 func TestStatus(t *testing.T) {
-	for s := StatusOK; s <= StatusFailed; s++ {
+	for s := StatusOK; s <= StatusNoName; s++ {
 		var buf bytes.Buffer
 		writeStatus(&buf, s)
 		got, err := readStatus(&buf)
@@ -134,6 +175,7 @@ func FuzzReadRequest(f *testing.F) {
 		{kind: kindConnect, Dst: netip.MustParseAddrPort("10.0.0.1:80")},
 		{kind: kindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:443")},
 		{kind: kindReset, streamID: 7},
+		{kind: kindConnectName, Host: "web.default.svc.cluster.local", Port: 80},
 	} {
 		b, _ := appendRequest(nil, r)
 		f.Add(b)

@@ -144,18 +144,38 @@ func (s *Session) unblockOnClose() {
 }
 
 // Dial opens a stream asking the helper to connect to dst. The request goes
-// out at once; the helper's status is read by the stream's first Read, so the
-// application's first bytes need not wait a round trip.
+// out at once; the helper's status is read by the stream's first Read (or
+// WaitDial), so the application's first bytes need not wait a round trip.
 func (s *Session) Dial(dst netip.AddrPort) (*Stream, error) {
+	return s.open(Request{kind: kindConnect, Dst: dst}, streamAddr{dst: dst})
+}
+
+// DialName is Dial for a host name, which the helper resolves with the
+// node's resolver; a name that does not resolve fails with StatusNoName.
+func (s *Session) DialName(host string, port uint16) (*Stream, error) {
+	if !s.Peer.Names {
+		return nil, ErrNoNames
+	}
+	req := Request{kind: kindConnectName, Host: host, Port: port}
+	return s.open(req, streamAddr{name: req.Target()})
+}
+
+func (s *Session) open(req Request, addr streamAddr) (*Stream, error) {
+	var buf [maxRequestLen]byte
+	b, err := appendRequest(buf[:0], req)
+	if err != nil {
+		return nil, err
+	}
 	ys, err := s.ys.OpenStream()
 	if err != nil {
 		return nil, err
 	}
-	if err := writeRequest(ys, Request{kind: kindConnect, Dst: dst}); err != nil {
+	// One Write, so the header travels in one frame.
+	if _, err := ys.Write(b); err != nil {
 		ys.Close()
-		return nil, fmt.Errorf("sending request for %v: %w", dst, err)
+		return nil, fmt.Errorf("sending request for %v: %w", addr, err)
 	}
-	st := s.track(ys, dst, true)
+	st := s.track(ys, addr, true)
 	timeout := time.Duration(s.statusTimeout.Load())
 	if timeout == 0 {
 		timeout = statusWait
@@ -204,11 +224,11 @@ func (s *Session) serveStream(ys *yamux.Stream, handle func(Request, *Stream)) {
 		}
 		return
 	}
-	handle(req, s.track(ys, req.Dst, false))
+	handle(req, s.track(ys, streamAddr{dst: req.Dst, name: req.Target()}, false))
 }
 
-func (s *Session) track(ys *yamux.Stream, dst netip.AddrPort, dialled bool) *Stream {
-	st := &Stream{s: ys, sess: s, addr: streamAddr{dst: dst}, dialled: dialled}
+func (s *Session) track(ys *yamux.Stream, addr streamAddr, dialled bool) *Stream {
+	st := &Stream{s: ys, sess: s, addr: addr, dialled: dialled}
 	st.needStatus.Store(dialled)
 	s.mu.Lock()
 	s.active[ys.StreamID()] = st
@@ -299,13 +319,17 @@ var _ net.Conn = (*Stream)(nil)
 // the helper's local) is named by that destination, e.g. "10.96.0.10:80",
 // the other end by the yamux stream ID, e.g. "stream 3".
 type streamAddr struct {
-	dst netip.AddrPort
-	id  uint32
+	dst  netip.AddrPort
+	name string // "host:port" of a connect-by-name
+	id   uint32
 }
 
 func (a streamAddr) Network() string { return "k8stunnel" }
 
 func (a streamAddr) String() string {
+	if a.name != "" {
+		return a.name
+	}
 	if a.dst.IsValid() {
 		return a.dst.String()
 	}
@@ -345,6 +369,24 @@ func (c *Stream) Read(b []byte) (int, error) {
 		err = c.ioErr(err)
 	}
 	return n, err
+}
+
+// WaitDial waits for the helper's answer to the connect request, on the
+// end that dialled: nil once the destination accepted, a *DialError when the
+// helper could not reach it. It is what the first Read does anyway; a proxy
+// calls it to answer its client only once the outcome is known. It returns
+// at once on a stream that already has its answer.
+func (c *Stream) WaitDial() error {
+	if c.statusLate.Load() {
+		return &DialError{Status: StatusTimeout}
+	}
+	if err := c.check(&c.rdl); err != nil {
+		return err
+	}
+	if !c.needStatus.Load() {
+		return nil
+	}
+	return c.readStatus()
 }
 
 func (c *Stream) readStatus() error {

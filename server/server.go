@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/k8stunnel/k8stunnel/mux"
 )
 
@@ -46,7 +44,7 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	sess, err := mux.NewServer(rwc, func(h mux.Hello) mux.Hello {
-		resp := mux.Hello{Program: cfg.Program}
+		resp := mux.Hello{Program: cfg.Program, Names: true}
 		if h.Discover && cfg.Discover != nil {
 			resp.Facts = cfg.Discover()
 		}
@@ -95,13 +93,16 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 	return err
 }
 
+// handle dials what req asks for, an address or a name (which the dialer
+// resolves with the node's resolver, as a pod's would be), and relays.
 func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
+	dst := req.Target()
 	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	c, err := cfg.Dial(dctx, "tcp", req.Dst.String())
+	c, err := cfg.Dial(dctx, "tcp", dst)
 	cancel()
 	if err != nil {
 		status := statusOf(err)
-		cfg.Log.Debug("dial failed", "dst", req.Dst, "err", err)
+		cfg.Log.Debug("dial failed", "dst", dst, "err", err)
 		st.WriteStatus(status)
 		st.Close()
 		return
@@ -116,7 +117,7 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 	// quiet target would keep it past the session's end.
 	defer context.AfterFunc(ctx, func() { mux.NetConn(c).Abort() })()
 	if err := mux.Relay(mux.NetConn(c), st); err != nil {
-		cfg.Log.Debug("relay ended", "dst", req.Dst, "err", err)
+		cfg.Log.Debug("relay ended", "dst", dst, "err", err)
 	}
 }
 
@@ -124,7 +125,10 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 // application the way a direct connection would have.
 func statusOf(err error) mux.Status {
 	var ne net.Error
+	var de *net.DNSError
 	switch {
+	case errors.As(err, &de) && de.IsNotFound:
+		return mux.StatusNoName
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return mux.StatusRefused
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
@@ -143,9 +147,7 @@ func statusOf(err error) mux.Status {
 // node that took a quarter of the CPU per byte off sshd and the helper.
 func Stdio() io.ReadWriteCloser {
 	for _, f := range []*os.File{os.Stdin, os.Stdout} {
-		// Best effort: not a pipe (a socketpair, a terminal) or over the
-		// limit in /proc/sys/fs/pipe-max-size, and it stays as it is.
-		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		growPipe(f)
 	}
 	return stdio{}
 }

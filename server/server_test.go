@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"github.com/k8stunnel/k8stunnel/internal/leakcheck"
@@ -123,6 +124,8 @@ func TestDialStatus(t *testing.T) {
 		{"net.Error timeout", timeoutError{}, mux.StatusTimeout},
 		{"generic", errors.New("no route in this test"), mux.StatusFailed},
 		{"canceled", context.Canceled, mux.StatusFailed},
+		{"no such host", &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}}, mux.StatusNoName},
+		{"resolver timeout", &net.DNSError{Err: "i/o timeout", Name: "x", IsTimeout: true}, mux.StatusTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,6 +148,75 @@ func TestDialStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDialName resolves names with the node's resolver, as a net.Dialer
+// does: "localhost" reaches a local listener, and a name the resolver (a fake
+// DNS server answering NXDOMAIN) does not know fails with StatusNoName.
+func TestDialName(t *testing.T) {
+	t.Run("localhost", func(t *testing.T) {
+		dst, conns := target(t)
+		p := newPair(t, Config{}, mux.Hello{})
+		if !p.client.Peer.Names {
+			t.Fatal("the helper's hello does not say Names")
+		}
+		st, err := p.client.DialName("localhost", dst.Port())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		if err := st.WaitDial(); err != nil {
+			t.Fatalf("WaitDial: %v", err)
+		}
+		c := accepted(t, conns)
+		write(t, st, "ping")
+		st.CloseWrite()
+		if got := readAll(t, c, "the target"); got != "ping" {
+			t.Fatalf("target read %q, want ping", got)
+		}
+	})
+	t.Run("no such host", func(t *testing.T) {
+		nx := nxDomainServer(t)
+		resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, nx)
+		}}
+		p := newPair(t, Config{Dial: (&net.Dialer{Resolver: resolver}).DialContext}, mux.Hello{})
+		st, err := p.client.DialName("nowhere.k8stunnel.test", 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		var de *mux.DialError
+		if err := st.WaitDial(); !errors.As(err, &de) || de.Status != mux.StatusNoName {
+			t.Fatalf("WaitDial: %v, want a DialError %q", err, mux.StatusNoName)
+		}
+	})
+}
+
+// nxDomainServer is a DNS server on loopback (UDP and TCP, one port) that
+// answers every query with NXDOMAIN; it returns its address.
+func nxDomainServer(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		t.Fatal(err)
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		w.WriteMsg(new(dns.Msg).SetRcode(req, dns.RcodeNameError))
+	})
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go srv.ActivateAndServe()
+		<-started
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	return pc.LocalAddr().String()
 }
 
 // TestDialRefusedForReal dials a loopback port that is bound but not

@@ -14,7 +14,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -40,8 +39,7 @@ func CanPrompt() bool {
 	if !term.IsTerminal(fd) {
 		return false
 	}
-	pgrp, err := unix.IoctlGetInt(fd, unix.TIOCGPGRP)
-	return err == nil && pgrp == unix.Getpgrp()
+	return isForeground(fd)
 }
 
 // Password asks on /dev/tty with echo off, but only when CanPrompt; otherwise

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"log/syslog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +44,7 @@ func daemonize(logFile string, args []string, stderr io.Writer) error {
 	cmd.Env = append(os.Environ(), daemonEnv+"=3")
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.ExtraFiles = []*os.File{w}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = detached()
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		return fmt.Errorf("starting the daemon: %w", err)
@@ -108,15 +106,6 @@ func (d *daemonChild) failed(err error) {
 	}
 }
 
-// syslogLogger sends records to the local syslog daemon.
-func syslogLogger(verbose int) (*slog.Logger, error) {
-	w, err := syslog.New(syslog.LOG_INFO|syslog.LOG_DAEMON, "k8stunnel")
-	if err != nil {
-		return nil, fmt.Errorf("connecting to syslog: %w", err)
-	}
-	return newLogger(w, verbose, dropTime), nil
-}
-
 // writePidfile writes pid atomically.
 //
 // Run as root in a directory others can write to, a predictable temp name
@@ -144,7 +133,7 @@ func writePidfile(path string) error {
 // openLogFile opens --log-file for appending, creating it 0600: it holds
 // the addresses the user connects to. A symlink is refused, not followed.
 func openLogFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|oNoFollow, 0o600)
 	if errors.Is(err, syscall.ELOOP) {
 		return nil, fmt.Errorf("%s is a symbolic link; name the file itself", path)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/k8stunnel/k8stunnel/client"
 	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/proxy"
 	"github.com/k8stunnel/k8stunnel/transport/helper"
 	"github.com/k8stunnel/k8stunnel/transport/sshdial"
 	"github.com/k8stunnel/k8stunnel/transport/sshtransport"
@@ -20,6 +21,7 @@ const usageText = `k8stunnel: reach a Kubernetes cluster's service and pod IPs t
 Usage:
   sudo k8stunnel [flags] -r [user@]host[:port] CIDR[:port[-port]]...
   sudo k8stunnel cleanup
+  k8stunnel [flags] -r [user@]host[:port] --socks PORT --http-proxy PORT   # no root, any OS
 
 Examples:
   sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
@@ -28,6 +30,9 @@ Examples:
   sudo k8stunnel -r root@node1 -N --dns --dns-search default  # CIDRs and cluster DNS found on the node;
                                                            # then: curl http://my-svc.my-ns.svc.cluster.local/
   sudo k8stunnel cleanup                                   # remove rules left by a killed run
+  k8stunnel -r root@node1 --socks 1080 --http-proxy 3128   # as yourself; then:
+      curl --socks5-hostname 127.0.0.1:1080 http://my-svc.my-ns.svc.cluster.local/
+      HTTPS_PROXY=http://127.0.0.1:3128 kubectl ...   # or a browser's proxy setting
 
 The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
 and runs it as the helper, unless --remote-cmd names one already installed.
@@ -100,6 +105,7 @@ type tunnelFlags struct {
 	clusterDNS, clusterDomain                string
 	dnsSearch                                []string
 	channels, maxConns                       int
+	socks, httpProxy                         string
 }
 
 func parseTunnel(args []string) (invocation, error) {
@@ -115,9 +121,11 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.BoolVarP(&f.autoCIDRs, "auto-cidrs", "N", false, "also forward the pod and service CIDRs found on the node")
 	fs.BoolVar(&f.dnsOn, "dns", false, "resolve cluster names through the tunnel; other names still use your resolver")
 	fs.BoolVar(&f.dnsAll, "dns-all", false, "with --dns, resolve every name through the tunnel, with the node's resolver")
-	fs.StringVar(&f.clusterDNS, "cluster-dns", "", "with --dns, the cluster DNS service `IP` (default: found on the node)")
-	fs.StringVar(&f.clusterDomain, "cluster-domain", "", "with --dns, the cluster's DNS `DOMAIN` (default: found on the node, else cluster.local)")
-	fs.StringArrayVar(&f.dnsSearch, "dns-search", nil, "with --dns, let short names (svc, svc.ns) resolve in namespace `NS` (repeatable)")
+	fs.StringVar(&f.clusterDNS, "cluster-dns", "", "with --dns or a proxy, the cluster DNS service `IP` (default: found on the node)")
+	fs.StringVar(&f.clusterDomain, "cluster-domain", "", "with --dns or a proxy, the cluster's DNS `DOMAIN` (default: found on the node, else cluster.local)")
+	fs.StringArrayVar(&f.dnsSearch, "dns-search", nil, "with --dns or a proxy, let short names (svc, svc.ns) resolve in namespace `NS` (repeatable)")
+	fs.StringVar(&f.socks, "socks", "", "serve a SOCKS5 proxy into the cluster on `ADDR` (a port alone means 127.0.0.1); needs no root, no CIDR")
+	fs.StringVar(&f.httpProxy, "http-proxy", "", "serve an HTTP proxy (CONNECT and plain requests) into the cluster on `ADDR`, as --socks")
 	fs.StringArrayVarP(&f.listen, "listen", "l", nil, "accept redirected connections on `ADDR` (default 127.0.0.1:12300 and [::1]:12300)")
 	fs.BoolVar(&f.gateway, "gateway", false, "also forward connections this host routes (containers, VMs); listens on 0.0.0.0 and [::]")
 	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "SSH private key `FILE` (repeatable)")
@@ -146,8 +154,22 @@ func parseTunnel(args []string) (invocation, error) {
 	if f.remote == "" {
 		return invocation{}, usagef("missing -r/--remote: which node should the tunnel go to? (see k8stunnel --help)")
 	}
-	if fs.NArg() == 0 && !f.autoCIDRs {
-		return invocation{}, usagef("no CIDR given: name the cluster's service and pod CIDRs, e.g. 10.96.0.0/12 10.244.0.0/16, or let -N find them on the node")
+	proxying := f.socks != "" || f.httpProxy != ""
+	transparent := fs.NArg() > 0 || f.autoCIDRs
+	if !transparent && !proxying {
+		return invocation{}, usagef("no CIDR given: name the cluster's service and pod CIDRs, e.g. 10.96.0.0/12 10.244.0.0/16, or let -N find them on the node; " +
+			"or serve a proxy, which needs no root: --socks 1080")
+	}
+	for _, a := range []string{f.socks, f.httpProxy} {
+		if a == "" {
+			continue
+		}
+		if _, _, err := proxy.ListenAddr(a); err != nil {
+			return invocation{}, usagef("%v", err)
+		}
+	}
+	if !transparent && (f.dnsOn || len(f.listen) > 0 || f.gateway) {
+		return invocation{}, usagef("--dns, --listen and --gateway need CIDRs to forward (the proxies resolve cluster names by themselves)")
 	}
 	include, err := parseTargets(fs.Args())
 	if err != nil {
@@ -157,9 +179,19 @@ func parseTunnel(args []string) (invocation, error) {
 	if err != nil {
 		return invocation{}, err
 	}
-	dns, err := dnsConfig(f.dnsOn, f.dnsAll, f.clusterDNS, f.clusterDomain, f.dnsSearch)
+	dns, err := dnsConfig(f.dnsOn || proxying, f.dnsAll, f.clusterDNS, f.clusterDomain, f.dnsSearch)
 	if err != nil {
 		return invocation{}, err
+	}
+	if f.dnsAll && !f.dnsOn {
+		return invocation{}, usagef("--dns-all needs --dns")
+	}
+	var names client.Names
+	if proxying {
+		names = client.Names{ClusterDNS: dns.ClusterDNS, ClusterDomain: dns.ClusterDomain, Search: dns.Search}
+	}
+	if !f.dnsOn {
+		dns = nil
 	}
 	if f.channels < 1 || f.channels > 64 {
 		return invocation{}, usagef("--channels must be between 1 and 64")
@@ -168,6 +200,7 @@ func parseTunnel(args []string) (invocation, error) {
 		return invocation{}, usagef("--log-file and --syslog: pick one")
 	}
 	inv.cfg, inv.transport = engineConfig(f, include, exclude, dns, inv.verbose)
+	inv.cfg.Names = names
 	return inv, nil
 }
 
@@ -197,6 +230,8 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 		DNS:       dns,
 		Channels:  f.channels,
 		MaxConns:  f.maxConns,
+		SOCKS:     f.socks,
+		HTTPProxy: f.httpProxy,
 		Program:   "k8stunnel " + version,
 	}, tr
 }
@@ -206,7 +241,7 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 func dnsConfig(on, all bool, clusterDNS, domain string, search []string) (*dnsproxy.Config, error) {
 	if !on {
 		if all || clusterDNS != "" || domain != "" || len(search) > 0 {
-			return nil, usagef("--dns-all, --cluster-dns, --cluster-domain and --dns-search need --dns")
+			return nil, usagef("--dns-all, --cluster-dns, --cluster-domain and --dns-search need --dns (or, but for --dns-all, --socks or --http-proxy)")
 		}
 		return nil, nil
 	}

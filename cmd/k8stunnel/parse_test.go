@@ -58,6 +58,21 @@ func TestParseTunnel(t *testing.T) {
 					Search: []string{"default", "kube-system", "app.svc.k8s.local"},
 				}
 			}},
+		{"proxies without CIDRs", []string{"-r", "node1", "--socks", "1080", "--http-proxy", "127.0.0.1:3128"},
+			func(inv *invocation) {
+				inv.cfg.Include, inv.cfg.SOCKS, inv.cfg.HTTPProxy = nil, "1080", "127.0.0.1:3128"
+			}},
+		{"proxy names", []string{"-r", "node1", "--socks", "1080", "--cluster-dns", "10.96.0.10", "--cluster-domain", "k8s.local", "--dns-search", "default,app"},
+			func(inv *invocation) {
+				inv.cfg.Include, inv.cfg.SOCKS = nil, "1080"
+				inv.cfg.Names = client.Names{ClusterDNS: netip.MustParseAddr("10.96.0.10"), ClusterDomain: "k8s.local", Search: []string{"default", "app"}}
+			}},
+		{"proxy and CIDRs with DNS", []string{"-r", "node1", "--http-proxy", "3128", "--dns", "--cluster-dns", "10.96.0.10", "10.96.0.0/12"},
+			func(inv *invocation) {
+				inv.cfg.HTTPProxy = "3128"
+				inv.cfg.DNS = &dnsproxy.Config{ClusterDNS: netip.MustParseAddr("10.96.0.10")}
+				inv.cfg.Names = client.Names{ClusterDNS: netip.MustParseAddr("10.96.0.10")}
+			}},
 		{"verbose reaches the helper", []string{"-r", "node1", "-vv", "10.96.0.0/12"},
 			func(inv *invocation) { inv.verbose, inv.transport.Helper.Args = 2, []string{"-v"} }},
 		{"daemon", []string{"-r", "node1", "--daemon", "--pidfile", "/run/k.pid", "--log-file", "/var/log/k.log", "10.96.0.0/12"},

@@ -1,0 +1,109 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// MarkSocket gives the socket fd DNSMark. It sets the mark itself when this
+// process may (root, CAP_NET_ADMIN), and otherwise asks the root child. Call
+// it before the socket is connected, so every packet carries the mark.
+func (h *Helper) MarkSocket(ctx context.Context, fd int) error {
+	err := setMark(fd)
+	if !errors.Is(err, unix.EPERM) {
+		return err
+	}
+	return h.markRemote(ctx, fd)
+}
+
+// markRemote asks the root child to mark fd.
+func (h *Helper) markRemote(ctx context.Context, fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("marking a DNS socket: %w", err)
+	}
+	req := helperRequest{Op: opMark, Mark: &markRequest{PID: os.Getpid(), FD: fd, Ino: st.Ino}}
+	if err := h.request(ctx, req); err != nil {
+		return fmt.Errorf("marking a DNS socket: %w", err)
+	}
+	return nil
+}
+
+func setMark(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, DNSMark); err != nil {
+		return fmt.Errorf("marking a DNS socket: %w", err)
+	}
+	return nil
+}
+
+// serveMark is the child's side of opMark: it marks the socket only when
+// it belongs to the caller (FindCaller: the client that started this
+// helper, through sudo or not) and is an IPv4 or IPv6 UDP or TCP socket.
+func serveMark(m *markRequest) error {
+	if m == nil {
+		return errors.New("mark request names no socket")
+	}
+	// Opened first: the pidfd pins the process, so the caller found next
+	// is the process whose descriptor is taken.
+	pidfd, err := unix.PidfdOpen(m.PID, 0)
+	if err != nil {
+		return fmt.Errorf("marking a socket of pid %d: %w", m.PID, err)
+	}
+	defer unix.Close(pidfd)
+	caller, err := FindCaller()
+	if err != nil {
+		return err
+	}
+	if m.PID != caller.Pid {
+		return fmt.Errorf("refusing to mark a socket of pid %d: not the process that started the firewall helper (pid %d)", m.PID, caller.Pid)
+	}
+	return markPeer(pidfd, m)
+}
+
+// markPeer sets DNSMark on descriptor m.FD of the process pidfd refers to.
+// Its duplicate here shares the socket, so the mark is the caller's too.
+func markPeer(pidfd int, m *markRequest) error {
+	fd, err := unix.PidfdGetfd(pidfd, m.FD, 0)
+	if err != nil {
+		return fmt.Errorf("taking descriptor %d of pid %d: %w", m.FD, m.PID, err)
+	}
+	defer unix.Close(fd)
+	if err := checkDNSSocket(fd, m.Ino); err != nil {
+		return fmt.Errorf("refusing to mark descriptor %d of pid %d: %w", m.FD, m.PID, err)
+	}
+	return setMark(fd)
+}
+
+// checkDNSSocket accepts an IPv4 or IPv6 UDP or TCP socket with inode ino.
+func checkDNSSocket(fd int, ino uint64) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Ino != ino {
+		return errors.New("not the socket asked for")
+	}
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return err
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return err
+	}
+	proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	if err != nil {
+		return err
+	}
+	inet := domain == unix.AF_INET || domain == unix.AF_INET6
+	udp := typ == unix.SOCK_DGRAM && proto == unix.IPPROTO_UDP
+	tcp := typ == unix.SOCK_STREAM && proto == unix.IPPROTO_TCP
+	if !inet || !(udp || tcp) {
+		return fmt.Errorf("not a UDP or TCP socket (domain %d, type %d, protocol %d)", domain, typ, proto)
+	}
+	return nil
+}

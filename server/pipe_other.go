@@ -1,0 +1,9 @@
+//go:build !linux
+
+package server
+
+import "os"
+
+// growPipe does nothing: only Linux can resize a pipe, and the helper runs
+// on Linux nodes anyway.
+func growPipe(*os.File) {}
