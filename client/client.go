@@ -119,6 +119,11 @@ type Client struct {
 
 	active  atomic.Int64
 	capWarn atomic.Int64 // unix time of the last "too many connections" line
+	// What Stats reports; bytes are counted as they pass, in the relay.
+	connsTotal, bytesSent, bytesReceived, reconnects atomic.Int64
+	started                                          time.Time
+	state                                            string    // guarded by mu
+	stateSince                                       time.Time // guarded by mu
 	// fwLost is set while the privileged part is gone: its rules may still
 	// send connections here, so the port is held and they are reset.
 	fwLost atomic.Bool
@@ -153,7 +158,7 @@ func New(cfg Config) (*Client, error) {
 		}
 		cfg.DNS = &d
 	}
-	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst}
+	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst, state: StateStarting, stateSince: time.Now()}
 	if err := c.listen(); err != nil {
 		return nil, err
 	}
@@ -272,6 +277,9 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	if c.closed.Load() {
 		return fmt.Errorf("running the tunnel: %w", net.ErrClosed)
 	}
+	c.mu.Lock()
+	c.started = time.Now()
+	c.mu.Unlock()
 	defer func() {
 		c.Close()
 		c.setLink(nil)
@@ -329,6 +337,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("installing firewall rules: %w", err)
 	}
 	c.setLink(l)
+	c.setState(StateConnected)
 	for _, ln := range c.listeners {
 		c.wg.Add(1)
 		go c.acceptLoop(ctx, ln)
@@ -356,6 +365,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		case <-l.done:
 		}
 		c.setLink(nil)
+		c.setState(StateReconnecting)
 		c.log.Warn("tunnel lost; new connections are reset until it is back", "err", l.err())
 		l, err = c.reconnect(ctx)
 		if err != nil {
@@ -373,6 +383,8 @@ func (c *Client) Run(ctx context.Context) (err error) {
 			}
 		}
 		c.setLink(l)
+		c.reconnects.Add(1)
+		c.setState(StateConnected)
 		c.log.Info("tunnel restored", "remote", l.target)
 	}
 }
@@ -387,6 +399,7 @@ var firewallRetry = 5 * time.Second
 // or nil when ctx ends first.
 func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewall {
 	c.fwLost.Store(true)
+	c.setState(StateFirewallLost)
 	c.log.Error("the firewall helper exited unexpectedly; resetting connections until it is back",
 		"port", c.port, "hint", "if it does not come back, stop k8stunnel and run: sudo k8stunnel cleanup")
 	lastErr := ""
@@ -395,6 +408,8 @@ func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewal
 		if err == nil {
 			if err = c.install(ctx, fw, server); err == nil {
 				c.fwLost.Store(false)
+				// A link lost meanwhile is noticed by Run's next turn.
+				c.setState(StateConnected)
 				c.log.Info("firewall helper restarted; rules restored")
 				return fw
 			}
@@ -585,7 +600,8 @@ func (c *Client) acceptLoop(ctx context.Context, ln *net.TCPListener) {
 // handle relays one redirected connection.
 func (c *Client) handle(conn *net.TCPConn) {
 	defer c.wg.Done()
-	local := mux.NetConn(conn)
+	c.connsTotal.Add(1)
+	local := &counted{Conn: mux.NetConn(conn), c: c}
 	if n := c.active.Add(1); n > int64(c.cfg.MaxConns) {
 		c.active.Add(-1)
 		if now := time.Now().Unix(); c.capWarn.Swap(now) != now {

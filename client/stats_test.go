@@ -1,0 +1,50 @@
+package client
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/k8stunnel/k8stunnel/transport/transporttest"
+)
+
+// Stats follows the tunnel: bytes each way as they pass, connections, and the
+// state through a lost link and its return.
+func TestEngineStats(t *testing.T) {
+	release := make(chan struct{})
+	tr := &transporttest.Transport{Fail: func(attempt int) error {
+		if attempt == 2 {
+			<-release
+		}
+		return nil
+	}}
+	before := time.Now()
+	e := startEngine(t, Config{}, tr, echoTarget(t))
+	app := e.dial(t)
+	echo(t, app, "hello")
+	s := e.c.Stats()
+	if s.State != StateConnected || s.Remote == "" || s.Started.Before(before) || s.Since.Before(s.Started) {
+		t.Errorf("Stats = %+v, want connected to a remote, started and since after %v", s, before)
+	}
+	if s.ConnsActive != 1 || s.ConnsTotal != 1 || s.BytesSent != 5 || s.BytesReceived != 5 || s.Reconnects != 0 {
+		t.Errorf("Stats = %+v, want 1 connection active of 1, 5 bytes each way, no reconnect", s)
+	}
+	if len(s.Forward) != 1 || s.Forward[0] != "10.96.0.0/12" || s.Port != e.c.Port() {
+		t.Errorf("Stats forwards %v on %d, want [10.96.0.0/12] on %d", s.Forward, s.Port, e.c.Port())
+	}
+	app.Close()
+	waitFor(t, "the connection to end", func() bool { return e.c.Stats().ConnsActive == 0 })
+
+	lost := time.Now()
+	tr.Links()[0].Kill(errors.New("cable cut"))
+	e.logs.wait(t, "tunnel lost; new connections are reset until it is back")
+	if s := e.c.Stats(); s.State != StateReconnecting || s.Since.Before(lost) || s.Reconnects != 0 {
+		t.Errorf("while down: state %q since %v, %d reconnects; want reconnecting since after %v, 0", s.State, s.Since, s.Reconnects, lost)
+	}
+	close(release)
+	e.logs.wait(t, "tunnel restored")
+	if s := e.c.Stats(); s.State != StateConnected || s.Reconnects != 1 || s.ConnsTotal != 1 {
+		t.Errorf("after the reconnect: %+v, want connected, 1 reconnect, still 1 connection in total", s)
+	}
+	e.shutdown(t)
+}
