@@ -590,6 +590,9 @@ func TestEngineDNS(t *testing.T) {
 	}
 	echo(t, st, "query")
 	st.Close()
+	if s := e.c.Stats(); s.DNS == nil || s.DNS.Queries != 0 {
+		t.Errorf("Stats().DNS = %+v, want the proxy's counters, 0 queries", s.DNS)
+	}
 	e.shutdown(t)
 
 	if _, err := e.c.dialDNS(t.Context(), target); err == nil {

@@ -35,7 +35,13 @@ type Stats struct {
 	BytesSent, BytesReceived int64
 	Forward                  []string // the CIDRs captured, with their ports
 	Port                     uint16
+	// DNS is set with the DNS proxy: queries answered, and how many of
+	// those with SERVFAIL.
+	DNS *DNSStats
 }
+
+// DNSStats counts the DNS proxy's answers.
+type DNSStats struct{ Queries, Failures int64 }
 
 // Stats says what the tunnel is doing now; safe to call at any time.
 func (c *Client) Stats() Stats {
@@ -56,6 +62,10 @@ func (c *Client) Stats() Stats {
 		// Settled before the first link was set, which the lock orders.
 		for _, t := range c.include {
 			s.Forward = append(s.Forward, t.String())
+		}
+		if c.dns != nil {
+			q, f := c.dns.Stats()
+			s.DNS = &DNSStats{Queries: q, Failures: f}
 		}
 	}
 	s.Port = c.port

@@ -29,6 +29,9 @@ func TestEngineStats(t *testing.T) {
 	if s.ConnsActive != 1 || s.ConnsTotal != 1 || s.BytesSent != 5 || s.BytesReceived != 5 || s.Reconnects != 0 {
 		t.Errorf("Stats = %+v, want 1 connection active of 1, 5 bytes each way, no reconnect", s)
 	}
+	if s.DNS != nil {
+		t.Errorf("Stats().DNS = %+v without DNS, want nil", s.DNS)
+	}
 	if len(s.Forward) != 1 || s.Forward[0] != "10.96.0.0/12" || s.Port != e.c.Port() {
 		t.Errorf("Stats forwards %v on %d, want [10.96.0.0/12] on %d", s.Forward, s.Port, e.c.Port())
 	}
