@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -119,11 +120,24 @@ func TestParseSubcommands(t *testing.T) {
 		{[]string{"server", "-v", "--verbose"}, invocation{cmd: cmdServer, verbose: 2}},
 		{[]string{"firewall"}, invocation{cmd: cmdFirewall}},
 		{[]string{"cleanup"}, invocation{cmd: cmdCleanup}},
+		{[]string{"status"}, invocation{cmd: cmdStatus}},
+		{[]string{"status", "--json", "-w"}, invocation{cmd: cmdStatus, asJSON: true, watch: true}},
+		{[]string{"stop"}, invocation{cmd: cmdStop}},
+		{[]string{"stop", "1234"}, invocation{cmd: cmdStop, pid: 1234}},
+		{[]string{"stop", "--all"}, invocation{cmd: cmdStop, all: true}},
 		{[]string{"--version"}, invocation{output: "k8stunnel " + version + "\n"}},
 	} {
 		got, err := parse(tc.args)
 		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("parse(%q) = %+v, %v; want %+v", tc.args, got, err, tc.want)
+		}
+	}
+	for _, args := range [][]string{
+		{"status", "extra"}, {"status", "--bogus"},
+		{"stop", "1", "2"}, {"stop", "--all", "1"}, {"stop", "x"}, {"stop", "0"},
+	} {
+		if _, err := parse(args); !errors.As(err, new(usageError)) {
+			t.Errorf("parse(%q) = %v, want a usage error", args, err)
 		}
 	}
 }

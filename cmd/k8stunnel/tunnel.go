@@ -86,6 +86,15 @@ func runClient(ctx context.Context, inv invocation, log *slog.Logger, stderr io.
 	if err != nil {
 		return err
 	}
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	// A tunnel without its socket still runs; status just cannot see it.
+	if srv, err := serveControl(c, inv.logDest, func() { stop(errStopRequested) }); err == nil {
+		// Closed once the rules are gone: a waiting `k8stunnel stop` returns then.
+		defer srv.Close()
+	} else {
+		log.Warn("no control socket; k8stunnel status will not show this tunnel", "err", err)
+	}
 	err = c.Run(ctx)
 	if inv.pidfile != "" && pidErr == nil {
 		os.Remove(inv.pidfile)

@@ -296,12 +296,12 @@ func find(dirs []string, uid int) []string {
 			found = append(found, p)
 		}
 	}
-	sort.Slice(found, func(i, j int) bool { return pidOf(found[i]) < pidOf(found[j]) })
+	sort.Slice(found, func(i, j int) bool { return PID(found[i]) < PID(found[j]) })
 	return found
 }
 
-// pidOf is the pid a socket path names.
-func pidOf(path string) int {
+// PID is the pid a socket path names.
+func PID(path string) int {
 	pid, _ := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), sockSuffix))
 	return pid
 }
@@ -316,10 +316,10 @@ func Query(path string) (Status, error) {
 	defer c.Close()
 	line, err := bufio.NewReader(io.LimitReader(c, 1<<20)).ReadBytes('\n')
 	if err != nil {
-		return st, fmt.Errorf("asking k8stunnel %d: no answer (%v)", pidOf(path), err)
+		return st, fmt.Errorf("asking k8stunnel %d: no answer (%v)", PID(path), err)
 	}
 	if err := json.Unmarshal(line, &st); err != nil {
-		return st, fmt.Errorf("asking k8stunnel %d: %w", pidOf(path), err)
+		return st, fmt.Errorf("asking k8stunnel %d: %w", PID(path), err)
 	}
 	return st, nil
 }
@@ -336,12 +336,12 @@ func Stop(ctx context.Context, path string) error {
 	defer stop()
 	br := bufio.NewReader(c)
 	if line, err := br.ReadString('\n'); err != nil || line != "stopping\n" {
-		return fmt.Errorf("stopping k8stunnel %d: it did not answer", pidOf(path))
+		return fmt.Errorf("stopping k8stunnel %d: it did not answer", PID(path))
 	}
 	c.SetDeadline(time.Time{})
 	io.Copy(io.Discard, br)
 	if ctx.Err() != nil {
-		return fmt.Errorf("stopping k8stunnel %d: still running after %w", pidOf(path), context.Cause(ctx))
+		return fmt.Errorf("stopping k8stunnel %d: still running after %w", PID(path), context.Cause(ctx))
 	}
 	return nil
 }
@@ -349,12 +349,12 @@ func Stop(ctx context.Context, path string) error {
 func request(path, req string) (net.Conn, error) {
 	c, err := net.DialTimeout("unix", path, ioTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("reaching k8stunnel %d: %w", pidOf(path), err)
+		return nil, fmt.Errorf("reaching k8stunnel %d: %w", PID(path), err)
 	}
 	c.SetDeadline(time.Now().Add(ioTimeout))
 	if _, err := io.WriteString(c, req+"\n"); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("reaching k8stunnel %d: %w", pidOf(path), err)
+		return nil, fmt.Errorf("reaching k8stunnel %d: %w", PID(path), err)
 	}
 	return c, nil
 }
