@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -81,7 +82,9 @@ type Config struct {
 	OnReady func()
 	// Program names this build in the handshake, e.g. "k8stunnel 0.1.0".
 	Program string
-	Log     *slog.Logger
+	// StreamIDs (-vv) adds the stream and channel to the per-connection lines.
+	StreamIDs bool
+	Log       *slog.Logger
 }
 
 // These bound one connection attempt: the transport's Connect (dial, SSH
@@ -563,14 +566,14 @@ func (c *Client) setLink(l *link) {
 	}
 }
 
-// session picks the least busy session of the current link, or nil when the
-// tunnel is down.
-func (c *Client) session() *mux.Session {
+// session picks the least busy session of the current link, and says which
+// channel it is on; nil when the tunnel is down.
+func (c *Client) session() (*mux.Session, int) {
 	c.mu.Lock()
 	l := c.links
 	c.mu.Unlock()
 	if l == nil {
-		return nil
+		return nil, 0
 	}
 	return l.pick()
 }
@@ -624,7 +627,7 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
-	sess := c.session()
+	sess, channel := c.session()
 	if c.fwLost.Load() {
 		c.log.Debug("firewall helper lost, resetting", "dst", dst)
 		local.Abort()
@@ -641,15 +644,56 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
-	c.log.Debug("connect", "dst", dst)
+	desc := fmt.Sprintf("%v -> %v", conn.RemoteAddr(), dst)
+	var ids []any
+	if c.cfg.StreamIDs {
+		ids = []any{"stream", st.LocalAddr().String(), "channel", channel}
+	}
+	c.log.Debug(desc, ids...)
+	start := time.Now()
 	err = mux.Relay(local, st)
+	end := endReason(err, local.readErr, local.writeErr)
+	attrs := append([]any{"took", time.Since(start).Round(time.Millisecond), "sent", local.sent,
+		"received", local.received, "end", end}, ids...)
+	if end == "failed" {
+		attrs = append(attrs, "err", err)
+	}
+	c.log.Debug(desc+" closed", attrs...)
+}
+
+// endReason says how a relayed connection ended, for its close line: err is
+// what Relay returned, appErrs the first failures of reading and writing the
+// application's side. Those come first: once one side fails Relay aborts
+// both, and the other side then reports only that it was closed.
+func endReason(err error, appErrs ...error) string {
+	for _, e := range appErrs {
+		if e != nil && !errors.Is(e, net.ErrClosed) {
+			return "reset by app"
+		}
+	}
 	var de *mux.DialError
 	switch {
+	case err == nil:
+		return "eof"
 	case errors.As(err, &de):
-		c.log.Debug("connect failed", "dst", dst, "err", de)
-	case err != nil:
-		c.log.Debug("connection ended", "dst", dst, "err", err)
+		switch de.Status {
+		case mux.StatusRefused:
+			return "refused"
+		case mux.StatusUnreachable:
+			return "unreachable"
+		case mux.StatusTimeout:
+			return "timed out"
+		}
+	case errors.Is(err, mux.ErrPeerReset):
+		return "reset by target"
+	case errors.Is(err, mux.ErrSessionLost):
+		return "tunnel lost"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "timed out"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset by app"
 	}
+	return "failed"
 }
 
 // link is one transport link and the mux sessions on its channels.
@@ -667,17 +711,17 @@ type link struct {
 	next    atomic.Uint32
 }
 
-func (l *link) pick() *mux.Session {
+func (l *link) pick() (*mux.Session, int) {
 	if len(l.sessions) == 1 {
-		return l.sessions[0]
+		return l.sessions[0], 0
 	}
-	best := l.sessions[int(l.next.Add(1))%len(l.sessions)]
-	for _, s := range l.sessions {
-		if s.NumStreams() < best.NumStreams() {
-			best = s
+	best := int(l.next.Add(1)) % len(l.sessions)
+	for i, s := range l.sessions {
+		if s.NumStreams() < l.sessions[best].NumStreams() {
+			best = i
 		}
 	}
-	return best
+	return l.sessions[best], best
 }
 
 func (l *link) fail(err error) {

@@ -22,13 +22,13 @@ import (
 	"github.com/k8stunnel/k8stunnel/transport/transporttest"
 )
 
-// engineLog hands every log message to the test.
-type engineLog chan string
+// engineLog hands every log record to the test.
+type engineLog chan slog.Record
 
 func (h engineLog) Enabled(context.Context, slog.Level) bool { return true }
 func (h engineLog) Handle(_ context.Context, r slog.Record) error {
 	select {
-	case h <- r.Message:
+	case h <- r.Clone():
 	default: // a test that stopped listening must not block the engine
 	}
 	return nil
@@ -41,8 +41,8 @@ func (h engineLog) wait(t *testing.T, msg string) {
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
-		case m := <-h:
-			if m == msg {
+		case r := <-h:
+			if r.Message == msg {
 				return
 			}
 		case <-timeout:

@@ -183,7 +183,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringVar(&inv.pidfile, "pidfile", "", "write the process ID to `FILE` once the tunnel is up")
 	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon; default: discard)")
 	fs.BoolVar(&inv.syslog, "syslog", false, "send logs to syslog")
-	fs.CountVarP(&inv.verbose, "verbose", "v", "log every connection (repeatable)")
+	fs.CountVarP(&inv.verbose, "verbose", "v", "log every connection: source, destination, bytes, how it ended (-vv: with stream and channel)")
 	fs.BoolVar(&ver, "version", false, "print the version and exit")
 	fs.BoolVarP(&help, "help", "h", false, "show this help")
 	fs.SetOutput(io.Discard)
@@ -251,6 +251,7 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 		Channels:  f.channels,
 		MaxConns:  f.maxConns,
 		Program:   "k8stunnel " + version,
+		StreamIDs: verbose > 1,
 	}, tr
 }
 

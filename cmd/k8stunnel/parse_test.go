@@ -60,7 +60,9 @@ func TestParseTunnel(t *testing.T) {
 				}
 			}},
 		{"verbose reaches the helper", []string{"-r", "node1", "-vv", "10.96.0.0/12"},
-			func(inv *invocation) { inv.verbose, inv.transport.Helper.Args = 2, []string{"-v"} }},
+			func(inv *invocation) {
+				inv.verbose, inv.transport.Helper.Args, inv.cfg.StreamIDs = 2, []string{"-v"}, true
+			}},
 		{"daemon", []string{"-r", "node1", "--daemon", "--pidfile", "/run/k.pid", "--log-file", "/var/log/k.log", "10.96.0.0/12"},
 			func(inv *invocation) { inv.daemon, inv.pidfile, inv.logFile = true, "/run/k.pid", "/var/log/k.log" }},
 		{"syslog", []string{"-r", "node1", "--syslog", "10.96.0.0/12"},
