@@ -275,6 +275,7 @@ func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPLi
 // connection fails or the firewall cannot be set up; later outages are
 // retried. When it returns, every rule it installed is gone.
 func (c *Client) Run(ctx context.Context) (err error) {
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if c.closed.Load() {
@@ -283,6 +284,21 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	c.mu.Lock()
 	c.started = time.Now()
 	c.mu.Unlock()
+	// Deferred first, so it runs last: one line saying why the tunnel ended
+	// and whether its rules are gone. Before the tunnel was up, the error
+	// says it all, and the caller shows it.
+	ready, removed := false, false
+	defer func() {
+		switch {
+		case !ready:
+		case !removed:
+			c.log.Error("tunnel stopped; its firewall rules may be left behind", "err", err)
+		case err != nil:
+			c.log.Error("tunnel stopped; firewall rules removed", "err", err)
+		default:
+			c.log.Info("tunnel stopped; firewall rules removed", "reason", context.Cause(parent))
+		}
+	}()
 	defer func() {
 		c.Close()
 		c.setLink(nil)
@@ -303,12 +319,14 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	}
 	defer func() {
 		if fw == nil {
-			err = c.removeOrphanedRules(server, err)
+			err, removed = c.removeOrphanedRules(server, err)
 			return
 		}
-		if cerr := fw.Close(); cerr != nil && err == nil {
+		cerr := fw.Close()
+		if cerr != nil && err == nil {
 			err = fmt.Errorf("removing firewall rules: %w", cerr)
 		}
+		removed = cerr == nil
 	}()
 
 	l, err := c.connect(ctx, firstConnectTimeout)
@@ -345,11 +363,12 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.wg.Add(1)
 		go c.acceptLoop(ctx, ln)
 	}
-	ready := []any{"remote", l.target, "port", c.port, "forward", targetsString(c.include)}
+	readyAttrs := []any{"remote", l.target, "port", c.port, "forward", targetsString(c.include)}
 	if c.dns != nil {
-		ready = append(ready, "dns", c.dns.String())
+		readyAttrs = append(readyAttrs, "dns", c.dns.String())
 	}
-	c.log.Info("tunnel ready", ready...)
+	c.log.Info("tunnel ready", readyAttrs...)
+	ready = true
 	if c.cfg.OnReady != nil {
 		c.cfg.OnReady()
 	}
@@ -434,7 +453,7 @@ func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewal
 // not be restarted: one last helper replaces the rules it left behind with
 // ours and removes them. If that fails too the user is told how to repair it,
 // since the rules then point at a port nobody holds.
-func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) error {
+func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) (_ error, removed bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
 	defer cancel()
 	fw, err := c.cfg.StartFirewall(ctx)
@@ -447,16 +466,16 @@ func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) error {
 	}
 	if err == nil {
 		c.log.Info("removed the rules the lost firewall helper left behind")
-		return runErr
+		return runErr, true
 	}
 	lost := &tui.HintError{
 		Err:  fmt.Errorf("the firewall helper exited unexpectedly and could not be restarted (%v); its rules may be left behind", err),
 		Hint: "remove them with: sudo k8stunnel cleanup",
 	}
 	if runErr != nil {
-		return errors.Join(runErr, lost)
+		return errors.Join(runErr, lost), false
 	}
-	return lost
+	return lost, false
 }
 
 // install installs the rule set for server, bounded by installTimeout.

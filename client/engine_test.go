@@ -109,6 +109,8 @@ type engine struct {
 	logs engineLog
 	run  chan error
 	stop context.CancelFunc
+	// cancel stops Run with a cause, as a signal does.
+	cancel context.CancelCauseFunc
 	// origDst, when set, replaces the fixed target.
 	origDst atomic.Pointer[func(*net.TCPConn) (netip.AddrPort, error)]
 }
@@ -144,8 +146,8 @@ func startEngine(t *testing.T, cfg Config, tr *transporttest.Transport, target n
 		return target, nil
 	}
 	e.c = c
-	ctx, cancel := context.WithCancel(t.Context())
-	e.stop = cancel
+	ctx, cancel := context.WithCancelCause(t.Context())
+	e.stop, e.cancel = func() { cancel(nil) }, cancel
 	go func() { e.run <- c.Run(ctx) }()
 	select {
 	case <-ready:

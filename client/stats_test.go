@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -50,4 +51,33 @@ func TestEngineStats(t *testing.T) {
 		t.Errorf("after the reconnect: %+v, want connected, 1 reconnect, still 1 connection in total", s)
 	}
 	e.shutdown(t)
+}
+
+// The tunnel's last line says why it ended and that the rules are gone.
+func TestEngineExitLine(t *testing.T) {
+	e := startEngine(t, Config{}, &transporttest.Transport{}, echoTarget(t))
+	e.cancel(errors.New("terminated signal received"))
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case r := <-e.logs:
+			if r.Message != "tunnel stopped; firewall rules removed" {
+				continue
+			}
+			reason := ""
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == "reason" {
+					reason = a.Value.String()
+				}
+				return true
+			})
+			if reason != "terminated signal received" || r.Level != slog.LevelInfo {
+				t.Errorf("exit line at %v with reason %q, want info, terminated signal received", r.Level, reason)
+			}
+			e.shutdown(t)
+			return
+		case <-timeout:
+			t.Fatal("no exit line")
+		}
+	}
 }

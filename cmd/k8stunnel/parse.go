@@ -181,7 +181,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
 	fs.BoolVar(&inv.daemon, "daemon", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
 	fs.StringVar(&inv.pidfile, "pidfile", "", "write the process ID to `FILE` once the tunnel is up")
-	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon; default: discard)")
+	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon default: syslog, else a file k8stunnel status names)")
 	fs.BoolVar(&inv.syslog, "syslog", false, "send logs to syslog")
 	fs.CountVarP(&inv.verbose, "verbose", "v", "log every connection: source, destination, bytes, how it ended (-vv: with stream and channel)")
 	fs.BoolVar(&ver, "version", false, "print the version and exit")

@@ -22,7 +22,7 @@ var errStopRequested = errors.New("k8stunnel stop")
 
 // serveControl opens this instance's control socket.
 func serveControl(c *client.Client, logDest string, stop func()) (*control.Server, error) {
-	return control.Listen(control.Dir(os.Getuid()), control.Handler{
+	return control.Listen(runtimeDir(), control.Handler{
 		Status: func() control.Status { return statusOf(c.Stats(), logDest, time.Now()) },
 		Stop:   stop,
 	})
