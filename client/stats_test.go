@@ -23,6 +23,9 @@ func TestEngineStats(t *testing.T) {
 	e := startEngine(t, Config{}, tr, echoTarget(t))
 	app := e.dial(t)
 	echo(t, app, "hello")
+	// The echo is counted once the write to the app has returned, which
+	// can be just after the app has read it.
+	waitFor(t, "the echo to be counted", func() bool { return e.c.Stats().BytesReceived == 5 })
 	s := e.c.Stats()
 	if s.State != StateConnected || s.Remote == "" || s.Started.Before(before) || s.Since.Before(s.Started) {
 		t.Errorf("Stats = %+v, want connected to a remote, started and since after %v", s, before)
