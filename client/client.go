@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -94,7 +95,9 @@ type Config struct {
 	OnReady func()
 	// Program names this build in the handshake, e.g. "k8stunnel 0.1.0".
 	Program string
-	Log     *slog.Logger
+	// StreamIDs (-vv) adds the stream and channel to the per-connection lines.
+	StreamIDs bool
+	Log       *slog.Logger
 }
 
 // These bound one connection attempt: the transport's Connect (dial, SSH
@@ -137,6 +140,11 @@ type Client struct {
 
 	active  atomic.Int64
 	capWarn atomic.Int64 // unix time of the last "too many connections" line
+	// What Stats reports; bytes are counted as they pass, in the relay.
+	connsTotal, bytesSent, bytesReceived, reconnects atomic.Int64
+	started                                          time.Time
+	state                                            string    // guarded by mu
+	stateSince                                       time.Time // guarded by mu
 	// fwLost is set while the privileged part is gone: its rules may still
 	// send connections here, so the port is held and they are reset.
 	fwLost atomic.Bool
@@ -178,7 +186,7 @@ func New(cfg Config) (*Client, error) {
 		}
 		cfg.DNS = &d
 	}
-	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst, transparent: transparent}
+	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst, transparent: transparent, state: StateStarting, stateSince: time.Now()}
 	if transparent {
 		if err := c.listen(); err != nil {
 			return nil, err
@@ -303,11 +311,30 @@ func listenAll(addrs []netip.AddrPort, port uint16, optional bool) ([]*net.TCPLi
 // connection fails or the firewall cannot be set up; later outages are
 // retried. When it returns, every rule it installed is gone.
 func (c *Client) Run(ctx context.Context) (err error) {
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if c.closed.Load() {
 		return fmt.Errorf("running the tunnel: %w", net.ErrClosed)
 	}
+	c.mu.Lock()
+	c.started = time.Now()
+	c.mu.Unlock()
+	// Deferred first, so it runs last: one line saying why the tunnel ended
+	// and whether its rules are gone. Before the tunnel was up, the error
+	// says it all, and the caller shows it.
+	ready, removed := false, false
+	defer func() {
+		switch {
+		case !ready:
+		case !removed:
+			c.log.Error("tunnel stopped; its firewall rules may be left behind", "err", err)
+		case err != nil:
+			c.log.Error("tunnel stopped; firewall rules removed", "err", err)
+		default:
+			c.log.Info("tunnel stopped; firewall rules removed", "reason", context.Cause(parent))
+		}
+	}()
 	defer func() {
 		cancel() // first: what Run started sees it is ending, not failing
 		c.Close()
@@ -330,13 +357,17 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		}
 		defer func() {
 			if fw == nil {
-				err = c.removeOrphanedRules(server, err)
+				err, removed = c.removeOrphanedRules(server, err)
 				return
 			}
-			if cerr := fw.Close(); cerr != nil && err == nil {
+			cerr := fw.Close()
+			if cerr != nil && err == nil {
 				err = fmt.Errorf("removing firewall rules: %w", cerr)
 			}
+			removed = cerr == nil
 		}()
+	} else {
+		removed = true // there are none
 	}
 
 	l, err := c.connect(ctx, firstConnectTimeout)
@@ -376,19 +407,21 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		}
 	}
 	c.setLink(l)
+	c.setState(StateConnected)
 	for _, ln := range c.listeners {
 		c.wg.Add(1)
 		go c.acceptLoop(ctx, ln)
 	}
-	ready := []any{"remote", l.target}
+	readyAttrs := []any{"remote", l.target}
 	if c.transparent {
-		ready = append(ready, "port", c.port, "forward", targetsString(c.include))
+		readyAttrs = append(readyAttrs, "port", c.port, "forward", targetsString(c.include))
 	}
 	if c.dns != nil {
-		ready = append(ready, "dns", c.dns.String())
+		readyAttrs = append(readyAttrs, "dns", c.dns.String())
 	}
-	ready = append(ready, c.proxyReady()...)
-	c.log.Info("tunnel ready", ready...)
+	readyAttrs = append(readyAttrs, c.proxyReady()...)
+	c.log.Info("tunnel ready", readyAttrs...)
+	ready = true
 	if c.cfg.OnReady != nil {
 		c.cfg.OnReady()
 	}
@@ -407,6 +440,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		case <-l.done:
 		}
 		c.setLink(nil)
+		c.setState(StateReconnecting)
 		c.log.Warn("tunnel lost; new connections are reset until it is back", "err", l.err())
 		l, err = c.reconnect(ctx)
 		if err != nil {
@@ -424,6 +458,8 @@ func (c *Client) Run(ctx context.Context) (err error) {
 			}
 		}
 		c.setLink(l)
+		c.reconnects.Add(1)
+		c.setState(StateConnected)
 		c.log.Info("tunnel restored", "remote", l.target)
 	}
 }
@@ -446,6 +482,7 @@ var firewallRetry = 5 * time.Second
 // or nil when ctx ends first.
 func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewall {
 	c.fwLost.Store(true)
+	c.setState(StateFirewallLost)
 	c.log.Error("the firewall helper exited unexpectedly; resetting connections until it is back",
 		"port", c.port, "hint", "if it does not come back, stop k8stunnel and run: sudo k8stunnel cleanup")
 	lastErr := ""
@@ -454,6 +491,8 @@ func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewal
 		if err == nil {
 			if err = c.install(ctx, fw, server); err == nil {
 				c.fwLost.Store(false)
+				// A link lost meanwhile is noticed by Run's next turn.
+				c.setState(StateConnected)
 				c.log.Info("firewall helper restarted; rules restored")
 				return fw
 			}
@@ -475,7 +514,7 @@ func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewal
 // not be restarted: one last helper replaces the rules it left behind with
 // ours and removes them. If that fails too the user is told how to repair it,
 // since the rules then point at a port nobody holds.
-func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) error {
+func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) (_ error, removed bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
 	defer cancel()
 	fw, err := c.cfg.StartFirewall(ctx)
@@ -488,16 +527,16 @@ func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) error {
 	}
 	if err == nil {
 		c.log.Info("removed the rules the lost firewall helper left behind")
-		return runErr
+		return runErr, true
 	}
 	lost := &tui.HintError{
 		Err:  fmt.Errorf("the firewall helper exited unexpectedly and could not be restarted (%v); its rules may be left behind", err),
 		Hint: "remove them with: sudo k8stunnel cleanup",
 	}
 	if runErr != nil {
-		return errors.Join(runErr, lost)
+		return errors.Join(runErr, lost), false
 	}
-	return lost
+	return lost, false
 }
 
 // install installs the rule set for server, bounded by installTimeout.
@@ -607,14 +646,14 @@ func (c *Client) setLink(l *link) {
 	}
 }
 
-// session picks the least busy session of the current link, or nil when the
-// tunnel is down.
-func (c *Client) session() *mux.Session {
+// session picks the least busy session of the current link, and says which
+// channel it is on; nil when the tunnel is down.
+func (c *Client) session() (*mux.Session, int) {
 	c.mu.Lock()
 	l := c.links
 	c.mu.Unlock()
 	if l == nil {
-		return nil
+		return nil, 0
 	}
 	return l.pick()
 }
@@ -644,7 +683,8 @@ func (c *Client) acceptLoop(ctx context.Context, ln *net.TCPListener) {
 // handle relays one redirected connection.
 func (c *Client) handle(conn *net.TCPConn) {
 	defer c.wg.Done()
-	local := mux.NetConn(conn)
+	c.connsTotal.Add(1)
+	local := &counted{Conn: mux.NetConn(conn), c: c}
 	if n := c.active.Add(1); n > int64(c.cfg.MaxConns) {
 		c.active.Add(-1)
 		if now := time.Now().Unix(); c.capWarn.Swap(now) != now {
@@ -667,7 +707,7 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
-	sess := c.session()
+	sess, channel := c.session()
 	if c.fwLost.Load() {
 		c.log.Debug("firewall helper lost, resetting", "dst", dst)
 		local.Abort()
@@ -684,15 +724,56 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
-	c.log.Debug("connect", "dst", dst)
+	desc := fmt.Sprintf("%v -> %v", conn.RemoteAddr(), dst)
+	var ids []any
+	if c.cfg.StreamIDs {
+		ids = []any{"stream", st.LocalAddr().String(), "channel", channel}
+	}
+	c.log.Debug(desc, ids...)
+	start := time.Now()
 	err = mux.Relay(local, st)
+	end := endReason(err, local.readErr, local.writeErr)
+	attrs := append([]any{"took", time.Since(start).Round(time.Millisecond), "sent", local.sent,
+		"received", local.received, "end", end}, ids...)
+	if end == "failed" {
+		attrs = append(attrs, "err", err)
+	}
+	c.log.Debug(desc+" closed", attrs...)
+}
+
+// endReason says how a relayed connection ended, for its close line: err is
+// what Relay returned, appErrs the first failures of reading and writing the
+// application's side. Those come first: once one side fails Relay aborts
+// both, and the other side then reports only that it was closed.
+func endReason(err error, appErrs ...error) string {
+	for _, e := range appErrs {
+		if e != nil && !errors.Is(e, net.ErrClosed) {
+			return "reset by app"
+		}
+	}
 	var de *mux.DialError
 	switch {
+	case err == nil:
+		return "eof"
 	case errors.As(err, &de):
-		c.log.Debug("connect failed", "dst", dst, "err", de)
-	case err != nil:
-		c.log.Debug("connection ended", "dst", dst, "err", err)
+		switch de.Status {
+		case mux.StatusRefused:
+			return "refused"
+		case mux.StatusUnreachable:
+			return "unreachable"
+		case mux.StatusTimeout:
+			return "timed out"
+		}
+	case errors.Is(err, mux.ErrPeerReset):
+		return "reset by target"
+	case errors.Is(err, mux.ErrSessionLost):
+		return "tunnel lost"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "timed out"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset by app"
 	}
+	return "failed"
 }
 
 // link is one transport link and the mux sessions on its channels.
@@ -710,17 +791,17 @@ type link struct {
 	next    atomic.Uint32
 }
 
-func (l *link) pick() *mux.Session {
+func (l *link) pick() (*mux.Session, int) {
 	if len(l.sessions) == 1 {
-		return l.sessions[0]
+		return l.sessions[0], 0
 	}
-	best := l.sessions[int(l.next.Add(1))%len(l.sessions)]
-	for _, s := range l.sessions {
-		if s.NumStreams() < best.NumStreams() {
-			best = s
+	best := int(l.next.Add(1)) % len(l.sessions)
+	for i, s := range l.sessions {
+		if s.NumStreams() < l.sessions[best].NumStreams() {
+			best = i
 		}
 	}
-	return best
+	return l.sessions[best], best
 }
 
 func (l *link) fail(err error) {

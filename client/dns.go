@@ -74,7 +74,7 @@ func parseAddrs(ss []string) []netip.Addr {
 
 // dialDNS opens a stream for the DNS proxy: the helper dials dst from the node.
 func (c *Client) dialDNS(_ context.Context, dst netip.AddrPort) (net.Conn, error) {
-	sess := c.session()
+	sess, _ := c.session()
 	if sess == nil {
 		return nil, errors.New("tunnel is down")
 	}

@@ -149,8 +149,8 @@ func (h engineLog) drain() []string {
 	var ms []string
 	for {
 		select {
-		case m := <-h:
-			ms = append(ms, m)
+		case r := <-h:
+			ms = append(ms, r.Message)
 		default:
 			return ms
 		}
@@ -615,6 +615,9 @@ func TestEngineDNS(t *testing.T) {
 	}
 	echo(t, st, "query")
 	st.Close()
+	if s := e.c.Stats(); s.DNS == nil || s.DNS.Queries != 0 {
+		t.Errorf("Stats().DNS = %+v, want the proxy's counters, 0 queries", s.DNS)
+	}
 	e.shutdown(t)
 
 	if _, err := e.c.dialDNS(t.Context(), target); err == nil {
@@ -647,7 +650,7 @@ func TestLinkPick(t *testing.T) {
 		}
 	}
 	for range 6 {
-		if got := l.pick(); got != l.sessions[1] {
+		if got, i := l.pick(); got != l.sessions[1] || i != 1 {
 			t.Fatalf("picked the session with %d streams, want the idle one", got.NumStreams())
 		}
 	}
@@ -655,7 +658,8 @@ func TestLinkPick(t *testing.T) {
 	even := &link{sessions: []*mux.Session{muxPair(t), muxPair(t)}}
 	seen := map[*mux.Session]bool{}
 	for range 4 {
-		seen[even.pick()] = true
+		s, _ := even.pick()
+		seen[s] = true
 	}
 	if len(seen) != 2 {
 		t.Errorf("picked %d of 2 idle sessions, want both", len(seen))

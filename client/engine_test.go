@@ -22,13 +22,13 @@ import (
 	"github.com/k8stunnel/k8stunnel/transport/transporttest"
 )
 
-// engineLog hands every log message to the test.
-type engineLog chan string
+// engineLog hands every log record to the test.
+type engineLog chan slog.Record
 
 func (h engineLog) Enabled(context.Context, slog.Level) bool { return true }
 func (h engineLog) Handle(_ context.Context, r slog.Record) error {
 	select {
-	case h <- r.Message:
+	case h <- r.Clone():
 	default: // a test that stopped listening must not block the engine
 	}
 	return nil
@@ -41,8 +41,8 @@ func (h engineLog) wait(t *testing.T, msg string) {
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
-		case m := <-h:
-			if m == msg {
+		case r := <-h:
+			if r.Message == msg {
 				return
 			}
 		case <-timeout:
@@ -118,6 +118,8 @@ type engine struct {
 	logs engineLog
 	run  chan error
 	stop context.CancelFunc
+	// cancel stops Run with a cause, as a signal does.
+	cancel context.CancelCauseFunc
 	// origDst, when set, replaces the fixed target.
 	origDst atomic.Pointer[func(*net.TCPConn) (netip.AddrPort, error)]
 }
@@ -153,8 +155,8 @@ func startEngine(t *testing.T, cfg Config, tr *transporttest.Transport, target n
 		return target, nil
 	}
 	e.c = c
-	ctx, cancel := context.WithCancel(t.Context())
-	e.stop = cancel
+	ctx, cancel := context.WithCancelCause(t.Context())
+	e.stop, e.cancel = func() { cancel(nil) }, cancel
 	go func() { e.run <- c.Run(ctx) }()
 	select {
 	case <-ready:

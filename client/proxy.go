@@ -159,7 +159,7 @@ func (c *Client) DialContext(ctx context.Context, network, addr string) (net.Con
 
 // dialHost opens a stream to host, an IP or a name.
 func (c *Client) dialHost(ctx context.Context, host string, port uint16) (*mux.Stream, error) {
-	sess := c.session()
+	sess, _ := c.session()
 	if sess == nil {
 		return nil, errTunnelDown
 	}

@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -146,7 +147,14 @@ type Proxy struct {
 	done    chan struct{} // closed by Close
 
 	closeSockets sync.Once
+
+	// queries and failures count answers, for `k8stunnel status`.
+	queries, failures atomic.Int64
 }
+
+// Stats is how many queries were answered, and how many of those with
+// SERVFAIL because no server answered.
+func (p *Proxy) Stats() (queries, failures int64) { return p.queries.Load(), p.failures.Load() }
 
 // New validates cfg and binds the proxy's sockets, so Port is known before
 // the firewall rules are installed. Queries are answered once Run is called.
@@ -422,7 +430,9 @@ func (p *Proxy) answer(base context.Context, w dns.ResponseWriter, req *dns.Msg)
 	q := req.Question[0]
 	start := time.Now()
 	resp, route, err := p.resolve(ctx, req, !overUDP)
+	p.queries.Add(1)
 	if err != nil {
+		p.failures.Add(1)
 		p.log.Debug("dns query failed", "name", q.Name, "type", dns.Type(q.Qtype), "proto", proto, "via", route, "err", err)
 		resp = new(dns.Msg).SetRcode(req, dns.RcodeServerFailure)
 	} else {

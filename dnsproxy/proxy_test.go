@@ -601,6 +601,10 @@ func TestProxyTunnelDown(t *testing.T) {
 			}
 		})
 	}
+	// What `k8stunnel status` shows: every answer counted, SERVFAILs apart.
+	if q, f := fx.proxy.Stats(); q != 5 || f != 2 {
+		t.Errorf("Stats = %d queries, %d failures; want 5 and 2", q, f)
+	}
 }
 
 func TestProxyGivesUpSlowStream(t *testing.T) {

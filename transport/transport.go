@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"time"
 )
 
 // ErrPermanent marks errors that retrying cannot fix (a host key that
@@ -37,6 +38,13 @@ type Link interface {
 	Err() error
 	// Close ends the link and every channel on it. It is safe twice.
 	Close() error
+}
+
+// RTTReporter is what a Link may also be when it measures its round trip
+// (SSH keepalives do); `k8stunnel status` shows it.
+type RTTReporter interface {
+	// RTT is the last round trip measured, 0 before the first.
+	RTT() time.Duration
 }
 
 // Channel is one helper's byte stream.

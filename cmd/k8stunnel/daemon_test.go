@@ -138,3 +138,47 @@ func TestOpenLogFile(t *testing.T) {
 		t.Errorf("openLogFile(symlink) = %v, want a refusal", err)
 	}
 }
+
+// Whatever stops the daemon child before the tunnel is up reaches its
+// parent, the missing syslog included; without --log-file and syslog it logs
+// to a file in the runtime dir.
+func TestDaemonChildReportsEveryError(t *testing.T) {
+	dialSyslog = func() (io.Writer, error) { return nil, errors.New("no /dev/log") }
+	t.Cleanup(func() { dialSyslog = func() (io.Writer, error) { return nil, errors.New("restored by the test") } })
+	dir := filepath.Join(t.TempDir(), "k8stunnel")
+	old := runtimeDir
+	runtimeDir = func() string { return dir }
+	t.Cleanup(func() { runtimeDir = old })
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--syslog"}, "connecting to syslog: no /dev/log\n"},
+		{nil, "bad listen address \"bad\": want IP:PORT\n"},
+	} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd, err := syscall.Dup(int(w.Fd())) // the child closes it
+		w.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv(daemonEnv, strconv.Itoa(fd))
+		inv, err := parse(append([]string{"--daemon", "-r", "node1", "-l", "bad", "10.0.0.0/8"}, tc.args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		runTunnel(t.Context(), inv, nil, io.Discard)
+		got, _ := io.ReadAll(r)
+		r.Close()
+		if string(got) != tc.want {
+			t.Errorf("%q: the parent was told %q, want %q", tc.args, got, tc.want)
+		}
+	}
+	logFile := filepath.Join(dir, strconv.Itoa(os.Getpid())+".log")
+	if fi, err := os.Stat(logFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("daemon log in the runtime dir: %v, %v; want %s, mode 0600", fi, err, logFile)
+	}
+}

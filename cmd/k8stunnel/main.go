@@ -47,6 +47,10 @@ func start(ctx context.Context, inv invocation, args []string, stdout, stderr io
 		return runFirewall(stderr)
 	case cmdCleanup:
 		return runCleanup(stderr)
+	case cmdStatus:
+		return runStatus(ctx, inv.asJSON, inv.watch, stdout)
+	case cmdStop:
+		return runStop(ctx, inv.pid, inv.all, stderr)
 	}
 	return runTunnel(ctx, inv, args, stderr)
 }

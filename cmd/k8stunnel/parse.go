@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -22,6 +23,8 @@ Usage:
   sudo k8stunnel [flags] -r [user@]host[:port] CIDR[:port[-port]]...
   sudo k8stunnel cleanup
   k8stunnel [flags] -r [user@]host[:port] --socks PORT --http-proxy PORT   # no root, any OS
+  k8stunnel status [--json] [--watch]
+  k8stunnel stop [PID|--all]
 
 Examples:
   sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
@@ -33,6 +36,8 @@ Examples:
   k8stunnel -r root@node1 --socks 1080 --http-proxy 3128   # as yourself; then:
       curl --socks5-hostname 127.0.0.1:1080 http://my-svc.my-ns.svc.cluster.local/
       HTTPS_PROXY=http://127.0.0.1:3128 kubectl ...   # or a browser's proxy setting
+  sudo k8stunnel status                                    # what each running tunnel is doing
+  sudo k8stunnel stop --all                                # stop them, removing their rules
 
 The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
 and runs it as the helper, unless --remote-cmd names one already installed.
@@ -46,6 +51,8 @@ const (
 	cmdServer   = "server"
 	cmdFirewall = "firewall"
 	cmdCleanup  = "cleanup"
+	cmdStatus   = "status"
+	cmdStop     = "stop"
 )
 
 // invocation is what a command line asks for, decided without looking at the
@@ -67,6 +74,11 @@ type invocation struct {
 	pidfile   string
 	logFile   string
 	syslog    bool
+	// logDest is where the logs go when not to stderr, for status; run sets it.
+	logDest string
+	// status and stop
+	asJSON, watch, all bool
+	pid                int
 }
 
 // parse turns argv (without the program name) into an invocation, or a
@@ -81,6 +93,10 @@ func parse(args []string) (invocation, error) {
 				return invocation{}, usagef("%s takes no arguments", args[0])
 			}
 			return invocation{cmd: args[0]}, nil
+		case cmdStatus:
+			return parseStatus(args[1:])
+		case cmdStop:
+			return parseStop(args[1:])
 		}
 	}
 	return parseTunnel(args)
@@ -94,6 +110,43 @@ func parseServer(args []string) (invocation, error) {
 		return invocation{}, usagef("server: %v", err)
 	}
 	return invocation{cmd: cmdServer, verbose: *verbose}, nil
+}
+
+func parseStatus(args []string) (invocation, error) {
+	inv := invocation{cmd: cmdStatus}
+	fs := pflag.NewFlagSet("k8stunnel status", pflag.ContinueOnError)
+	fs.BoolVar(&inv.asJSON, "json", false, "print a JSON array, one object per tunnel")
+	fs.BoolVarP(&inv.watch, "watch", "w", false, "print again every second")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return invocation{}, usagef("status: %v (usage: k8stunnel status [--json] [--watch])", err)
+	}
+	if fs.NArg() > 0 {
+		return invocation{}, usagef("status takes no arguments (usage: k8stunnel status [--json] [--watch])")
+	}
+	return inv, nil
+}
+
+func parseStop(args []string) (invocation, error) {
+	inv := invocation{cmd: cmdStop}
+	fs := pflag.NewFlagSet("k8stunnel stop", pflag.ContinueOnError)
+	fs.BoolVar(&inv.all, "all", false, "stop every tunnel you may stop")
+	fs.SetOutput(io.Discard)
+	const usage = "(usage: k8stunnel stop [PID|--all])"
+	if err := fs.Parse(args); err != nil {
+		return invocation{}, usagef("stop: %v %s", err, usage)
+	}
+	switch {
+	case fs.NArg() > 1 || (fs.NArg() == 1 && inv.all):
+		return invocation{}, usagef("stop takes one PID or --all %s", usage)
+	case fs.NArg() == 1:
+		pid, err := strconv.Atoi(fs.Arg(0))
+		if err != nil || pid <= 0 {
+			return invocation{}, usagef("stop: bad PID %q %s", fs.Arg(0), usage)
+		}
+		inv.pid = pid
+	}
+	return inv, nil
 }
 
 // tunnelFlags holds the tunnel's flag values as pflag parsed them.
@@ -136,9 +189,9 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
 	fs.BoolVar(&inv.daemon, "daemon", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
 	fs.StringVar(&inv.pidfile, "pidfile", "", "write the process ID to `FILE` once the tunnel is up")
-	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon; default: discard)")
+	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon default: syslog, else a file k8stunnel status names)")
 	fs.BoolVar(&inv.syslog, "syslog", false, "send logs to syslog")
-	fs.CountVarP(&inv.verbose, "verbose", "v", "log every connection (repeatable)")
+	fs.CountVarP(&inv.verbose, "verbose", "v", "log every connection: source, destination, bytes, how it ended (-vv: with stream and channel)")
 	fs.BoolVar(&ver, "version", false, "print the version and exit")
 	fs.BoolVarP(&help, "help", "h", false, "show this help")
 	fs.SetOutput(io.Discard)
@@ -233,6 +286,7 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 		SOCKS:     f.socks,
 		HTTPProxy: f.httpProxy,
 		Program:   "k8stunnel " + version,
+		StreamIDs: verbose > 1,
 	}, tr
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -74,7 +75,9 @@ func TestParseTunnel(t *testing.T) {
 				inv.cfg.Names = client.Names{ClusterDNS: netip.MustParseAddr("10.96.0.10")}
 			}},
 		{"verbose reaches the helper", []string{"-r", "node1", "-vv", "10.96.0.0/12"},
-			func(inv *invocation) { inv.verbose, inv.transport.Helper.Args = 2, []string{"-v"} }},
+			func(inv *invocation) {
+				inv.verbose, inv.transport.Helper.Args, inv.cfg.StreamIDs = 2, []string{"-v"}, true
+			}},
 		{"daemon", []string{"-r", "node1", "--daemon", "--pidfile", "/run/k.pid", "--log-file", "/var/log/k.log", "10.96.0.0/12"},
 			func(inv *invocation) { inv.daemon, inv.pidfile, inv.logFile = true, "/run/k.pid", "/var/log/k.log" }},
 		{"syslog", []string{"-r", "node1", "--syslog", "10.96.0.0/12"},
@@ -134,11 +137,24 @@ func TestParseSubcommands(t *testing.T) {
 		{[]string{"server", "-v", "--verbose"}, invocation{cmd: cmdServer, verbose: 2}},
 		{[]string{"firewall"}, invocation{cmd: cmdFirewall}},
 		{[]string{"cleanup"}, invocation{cmd: cmdCleanup}},
+		{[]string{"status"}, invocation{cmd: cmdStatus}},
+		{[]string{"status", "--json", "-w"}, invocation{cmd: cmdStatus, asJSON: true, watch: true}},
+		{[]string{"stop"}, invocation{cmd: cmdStop}},
+		{[]string{"stop", "1234"}, invocation{cmd: cmdStop, pid: 1234}},
+		{[]string{"stop", "--all"}, invocation{cmd: cmdStop, all: true}},
 		{[]string{"--version"}, invocation{output: "k8stunnel " + version + "\n"}},
 	} {
 		got, err := parse(tc.args)
 		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("parse(%q) = %+v, %v; want %+v", tc.args, got, err, tc.want)
+		}
+	}
+	for _, args := range [][]string{
+		{"status", "extra"}, {"status", "--bogus"},
+		{"stop", "1", "2"}, {"stop", "--all", "1"}, {"stop", "x"}, {"stop", "0"},
+	} {
+		if _, err := parse(args); !errors.As(err, new(usageError)) {
+			t.Errorf("parse(%q) = %v, want a usage error", args, err)
 		}
 	}
 }

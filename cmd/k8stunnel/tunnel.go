@@ -6,16 +6,19 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strconv"
 
 	"github.com/k8stunnel/k8stunnel/client"
 	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/internal/control"
 	"github.com/k8stunnel/k8stunnel/transport/sshtransport"
 )
 
 // runTunnel is the main job: wire a parsed invocation to this host, then run
 // the client until a signal. args are re-run by --daemon's detached child.
-func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Writer) error {
+func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Writer) (err error) {
 	// x/crypto/ssh allocates every packet it receives afresh: at a Gbit/s that
 	// is the client's main garbage. A higher GC target trades a few MB of heap
 	// for about 15% less CPU per byte downloaded.
@@ -24,6 +27,12 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 	if inv.daemon && child == nil {
 		return daemonize(inv.logFile, args, stderr)
 	}
+	// Whatever stops a daemon before the tunnel is up, its parent shows.
+	defer func() {
+		if err != nil {
+			child.failed(err)
+		}
+	}()
 	if inv.logFile != "" && !inv.daemon {
 		f, err := openLogFile(inv.logFile)
 		if err != nil {
@@ -33,17 +42,45 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 		stderr = f
 	}
 	log := newLogger(stderr, inv.verbose)
-	if inv.syslog {
-		var err error
+	inv.logDest = inv.logFile
+	switch {
+	case inv.syslog:
 		if log, err = syslogLogger(inv.verbose); err != nil {
 			return err
 		}
+		inv.logDest = "syslog"
+	case child != nil && inv.logFile == "":
+		// A daemon's stderr goes nowhere: syslog, else a file status names.
+		if l, err := syslogLogger(inv.verbose); err == nil {
+			log, inv.logDest = l, "syslog"
+			break
+		}
+		f, path, err := runtimeLogFile()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		log, inv.logDest = newLogger(f, inv.verbose), path
 	}
-	err := runClient(ctx, inv, log, stderr, child)
+	return runClient(ctx, inv, log, stderr, child)
+}
+
+// runtimeDir is where this instance's control socket goes; tests replace it.
+var runtimeDir = func() string { return control.Dir(os.Getuid()) }
+
+// runtimeLogFile opens PID.log in the runtime directory, next to the
+// control socket, for a daemon that has no other place to log.
+func runtimeLogFile() (*os.File, string, error) {
+	dir := runtimeDir()
+	if err := control.MakeDir(dir, os.Getuid()); err != nil {
+		return nil, "", fmt.Errorf("opening a log file: %w", err)
+	}
+	path := filepath.Join(dir, strconv.Itoa(os.Getpid())+".log")
+	f, err := openLogFile(path)
 	if err != nil {
-		child.failed(err)
+		return nil, "", fmt.Errorf("opening a log file: %w", err)
 	}
-	return err
+	return f, path, nil
 }
 
 // startFirewall starts the privileged helper, through sudo unless we are
@@ -85,6 +122,15 @@ func runClient(ctx context.Context, inv invocation, log *slog.Logger, stderr io.
 	c, err := client.New(cfg)
 	if err != nil {
 		return err
+	}
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	// A tunnel without its socket still runs; status just cannot see it.
+	if srv, err := serveControl(c, inv.logDest, func() { stop(errStopRequested) }); err == nil {
+		// Closed once the rules are gone: a waiting `k8stunnel stop` returns then.
+		defer srv.Close()
+	} else {
+		log.Warn("no control socket; k8stunnel status will not show this tunnel", "err", err)
 	}
 	err = c.Run(ctx)
 	if inv.pidfile != "" && pidErr == nil {

@@ -170,7 +170,7 @@ func (h *Stdio) stderrLine(line string) {
 		if dropped > 0 {
 			h.log.Warn("the node said too much; lines dropped", "lines", dropped, "from", "node")
 		}
-		h.log.Info(line, "from", "node")
+		logNodeLine(h.log, line)
 	}
 }
 
@@ -245,7 +245,7 @@ func (h *Stdio) Started() {
 	h.starting, h.early = false, nil
 	h.mu.Unlock()
 	for _, line := range early {
-		h.log.Info(line, "from", "node")
+		logNodeLine(h.log, line)
 	}
 }
 

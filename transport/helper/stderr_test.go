@@ -1,6 +1,7 @@
 package helper
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -58,5 +59,41 @@ func TestCapBuffer(t *testing.T) {
 	}
 	if b.String() != "0123456789" {
 		t.Errorf("kept %q, want the first 10 bytes", b.String())
+	}
+}
+
+// A helper's log line becomes a record with its own level and attributes,
+// from the node; anything else stays a line at info. Nothing the node wrote
+// reaches the log unescaped.
+func TestLogNodeLine(t *testing.T) {
+	var b strings.Builder
+	log := slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+	for _, line := range []string{
+		`level=DEBUG msg="dial failed" dst=10.96.0.1:80 err="dial tcp 10.96.0.1:80: connect: connection refused"`,
+		`time=2025-01-02T10:00:00Z level=WARN msg="\x1b]0;pwned\a title" n=3 bad="a\x1b[31mred"`,
+		`level=INFO+2 msg=plain`,
+		"panic: \x1b[2J oops",
+		`level=DEBUG msg="unterminated`,
+		`level=BOGUS msg=x`,
+		`msg="no level"`,
+	} {
+		logNodeLine(log, line)
+	}
+	want := `level=DEBUG msg="dial failed" dst=10.96.0.1:80 err="dial tcp 10.96.0.1:80: connect: connection refused" from=node
+level=WARN msg="\\x1b]0;pwned\\a title" n=3 bad=a\x1b[31mred from=node
+level=INFO+2 msg=plain from=node
+level=INFO msg="panic: \\x1b[2J oops" from=node
+level=INFO msg="level=DEBUG msg=\"unterminated" from=node
+level=INFO msg="level=BOGUS msg=x" from=node
+level=INFO msg="msg=\"no level\"" from=node
+`
+	if got := b.String(); got != want {
+		t.Errorf("logged\n%s\nwant\n%s", got, want)
 	}
 }

@@ -246,7 +246,7 @@ func TestKeepaliveTimeout(t *testing.T) {
 	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey(), Silent: true})
 	c := sshtest.Client(t, srv, signer)
 
-	err := Keepalive(t.Context(), c, 10*time.Millisecond, 50*time.Millisecond)
+	err := Keepalive(t.Context(), c, 10*time.Millisecond, 50*time.Millisecond, nil)
 	if !errors.Is(err, ErrKeepaliveTimeout) {
 		t.Fatalf("err = %v, want ErrKeepaliveTimeout", err)
 	}
@@ -264,11 +264,23 @@ func TestKeepaliveStopsWithContext(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- Keepalive(ctx, c, 5*time.Millisecond, time.Second) }()
+	rtts := make(chan time.Duration, 100)
+	go func() {
+		done <- Keepalive(ctx, c, 5*time.Millisecond, time.Second, func(d time.Duration) {
+			select {
+			case rtts <- d:
+			default:
+			}
+		})
+	}()
 	for range 2 {
 		if typ := <-seen; typ != "keepalive@openssh.com" {
 			t.Errorf("global request %q", typ)
 		}
+	}
+	// Each answer's round trip is reported, for `k8stunnel status`.
+	if d := <-rtts; d <= 0 || d > time.Second {
+		t.Errorf("round trip %v, want between 0 and the timeout", d)
 	}
 	cancel()
 	if err := <-done; err != nil {

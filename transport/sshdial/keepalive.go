@@ -17,7 +17,8 @@ import (
 // On a missing answer or a failed request Keepalive returns the reason; the
 // caller records it and then closes c, so the reason, not the closed
 // connection it causes, is what gets reported. It returns nil when ctx is done.
-func Keepalive(ctx context.Context, c *ssh.Client, interval time.Duration, timeout time.Duration) error {
+// rtt, when set, is told each answer's round trip.
+func Keepalive(ctx context.Context, c *ssh.Client, interval, timeout time.Duration, rtt func(time.Duration)) error {
 	if interval <= 0 || timeout <= 0 {
 		return errors.New("ssh keepalive: interval and timeout must be positive")
 	}
@@ -31,6 +32,7 @@ func Keepalive(ctx context.Context, c *ssh.Client, interval time.Duration, timeo
 		}
 
 		reply := make(chan error, 1)
+		sent := time.Now()
 		go func() {
 			// OpenSSH answers with a failure reply: any answer proves liveness.
 			_, _, err := c.SendRequest("keepalive@openssh.com", true, nil)
@@ -42,6 +44,9 @@ func Keepalive(ctx context.Context, c *ssh.Client, interval time.Duration, timeo
 			timer.Stop()
 			if err != nil {
 				return fmt.Errorf("ssh keepalive: %w", err)
+			}
+			if rtt != nil {
+				rtt(time.Since(sent))
 			}
 		case <-timer.C:
 			return fmt.Errorf("ssh keepalive: %w in %s", ErrKeepaliveTimeout, timeout)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -79,7 +80,8 @@ func (t *Transport) Connect(ctx context.Context) (transport.Link, error) {
 	l.wg.Add(2)
 	go func() {
 		defer l.wg.Done()
-		if err := sshdial.Keepalive(kctx, sc, t.interval, t.timeout); err != nil {
+		rtt := func(d time.Duration) { l.rtt.Store(int64(d)) }
+		if err := sshdial.Keepalive(kctx, sc, t.interval, t.timeout, rtt); err != nil {
 			l.fail(err)
 		}
 	}()
@@ -102,7 +104,13 @@ type link struct {
 
 	once sync.Once
 	err  error
+	rtt  atomic.Int64 // nanoseconds, from the keepalives
 }
+
+// RTT is the last keepalive's round trip.
+func (l *link) RTT() time.Duration { return time.Duration(l.rtt.Load()) }
+
+var _ transport.RTTReporter = (*link)(nil)
 
 func (l *link) Open(ctx context.Context) (transport.Channel, error) {
 	return l.launcher.Start(ctx, l.ssh)
