@@ -21,8 +21,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Status is what an instance says about itself; `status --json` prints it.
@@ -118,10 +116,10 @@ func checkDir(dir string, uid int) error {
 	if err != nil {
 		return err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || (uid >= 0 && int(st.Uid) != uid) || fi.Mode().Perm()&0o077 != 0 {
+	owner, ok := fileOwner(fi)
+	if !fi.IsDir() || !ok || (uid >= 0 && owner != uid) || fi.Mode().Perm()&0o077 != 0 {
 		return fmt.Errorf("%w: %s is %v, owned by uid %d; want a directory of uid %d, mode 0700 (remove it and start again)",
-			ErrNotOwner, dir, fi.Mode(), st.Uid, uid)
+			ErrNotOwner, dir, fi.Mode(), owner, uid)
 	}
 	return nil
 }
@@ -243,25 +241,6 @@ func (s *Server) answer(c *net.UnixConn) {
 		// Held until Close, or until the caller gives up waiting.
 		io.Copy(io.Discard, c)
 	}
-}
-
-// peerUID is the uid of the process at the other end of c.
-func peerUID(c *net.UnixConn) (int, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, cerr
-	}
-	return int(cred.Uid), nil
 }
 
 // Find returns the sockets of the instances the caller may ask, by pid.
