@@ -93,6 +93,13 @@ func run() error {
 		}
 	}
 
+	fmt.Printf("\n$ ip netns exec %s k8stunnel status\n", lab.Laptop.Name)
+	out, err := lab.Laptop.Output(ctx, *bin, "status")
+	fmt.Print(out)
+	if err != nil {
+		return err
+	}
+
 	fmt.Println("\nstopping k8stunnel with SIGTERM")
 	if err := client.Stop(syscall.SIGTERM); err != nil {
 		return fmt.Errorf("k8stunnel did not exit cleanly: %w", err)
