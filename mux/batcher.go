@@ -147,6 +147,12 @@ func (b *batcher) flush() {
 			b.done(out, err)
 			b.wmu.Unlock()
 			if err != nil {
+				// Nobody waits for this write's result: yamux would learn
+				// of the error only from its next write, and with nothing
+				// more to send the session would live on, its streams
+				// stuck. A transport that cannot be written is dead;
+				// closing it ends the session's reads, and so the session.
+				b.w.Close()
 				return
 			}
 		}

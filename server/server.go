@@ -149,16 +149,46 @@ func Stdio() io.ReadWriteCloser {
 	for _, f := range []*os.File{os.Stdin, os.Stdout} {
 		growPipe(f)
 	}
-	return stdio{}
+	return stdio{in: pollable(os.Stdin)}
 }
 
 const pipeSize = 1 << 20
 
-type stdio struct{}
+// pollable returns, when f is a pipe, a non-blocking duplicate of it that
+// the runtime polls, else f. sshd's pipes are blocking, and closing one does
+// not wake a Read blocked in it: the session would wait for the client to
+// end before it could close, however it ended on our side.
+func pollable(f *os.File) *os.File {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return f
+	}
+	dup := -1
+	rc.Control(func(fd uintptr) {
+		var st unix.Stat_t
+		if unix.Fstat(int(fd), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO {
+			// Not a terminal: O_NONBLOCK would stay on it after we exit,
+			// for the shell that shares it.
+			dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		}
+	})
+	if dup < 0 {
+		return f
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return f
+	}
+	return os.NewFile(uintptr(dup), f.Name())
+}
 
-func (stdio) Read(b []byte) (int, error)  { return os.Stdin.Read(b) }
-func (stdio) Write(b []byte) (int, error) { return os.Stdout.Write(b) }
-func (stdio) Close() error {
+// stdio reads in, a polled stdin, and writes stdout.
+type stdio struct{ in *os.File }
+
+func (s stdio) Read(b []byte) (int, error) { return s.in.Read(b) }
+func (stdio) Write(b []byte) (int, error)  { return os.Stdout.Write(b) }
+func (s stdio) Close() error {
+	s.in.Close()
 	os.Stdin.Close()
 	return os.Stdout.Close()
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +34,9 @@ const bound = 10 * time.Second
 // Serve by net.Pipe, the way the SSH channel joins them in production.
 type pair struct {
 	client *mux.Session
+	conn   net.Conn           // the client's end of the pipe, under its session
+	armed  atomic.Bool        // the helper's writes to the pipe are to fail
+	broken atomic.Bool        // they fail
 	cancel context.CancelFunc // ends Serve's context
 	served chan error
 	err    error
@@ -47,8 +51,8 @@ func newPair(t *testing.T, cfg Config, hello mux.Hello) *pair {
 	goroutineLeakCheck(t)
 	a, b := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &pair{cancel: cancel, served: make(chan error, 1)}
-	go func() { p.served <- Serve(ctx, b, cfg) }()
+	p := &pair{conn: a, cancel: cancel, served: make(chan error, 1)}
+	go func() { p.served <- Serve(ctx, brokenWrites{b, &p.armed, &p.broken}, cfg) }()
 	client, err := mux.NewClient(a, hello, discard)
 	if err != nil {
 		a.Close()
@@ -65,6 +69,27 @@ func newPair(t *testing.T, cfg Config, hello mux.Hello) *pair {
 		p.wait(t)
 	})
 	return p
+}
+
+// brokenWrites is a transport whose writes fail, as a write to stdout does
+// when sshd is gone: once armed is set, from the first write that carries
+// an answer from a target on. Anything written before it goes through, so
+// that one write is all the helper learns of the failure from.
+type brokenWrites struct {
+	net.Conn
+	armed, broken *atomic.Bool
+}
+
+const answer = "an answer"
+
+func (c brokenWrites) Write(b []byte) (int, error) {
+	if c.armed.Load() && bytes.Contains(b, []byte(answer)) {
+		c.broken.Store(true)
+	}
+	if c.broken.Load() {
+		return 0, syscall.EPIPE
+	}
+	return c.Conn.Write(b)
 }
 
 // wait returns what Serve returned, failing the test if it does not return.
@@ -653,10 +678,21 @@ func (c sshChannel) Close() error {
 func TestUnfinishedUploadsAreReset(t *testing.T) {
 	for _, tt := range []struct {
 		name string
-		end  func(*pair)
+		end  func(p *pair, targets []*net.TCPConn)
 	}{
-		{"session lost", func(p *pair) { p.client.Close() }},
-		{"helper stopped", func(p *pair) { p.cancel() }}, // a signal ends Serve's context
+		{"session lost", func(p *pair, _ []*net.TCPConn) { p.client.Close() }},
+		{"helper stopped", func(p *pair, _ []*net.TCPConn) { p.cancel() }}, // a signal ends Serve's context
+		{"session error", func(p *pair, _ []*net.TCPConn) {
+			// A frame of an unknown yamux version: the helper's session
+			// fails with a protocol error while the pipe stays open.
+			p.conn.Write([]byte{0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+		}},
+		{"write error", func(p *pair, targets []*net.TCPConn) {
+			// The pod answers and the helper cannot pass it on. Nothing
+			// else is written: that one failed write must end the session.
+			p.armed.Store(true)
+			targets[0].Write([]byte(answer))
+		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newPair(t, Config{}, mux.Hello{})
@@ -673,7 +709,7 @@ func TestUnfinishedUploadsAreReset(t *testing.T) {
 				}
 				targets = append(targets, c)
 			}
-			tt.end(p)
+			tt.end(p, targets)
 			// The helper exits when Serve returns, and the kernel would then
 			// close what is still open with a FIN: by then every target must
 			// have been reset. One non-blocking read each says what arrived.

@@ -19,9 +19,16 @@ import (
 // play the detached child: "ready", "fail" or "silent".
 const fakeDaemonEnv = "K8STUNNEL_TEST_DAEMON"
 
+// realMainEnv makes the test binary, started again, run main itself with
+// its arguments: the real command, signals and all.
+const realMainEnv = "K8STUNNEL_TEST_MAIN"
+
 var errNoFirewall = errors.New("tests start no firewall helper")
 
 func TestMain(m *testing.M) {
+	if os.Getenv(realMainEnv) != "" {
+		main()
+	}
 	if os.Getenv(daemonEnv) != "" {
 		os.Exit(fakeDaemonChild())
 	}

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"io"
+	"os/signal"
 	"runtime"
+	"syscall"
 
 	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/server"
@@ -17,6 +19,12 @@ func runServer(ctx context.Context, verbose int, stderr io.Writer) error {
 	// small node a second P mostly spins looking for work and wakes threads.
 	// Each --channels helper is its own process, so channels still spread.
 	runtime.GOMAXPROCS(1)
+	// When sshd goes away, a write to stdout fails with EPIPE, and a Go
+	// program that leaves SIGPIPE alone dies of it on fd 1 at once, its
+	// targets closed by the kernel with a FIN: a pod would take a truncated
+	// upload for a complete one. Ignored, the write returns the error, the
+	// session ends and Serve resets every unfinished target.
+	signal.Ignore(syscall.SIGPIPE)
 	return server.Serve(ctx, server.Stdio(), server.Config{
 		Program:  "k8stunnel " + version,
 		Log:      log,
