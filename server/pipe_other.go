@@ -7,3 +7,6 @@ import "os"
 // growPipe does nothing: only Linux can resize a pipe, and the helper runs
 // on Linux nodes anyway.
 func growPipe(*os.File) {}
+
+// pollable returns f: the helper runs on Linux nodes.
+func pollable(f *os.File) *os.File { return f }
