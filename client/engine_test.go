@@ -87,25 +87,7 @@ func (f *fakeFirewall) Close() error {
 // echoTarget is a service on loopback that echoes what it gets.
 func echoTarget(t *testing.T) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				io.Copy(c, c)
-			})
-		}
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return listenTarget(t, func(c *net.TCPConn) { io.Copy(c, c) })
 }
 
 // engine is one client on an in-memory transport whose helpers are the real
