@@ -487,16 +487,13 @@ func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewal
 		"port", c.port, "hint", "if it does not come back, stop k8stunnel and run: sudo k8stunnel cleanup")
 	lastErr := ""
 	for {
-		fw, err := c.cfg.StartFirewall(ctx)
+		fw, err := c.startInstalled(ctx, server)
 		if err == nil {
-			if err = c.install(ctx, fw, server); err == nil {
-				c.fwLost.Store(false)
-				// A link lost meanwhile is noticed by Run's next turn.
-				c.setState(StateConnected)
-				c.log.Info("firewall helper restarted; rules restored")
-				return fw
-			}
-			fw.Close()
+			c.fwLost.Store(false)
+			// A link lost meanwhile is noticed by Run's next turn.
+			c.setState(StateConnected)
+			c.log.Info("firewall helper restarted; rules restored")
+			return fw
 		}
 		if err.Error() != lastErr {
 			c.log.Warn("restarting the firewall helper", "err", err, "retry_in", firewallRetry)
@@ -517,13 +514,9 @@ func (c *Client) restartFirewall(ctx context.Context, server netip.Addr) Firewal
 func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) (_ error, removed bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
 	defer cancel()
-	fw, err := c.cfg.StartFirewall(ctx)
+	fw, err := c.startInstalled(ctx, server)
 	if err == nil {
-		if err = c.install(ctx, fw, server); err == nil {
-			err = fw.Close()
-		} else {
-			fw.Close()
-		}
+		err = fw.Close()
 	}
 	if err == nil {
 		c.log.Info("removed the rules the lost firewall helper left behind")
@@ -537,6 +530,20 @@ func (c *Client) removeOrphanedRules(server netip.Addr, runErr error) (_ error, 
 		return errors.Join(runErr, lost), false
 	}
 	return lost, false
+}
+
+// startInstalled starts a new privileged part and gives it the rules; on
+// failure none is left running.
+func (c *Client) startInstalled(ctx context.Context, server netip.Addr) (Firewall, error) {
+	fw, err := c.cfg.StartFirewall(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.install(ctx, fw, server); err != nil {
+		fw.Close()
+		return nil, err
+	}
+	return fw, nil
 }
 
 // install installs the rule set for server, bounded by installTimeout.

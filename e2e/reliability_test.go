@@ -437,9 +437,7 @@ func TestPrivilegeSplit(t *testing.T) {
 		// Until the client noticed, the old rules still work: wait for a new firewall child first.
 		newChild := func() bool {
 			procs, err := Procs(lab.Laptop)
-			return err == nil && slices.ContainsFunc(procs, func(p Proc) bool {
-				return p.Exe == pub && len(p.Args) == 2 && p.Args[1] == "firewall" && p.Pid != fw.Pid
-			})
+			return err == nil && slices.ContainsFunc(procs, func(p Proc) bool { return isFirewallChild(p, pub) && p.Pid != fw.Pid })
 		}
 		var recovered time.Duration
 		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -459,6 +457,11 @@ func TestPrivilegeSplit(t *testing.T) {
 		}
 		expectNoProcs(t, lab.Laptop, 5*time.Second)
 	})
+}
+
+// isFirewallChild says p is the firewall part of a tunnel run from exe.
+func isFirewallChild(p Proc, exe string) bool {
+	return p.Exe == exe && len(p.Args) == 2 && p.Args[1] == "firewall"
 }
 
 // checkSplit checks a running tunnel started by nobody: it works, the client (pid) runs pub as nobody and one
@@ -509,7 +512,7 @@ func checkSplit(t *testing.T, lab *Lab, pub string, pid int) Proc {
 	}
 	var fw []Proc
 	for _, p := range procs {
-		if p.Exe == pub && len(p.Args) == 2 && p.Args[1] == "firewall" {
+		if isFirewallChild(p, pub) {
 			fw = append(fw, p)
 		}
 	}
