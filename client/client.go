@@ -878,8 +878,10 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 	}
 	for _, s := range l.sessions {
 		go func() {
-			// The helper opens streams only to reset ours.
-			s.Serve(ctx, func(_ mux.Request, st *mux.Stream) { st.Abort(); st.Close() })
+			// The helper opens streams only to reset ours: nil refuses any
+			// other, and a feature that wants the node to open connections
+			// (a reverse forward) opts in with a handler here.
+			s.Serve(ctx, nil)
 			l.fail(mux.ErrSessionLost)
 		}()
 	}

@@ -699,3 +699,108 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// The helper opens streams only to reset the client's. A node that opens
+// connect streams is broken or hostile: none may reach anything on the
+// client, each must fail at once on the node's side, and what the node
+// opened must not keep the client's goroutines (a handler, a reset sent
+// back, a linger) or hold the tunnel.
+func TestEngineRefusesNodeStreams(t *testing.T) {
+	attack := make(chan struct{})
+	attacked := make(chan []error, 1)
+	var first atomic.Bool
+	tr := &transporttest.Transport{Serve: func(ctx context.Context, rwc io.ReadWriteCloser) {
+		if first.Swap(true) {
+			server.Serve(ctx, rwc, server.Config{Program: "test server"})
+			return
+		}
+		node, err := mux.NewServer(rwc, func(mux.Hello) mux.Hello { return mux.Hello{Program: "hostile"} }, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return
+		}
+		defer node.Close()
+		go node.Serve(ctx, func(req mux.Request, st *mux.Stream) { // it relays, too
+			c, err := net.Dial("tcp", req.Dst.String())
+			if err != nil {
+				st.WriteStatus(mux.StatusRefused)
+				st.Close()
+				return
+			}
+			st.WriteStatus(mux.StatusOK)
+			mux.Relay(mux.NetConn(c), st)
+		})
+		select {
+		case <-attack:
+		case <-ctx.Done():
+			return
+		}
+		const streams = 1000
+		errs := make([]error, streams)
+		var wg sync.WaitGroup
+		for i := range streams {
+			st, err := node.Dial(netip.MustParseAddrPort("127.0.0.1:22"))
+			if err != nil {
+				<-node.Done() // fails only once the client has closed the session
+				errs[i] = mux.ErrSessionLost
+				continue
+			}
+			defer st.Close() // never before the session ends: a hostile node holds them
+			wg.Go(func() {
+				st.SetReadDeadline(time.Now().Add(5 * time.Second))
+				_, errs[i] = st.Read(make([]byte, 1))
+			})
+		}
+		wg.Wait()
+		attacked <- errs
+		select {
+		case <-node.Done():
+		case <-ctx.Done():
+		}
+	}}
+	e := startEngine(t, Config{}, tr, echoTarget(t))
+	echo(t, e.dial(t), "before")
+	e.logs.drain()
+	// Read from now on: the refusals' debug lines would crowd it out of the log.
+	restored := make(chan struct{})
+	go func() {
+		for m := range e.logs {
+			if m.Message == "tunnel restored" {
+				close(restored)
+				return
+			}
+		}
+	}()
+	baseline := runtime.NumGoroutine()
+
+	start := time.Now()
+	close(attack)
+	bad := 0
+	for i, err := range <-attacked {
+		var de *mux.DialError
+		if !(errors.As(err, &de) && de.Status == mux.StatusRefused) && !errors.Is(err, mux.ErrSessionLost) {
+			if bad++; bad == 1 {
+				t.Errorf("node stream %d: %v, want it refused (or the session ended)", i, err)
+			}
+		}
+	}
+	if bad > 1 {
+		t.Errorf("%d node streams not refused", bad)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the node's streams took %v to fail, want them refused at once", d)
+	}
+	// What the node opened must not keep anything on the client.
+	for deadline := time.Now().Add(time.Second); runtime.NumGoroutine() > baseline+10; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines a second after the node's streams were refused, %d before", runtime.NumGoroutine(), baseline)
+		}
+	}
+	// A node this broken loses its session; the tunnel comes back.
+	select {
+	case <-restored:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel did not come back")
+	}
+	echo(t, e.dial(t), "after")
+	e.shutdown(t)
+}

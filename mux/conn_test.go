@@ -45,7 +45,7 @@ func sessionPair(t testing.TB) (client, server *Session, accepted <-chan *Stream
 	go func() {
 		defer func() { served <- struct{}{} }()
 		// The client must serve too: resets from the helper arrive as streams.
-		client.Serve(ctx, func(_ Request, st *Stream) { st.Abort(); st.Close() })
+		client.Serve(ctx, nil)
 	}()
 	go func() {
 		defer func() { served <- struct{}{} }()
@@ -326,5 +326,30 @@ func TestDialNameNeedsHelperSupport(t *testing.T) {
 	defer stop()
 	if _, err := client.DialName("web.default", 80); !errors.Is(err, ErrNoNames) {
 		t.Fatalf("got %v, want ErrNoNames", err)
+	}
+}
+
+// A peer that opens streams and never sends their header must hold neither
+// the goroutines waiting for them for long nor, past maxStrays of them, the
+// session: yamux keeps every stream the peer keeps open.
+func TestSilentStreams(t *testing.T) {
+	client, server, _, stop := sessionPair(t)
+	defer stop()
+	client.requestTimeout.Store(int64(50 * time.Millisecond))
+	before := runtime.NumGoroutine()
+	for range 1000 {
+		if _, err := server.ys.OpenStream(); err != nil {
+			break // the client has closed the session
+		}
+	}
+	select {
+	case <-client.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the session is still open with %d silent streams", client.NumStreams())
+	}
+	for deadline := time.Now().Add(time.Second); runtime.NumGoroutine() > before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines a second after the session closed, %d before the silent streams", runtime.NumGoroutine(), before)
+		}
 	}
 }

@@ -21,6 +21,9 @@ var (
 	ErrBadName = errors.New("bad host name")
 	// ErrNoNames means the helper is too old to resolve names.
 	ErrNoNames = errors.New("the helper on the node cannot resolve names (an older k8stunnel)")
+	// ErrStrayStreams means a session was closed because the peer opened too
+	// many streams it should not have: it is broken or hostile.
+	ErrStrayStreams = errors.New("the other end opened streams it should not have")
 	// ErrBadStatus means the helper answered a connect request with an unknown status.
 	ErrBadStatus = errors.New("unknown status")
 

@@ -21,8 +21,22 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// requestTimeout bounds how long an accepted stream may take to send its header.
-const requestTimeout = 30 * time.Second
+// requestWait bounds how long a stream the peer opened may take to send its
+// header, and a reset stream to end after it. Both come right behind the
+// stream's opening, in the same burst of frames.
+const requestWait = 10 * time.Second
+
+// maxUnread bounds the streams whose header is awaited at once. Past it the
+// accept loop waits, and yamux resets what its backlog cannot hold.
+const maxUnread = 256
+
+// maxStrays is how many streams the peer may open that it should not have
+// (a connect to an end that takes none, a bad or missing header, a reset
+// stream that goes on past its header) before the session is closed. yamux
+// cannot drop a stream the peer keeps open, each with up to a 256 KiB
+// receive window of data: only the session's end frees them. A peer of ours
+// never opens one.
+const maxStrays = 64
 
 // Session is one yamux session over one SSH channel, plus the bookkeeping
 // both ends need to reset each other's streams.
@@ -31,9 +45,13 @@ type Session struct {
 	log  *slog.Logger
 	Peer Hello // what the other end said in its hello
 
-	// statusTimeout, in nanoseconds, bounds the wait for a dial status when
-	// set; tests shorten it.
-	statusTimeout atomic.Int64
+	// statusTimeout and requestTimeout, in nanoseconds, replace statusWait
+	// and requestWait when set; tests shorten them.
+	statusTimeout  atomic.Int64
+	requestTimeout atomic.Int64
+
+	strays      atomic.Int64 // streams the peer opened that it should not have
+	strayClosed atomic.Bool  // the session was closed for too many of them
 
 	mu     sync.Mutex
 	active map[uint32]*Stream
@@ -191,40 +209,88 @@ func (s *Session) open(req Request, addr streamAddr) (*Stream, error) {
 
 // Serve accepts streams until the session ends. Resets are handled here;
 // connect requests go to handle, each in its own goroutine. handle owns the
-// stream and must close it.
+// stream and must close it. A nil handle means this end takes no connects
+// (the client: the helper opens streams only to reset the client's); every
+// connect the peer asks for is then refused at once, never handled. Serve
+// returns ErrStrayStreams when it closed the session because the peer opened
+// too many streams it should not have.
 func (s *Session) Serve(ctx context.Context, handle func(Request, *Stream)) error {
+	pending := make(chan struct{}, maxUnread)
 	for {
+		select {
+		case pending <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
 		ys, err := s.ys.AcceptStreamWithContext(ctx)
 		if err != nil {
-			if ctx.Err() != nil || s.ys.IsClosed() {
+			switch {
+			case s.strayClosed.Load():
+				return ErrStrayStreams
+			case ctx.Err() != nil || s.ys.IsClosed():
 				return nil
 			}
 			return err
 		}
-		go s.serveStream(ys, handle)
+		go func() {
+			req, ok := s.admit(ys, handle != nil)
+			<-pending
+			if ok {
+				handle(req, s.track(ys, streamAddr{dst: req.Dst, name: req.Target()}, false))
+			}
+		}()
 	}
 }
 
-func (s *Session) serveStream(ys *yamux.Stream, handle func(Request, *Stream)) {
-	ys.SetReadDeadline(time.Now().Add(requestTimeout))
-	req, err := readRequest(ys)
-	ys.SetReadDeadline(time.Time{})
-	if err != nil {
-		s.log.Debug("bad stream request", "err", err)
-		ys.Close()
-		return
+// admit reads the request of a stream the peer opened and carries out a
+// reset. It reports a connect request that connects says to hand on; any
+// other stream it has closed.
+func (s *Session) admit(ys *yamux.Stream, connects bool) (Request, bool) {
+	wait := time.Duration(s.requestTimeout.Load())
+	if wait == 0 {
+		wait = requestWait
 	}
-	if req.kind == kindReset {
-		ys.Close()
+	ys.SetReadDeadline(time.Now().Add(wait))
+	req, err := readRequest(ys)
+	switch {
+	case err != nil:
+		s.stray(ys, "bad stream request", err)
+	case req.kind == kindReset:
 		s.mu.Lock()
 		victim := s.active[req.streamID]
 		s.mu.Unlock()
 		if victim != nil {
 			victim.resetByPeer()
 		}
-		return
+		// The peer ends a reset stream right behind its header. Its end
+		// frees the stream on both sides; a stream it keeps open would
+		// stay with us until the session ends.
+		if n, err := ys.Read(make([]byte, 1)); n > 0 || err != io.EOF {
+			s.stray(ys, "reset stream not ended after its header", err)
+			break
+		}
+		ys.Close()
+	case !connects:
+		writeStatus(ys, StatusRefused)
+		s.stray(ys, "refused a stream this end did not ask for", nil)
+	default:
+		ys.SetReadDeadline(time.Time{})
+		return req, true
 	}
-	handle(req, s.track(ys, streamAddr{dst: req.Dst, name: req.Target()}, false))
+	return Request{}, false
+}
+
+// stray closes a stream the peer should not have opened, or not that way,
+// and the session once the peer has opened too many.
+func (s *Session) stray(ys *yamux.Stream, why string, err error) {
+	ys.Close()
+	n := s.strays.Add(1)
+	s.log.Debug(why, "stream", ys.StreamID(), "err", err, "strays", n)
+	if n == maxStrays+1 {
+		s.log.Warn("closing the tunnel session: the other end opened streams it should not have", "streams", n)
+		s.strayClosed.Store(true)
+		s.ys.Close()
+	}
 }
 
 func (s *Session) track(ys *yamux.Stream, addr streamAddr, dialled bool) *Stream {

@@ -22,6 +22,11 @@ const streamWindow = 4 << 20
 // falsely; liveness is checked with SSH keepalives instead. Streams never time
 // out on close, because a half-closed stream can legitimately live for hours
 // (a request sent, a long answer still streaming); aborts travel as kindReset.
+//
+// AcceptBacklog is what a burst of the peer's new streams may queue before
+// Serve takes them; yamux resets the rest (it has no MaxIncomingStreams).
+// It is also how many of our own opens may await the peer's answer, so it
+// stays large; Serve bounds what the peer's streams hold once taken.
 func yamuxConfig(log *slog.Logger) *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = 4096

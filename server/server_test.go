@@ -62,7 +62,7 @@ func newPair(t *testing.T, cfg Config, hello mux.Hello) *pair {
 	}
 	p.client = client
 	// The client accepts the streams that carry the helper's resets.
-	go client.Serve(context.Background(), func(_ mux.Request, st *mux.Stream) { st.Abort(); st.Close() })
+	go client.Serve(context.Background(), nil)
 	t.Cleanup(func() {
 		client.Close()
 		cancel()
