@@ -24,6 +24,8 @@ var (
 	// ErrStrayStreams means a session was closed because the peer opened too
 	// many streams it should not have: it is broken or hostile.
 	ErrStrayStreams = errors.New("the other end opened streams it should not have")
+	// ErrBadExpose means an expose request names an entry past MaxExposes.
+	ErrBadExpose = errors.New("bad expose entry")
 	// ErrBadStatus means the helper answered a connect request with an unknown status.
 	ErrBadStatus = errors.New("unknown status")
 

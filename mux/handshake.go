@@ -32,6 +32,14 @@ type Hello struct {
 	Names bool `json:"names,omitempty"`
 	// Facts is what the helper found on the node (helper to client).
 	Facts *Facts `json:"facts,omitempty"`
+	// Expose asks the helper to listen on the node and carry what it
+	// accepts back to the client (client to helper; see expose.go), with
+	// ExposeToward the CIDR (the pod network) whose route picks the address
+	// for an Expose without Bind, when the node knows no pod CIDR itself.
+	Expose       []Expose `json:"expose,omitempty"`
+	ExposeToward string   `json:"expose_toward,omitempty"`
+	// Exposed answers Expose, entry by entry (helper to client).
+	Exposed []Exposed `json:"exposed,omitempty"`
 	// Error is set when the helper refuses the session, e.g. on a version mismatch.
 	Error string `json:"error,omitempty"`
 }

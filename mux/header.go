@@ -25,6 +25,7 @@ const (
 	// kindConnectName asks the helper to resolve a name with the node's
 	// resolver, dial it and relay; sent only to a helper whose hello has Names.
 	kindConnectName streamKind = 3
+	// 4 is kindExpose, in expose.go.
 )
 
 // Status is the helper's answer to a connect request.
@@ -68,6 +69,10 @@ type Request struct {
 	Port uint16
 	// StreamID names the stream to abort, for kindReset.
 	streamID uint32
+	// Entry is the index of the expose (-R) in the client's hello, and Src
+	// the pod's address, for kindExpose.
+	Entry int
+	Src   netip.AddrPort
 }
 
 // Target is where the request asks to connect, as net.Dial takes it.
@@ -118,18 +123,12 @@ func ValidName(s string) bool {
 //	connect: version(1) kind(1) addrlen(1: 4 or 16) addr port(2, big endian)
 //	reset:   version(1) kind(1) streamID(4, big endian)
 //	name:    version(1) kind(1) namelen(1: 1..253) name port(2, big endian)
+//	expose:  version(1) kind(1) entry(1) addrlen(1: 4 or 16) addr port(2, big endian)
 func appendRequest(b []byte, r Request) ([]byte, error) {
 	b = append(b, protocolVersion, byte(r.kind))
 	switch r.kind {
 	case kindConnect:
-		a := r.Dst.Addr().Unmap()
-		if !a.IsValid() || a.Zone() != "" {
-			return nil, fmt.Errorf("encoding %v: %w", r.Dst, ErrBadAddress)
-		}
-		raw := a.AsSlice()
-		b = append(b, byte(len(raw)))
-		b = append(b, raw...)
-		b = binary.BigEndian.AppendUint16(b, r.Dst.Port())
+		return appendAddrPort(b, r.Dst)
 	case kindReset:
 		b = binary.BigEndian.AppendUint32(b, r.streamID)
 	case kindConnectName:
@@ -139,6 +138,8 @@ func appendRequest(b []byte, r Request) ([]byte, error) {
 		b = append(b, byte(len(r.Host)))
 		b = append(b, r.Host...)
 		b = binary.BigEndian.AppendUint16(b, r.Port)
+	case kindExpose:
+		return appendExpose(b, r)
 	default:
 		return nil, errBadKind
 	}
@@ -168,18 +169,11 @@ func readRequest(rd io.Reader) (Request, error) {
 	r := Request{kind: streamKind(buf[1])}
 	switch r.kind {
 	case kindConnect:
-		if _, err := io.ReadFull(rd, buf[:1]); err != nil {
-			return Request{}, noEOF(err)
+		dst, err := readAddrPort(rd)
+		if err != nil {
+			return Request{}, err
 		}
-		n := int(buf[0])
-		if n != 4 && n != 16 {
-			return Request{}, fmt.Errorf("%w: length %d", ErrBadAddress, n)
-		}
-		if _, err := io.ReadFull(rd, buf[:n+2]); err != nil {
-			return Request{}, noEOF(err)
-		}
-		a, _ := netip.AddrFromSlice(buf[:n])
-		r.Dst = netip.AddrPortFrom(a, binary.BigEndian.Uint16(buf[n:]))
+		r.Dst = dst
 	case kindReset:
 		if _, err := io.ReadFull(rd, buf[:4]); err != nil {
 			return Request{}, noEOF(err)
@@ -201,6 +195,10 @@ func readRequest(rd io.Reader) (Request, error) {
 		}
 		r.Host = string(buf[:n])
 		r.Port = binary.BigEndian.Uint16(buf[n:])
+	case kindExpose:
+		if err := readExpose(rd, &r); err != nil {
+			return Request{}, err
+		}
 	default:
 		return Request{}, fmt.Errorf("%w: %d", errBadKind, r.kind)
 	}

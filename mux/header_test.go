@@ -176,6 +176,7 @@ func FuzzReadRequest(f *testing.F) {
 		{kind: kindConnect, Dst: netip.MustParseAddrPort("[fd00::1]:443")},
 		{kind: kindReset, streamID: 7},
 		{kind: kindConnectName, Host: "web.default.svc.cluster.local", Port: 80},
+		{kind: kindExpose, Entry: 3, Src: netip.MustParseAddrPort("10.244.1.10:40000")},
 	} {
 		b, _ := appendRequest(nil, r)
 		f.Add(b)
@@ -194,6 +195,7 @@ func FuzzReadRequest(f *testing.F) {
 		again, err := readRequest(bytes.NewReader(out))
 		want := req
 		want.Dst = netip.AddrPortFrom(req.Dst.Addr().Unmap(), req.Dst.Port())
+		want.Src = netip.AddrPortFrom(req.Src.Addr().Unmap(), req.Src.Port())
 		if err != nil || again != want {
 			t.Fatalf("round trip: % x -> %+v -> % x -> %+v, %v", in, req, out, again, err)
 		}

@@ -215,6 +215,15 @@ func (s *Session) open(req Request, addr streamAddr) (*Stream, error) {
 // returns ErrStrayStreams when it closed the session because the peer opened
 // too many streams it should not have.
 func (s *Session) Serve(ctx context.Context, handle func(Request, *Stream)) error {
+	var accept func(Request) bool
+	if handle != nil {
+		accept = func(r Request) bool { return r.kind == kindConnect || r.kind == kindConnectName }
+	}
+	return s.serve(ctx, accept, handle)
+}
+
+// serve is Serve handing on the requests accept takes; a nil accept takes none.
+func (s *Session) serve(ctx context.Context, accept func(Request) bool, handle func(Request, *Stream)) error {
 	pending := make(chan struct{}, maxUnread)
 	for {
 		select {
@@ -233,7 +242,7 @@ func (s *Session) Serve(ctx context.Context, handle func(Request, *Stream)) erro
 			return err
 		}
 		go func() {
-			req, ok := s.admit(ys, handle != nil)
+			req, ok := s.admit(ys, accept)
 			<-pending
 			if ok {
 				handle(req, s.track(ys, streamAddr{dst: req.Dst, name: req.Target()}, false))
@@ -243,9 +252,9 @@ func (s *Session) Serve(ctx context.Context, handle func(Request, *Stream)) erro
 }
 
 // admit reads the request of a stream the peer opened and carries out a
-// reset. It reports a connect request that connects says to hand on; any
-// other stream it has closed.
-func (s *Session) admit(ys *yamux.Stream, connects bool) (Request, bool) {
+// reset. It reports a request that accept says to hand on; any other stream
+// it has closed.
+func (s *Session) admit(ys *yamux.Stream, accept func(Request) bool) (Request, bool) {
 	wait := time.Duration(s.requestTimeout.Load())
 	if wait == 0 {
 		wait = requestWait
@@ -270,7 +279,7 @@ func (s *Session) admit(ys *yamux.Stream, connects bool) (Request, bool) {
 			break
 		}
 		ys.Close()
-	case !connects:
+	case accept == nil || !accept(req):
 		writeStatus(ys, StatusRefused)
 		s.stray(ys, "refused a stream this end did not ask for", nil)
 	default:

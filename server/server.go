@@ -5,13 +5,11 @@ package server
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/k8stunnel/k8stunnel/mux"
@@ -101,7 +99,7 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 	c, err := cfg.Dial(dctx, "tcp", dst)
 	cancel()
 	if err != nil {
-		status := statusOf(err)
+		status := mux.DialStatus(err)
 		cfg.Log.Debug("dial failed", "dst", dst, "err", err)
 		st.WriteStatus(status)
 		st.Close()
@@ -119,25 +117,6 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 	if err := mux.Relay(mux.NetConn(c), st); err != nil {
 		cfg.Log.Debug("relay ended", "dst", dst, "err", err)
 	}
-}
-
-// statusOf tells the client why a dial failed, so it can answer the
-// application the way a direct connection would have.
-func statusOf(err error) mux.Status {
-	var ne net.Error
-	var de *net.DNSError
-	switch {
-	case errors.As(err, &de) && de.IsNotFound:
-		return mux.StatusNoName
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return mux.StatusRefused
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		return mux.StatusUnreachable
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
-		errors.As(err, &ne) && ne.Timeout():
-		return mux.StatusTimeout
-	}
-	return mux.StatusFailed
 }
 
 // Stdio is the helper's end of the SSH session: stdin and stdout, the pipes
