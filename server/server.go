@@ -1,6 +1,7 @@
 // Package server is the helper that runs on the cluster node. It speaks the
 // mux protocol on its stdin and stdout (an SSH session's channel), dials the
-// destinations the client asks for, and relays. It never listens on a port.
+// destinations the client asks for, and relays. It listens on a port only
+// when the client asks it to (-R, see expose.go).
 package server
 
 import (
@@ -9,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/k8stunnel/k8stunnel/mux"
@@ -25,7 +25,9 @@ type Config struct {
 	Program string
 	// Discover finds cluster facts on the node when the client asks; may be nil.
 	Discover func() *mux.Facts
-	Log      *slog.Logger
+	// Listen binds what the client exposes (-R); nil means a net.ListenConfig.
+	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
+	Log    *slog.Logger
 }
 
 // Serve runs one session on rwc until the client goes away or ctx ends.
@@ -41,14 +43,17 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	var exp *exposer
 	sess, err := mux.NewServer(rwc, func(h mux.Hello) mux.Hello {
 		resp := mux.Hello{Program: cfg.Program, Names: true}
 		if h.Discover && cfg.Discover != nil {
 			resp.Facts = cfg.Discover()
 		}
+		exp, resp.Exposed = listenExposes(ctx, cfg, h, resp.Facts)
 		return resp
 	}, cfg.Log)
 	if err != nil {
+		exp.close()
 		return err
 	}
 	defer sess.Close()
@@ -64,30 +69,21 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 		}
 	}()
 	// A stream accepted as the session ends may reach its handler after
-	// Serve has begun to wait; stopping turns it away instead.
-	var (
-		mu       sync.Mutex
-		stopping bool
-		handlers sync.WaitGroup
-	)
+	// Serve has begun to wait; the tracker turns it away instead.
+	var work tracker
+	exp.serve(ctx, cfg, sess, &work)
 	err = sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
-		mu.Lock()
-		if stopping {
-			mu.Unlock()
+		if !work.enter() {
 			st.Close()
 			return
 		}
-		handlers.Add(1)
-		mu.Unlock()
-		defer handlers.Done()
+		defer work.done()
 		handle(ctx, cfg, req, st)
 	})
+	exp.close()
 	sess.Close()
 	cancel()
-	mu.Lock()
-	stopping = true
-	mu.Unlock()
-	handlers.Wait()
+	work.stop()
 	return err
 }
 

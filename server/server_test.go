@@ -41,6 +41,8 @@ type pair struct {
 	served chan error
 	err    error
 	done   bool
+	// exposed gets the streams the helper opens for exposed ports.
+	exposed chan exposedConn
 }
 
 // newPair starts Serve with cfg and a client saying hello. The leak check is
@@ -61,8 +63,14 @@ func newPair(t *testing.T, cfg Config, hello mux.Hello) *pair {
 		t.Fatalf("client handshake: %v", err)
 	}
 	p.client = client
-	// The client accepts the streams that carry the helper's resets.
-	go client.Serve(context.Background(), nil)
+	// The client accepts the streams that carry the helper's resets, and
+	// those of exposed ports when it asked for any (see expose_test.go).
+	if n := len(hello.Expose); n > 0 {
+		p.exposed = make(chan exposedConn, 64)
+		go client.ServeExposes(context.Background(), n, func(r mux.Request, st *mux.Stream) { p.exposed <- exposedConn{r, st} })
+	} else {
+		go client.Serve(context.Background(), nil)
+	}
 	t.Cleanup(func() {
 		client.Close()
 		cancel()
