@@ -85,6 +85,9 @@ type Config struct {
 	SOCKS, HTTPProxy string
 	// Names says how the proxies resolve cluster names.
 	Names Names
+	// Expose (-R) asks the helper to listen on the node and carry what pods
+	// connect there back to a target dialled here; see expose.go.
+	Expose []Expose
 	// StartFirewall starts the privileged part, when there are CIDRs to
 	// forward. It is called before the link
 	// is made, so a missing sudo fails fast, and again when the privileged
@@ -134,6 +137,9 @@ type Client struct {
 	transparent     bool
 	socksLn, httpLn net.Listener // nil unless asked for
 	resolver        *resolver    // the proxies' cluster names; set by Run
+	exp             exposes
+	// dialLocal dials the laptop-side targets of Expose.
+	dialLocal func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -170,6 +176,9 @@ func New(cfg Config) (*Client, error) {
 	if transparent && cfg.StartFirewall == nil {
 		return nil, errors.New("no firewall")
 	}
+	if len(cfg.Expose) > mux.MaxExposes {
+		return nil, fmt.Errorf("at most %d -R per tunnel", mux.MaxExposes)
+	}
 	if cfg.Channels <= 0 {
 		cfg.Channels = 1
 	}
@@ -187,6 +196,8 @@ func New(cfg Config) (*Client, error) {
 		cfg.DNS = &d
 	}
 	c := &Client{cfg: cfg, log: cfg.Log, origDst: originalDst, transparent: transparent, state: StateStarting, stateSince: time.Now()}
+	c.exp.conns = make([]atomic.Int64, len(cfg.Expose))
+	c.dialLocal = (&net.Dialer{}).DialContext
 	if transparent {
 		if err := c.listen(); err != nil {
 			return nil, err
@@ -339,6 +350,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		cancel() // first: what Run started sees it is ending, not failing
 		c.Close()
 		c.setLink(nil)
+		c.stopExposes()
 		c.wg.Wait()
 	}()
 	// Deferred before the firewall's removal, so it runs after it: until the
@@ -857,6 +869,9 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 			return nil, err
 		}
 		hello := mux.Hello{Program: c.cfg.Program, Discover: i == 0 && (c.cfg.AutoCIDRs || c.cfg.DNS != nil || c.proxying())}
+		if i == 0 {
+			c.exposeHello(&hello)
+		}
 		sess, err := mux.NewClient(ch, hello, c.log)
 		if err != nil {
 			ch.Close()
@@ -871,17 +886,21 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 		l.sessions = append(l.sessions, sess)
 		if i == 0 {
 			l.facts = sess.Peer.Facts
+			if err := c.checkExposed(sess.Peer.Exposed, l.target); err != nil {
+				sess.Close()
+				tl.Close()
+				return nil, err
+			}
 		}
 	}
 	if !stop() {
 		return nil, fmt.Errorf("connecting to %s: no answer in %v", l.target, setup)
 	}
-	for _, s := range l.sessions {
+	for i, s := range l.sessions {
 		go func() {
-			// The helper opens streams only to reset ours: nil refuses any
-			// other, and a feature that wants the node to open connections
-			// (a reverse forward) opts in with a handler here.
-			s.Serve(ctx, nil)
+			// The helper opens streams to reset ours, and with -R to carry
+			// pods' connections back; any other is refused.
+			c.serveSession(ctx, s, i == 0)
 			l.fail(mux.ErrSessionLost)
 		}()
 	}

@@ -38,6 +38,8 @@ type Stats struct {
 	// DNS is set with the DNS proxy: queries answered, and how many of
 	// those with SERVFAIL.
 	DNS *DNSStats
+	// Expose lists the -R entries.
+	Expose []ExposeStats
 }
 
 // DNSStats counts the DNS proxy's answers.
@@ -69,6 +71,7 @@ func (c *Client) Stats() Stats {
 		}
 	}
 	s.Port = c.port
+	s.Expose = c.exposeStats()
 	return s
 }
 
