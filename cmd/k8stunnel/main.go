@@ -51,6 +51,8 @@ func start(ctx context.Context, inv invocation, args []string, stdout, stderr io
 		return runStatus(ctx, inv.asJSON, inv.watch, stdout)
 	case cmdStop:
 		return runStop(ctx, inv.pid, inv.all, stderr)
+	case cmdManifest:
+		return writeManifest(stdout, inv.manifest)
 	}
 	return runTunnel(ctx, inv, args, stderr)
 }

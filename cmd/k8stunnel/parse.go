@@ -25,6 +25,7 @@ Usage:
   k8stunnel [flags] -r [user@]host[:port] --socks PORT --http-proxy PORT   # no root, any OS
   k8stunnel status [--json] [--watch]
   k8stunnel stop [PID|--all]
+  k8stunnel manifest -R ADDR:PORT:HOST:HOSTPORT [--name N] [--namespace NS]
 
 Examples:
   sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
@@ -38,6 +39,8 @@ Examples:
       HTTPS_PROXY=http://127.0.0.1:3128 kubectl ...   # or a browser's proxy setting
   sudo k8stunnel status                                    # what each running tunnel is doing
   sudo k8stunnel stop --all                                # stop them, removing their rules
+  sudo k8stunnel -r node1 -N -R 8080:127.0.0.1:8000        # pods reach the laptop's :8000 at the node's :8080
+  k8stunnel manifest -R 10.244.0.1:8080:127.0.0.1:8000 | kubectl apply -f -  # ... as laptop.default.svc:8080
 
 The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
 and runs it as the helper, unless --remote-cmd names one already installed.
@@ -79,6 +82,7 @@ type invocation struct {
 	// status and stop
 	asJSON, watch, all bool
 	pid                int
+	manifest           manifest
 }
 
 // parse turns argv (without the program name) into an invocation, or a
@@ -97,6 +101,8 @@ func parse(args []string) (invocation, error) {
 			return parseStatus(args[1:])
 		case cmdStop:
 			return parseStop(args[1:])
+		case cmdManifest:
+			return parseManifest(args[1:])
 		}
 	}
 	return parseTunnel(args)
@@ -159,6 +165,7 @@ type tunnelFlags struct {
 	dnsSearch                                []string
 	channels, maxConns                       int
 	socks, httpProxy                         string
+	exposes                                  []string
 }
 
 func parseTunnel(args []string) (invocation, error) {
@@ -179,6 +186,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringArrayVar(&f.dnsSearch, "dns-search", nil, "with --dns or a proxy, let short names (svc, svc.ns) resolve in namespace `NS` (repeatable)")
 	fs.StringVar(&f.socks, "socks", "", "serve a SOCKS5 proxy into the cluster on `ADDR` (a port alone means 127.0.0.1); needs no root, no CIDR")
 	fs.StringVar(&f.httpProxy, "http-proxy", "", "serve an HTTP proxy (CONNECT and plain requests) into the cluster on `ADDR`, as --socks")
+	fs.StringArrayVarP(&f.exposes, "expose", "R", nil, "let pods reach HOST:HOSTPORT, dialled here, at the node's PORT (repeatable); `PORT:HOST:HOSTPORT` may start with BIND: (default: the node's pod-side address)")
 	fs.StringArrayVarP(&f.listen, "listen", "l", nil, "accept redirected connections on `ADDR` (default 127.0.0.1:12300 and [::1]:12300)")
 	fs.BoolVar(&f.gateway, "gateway", false, "also forward connections this host routes (containers, VMs); listens on 0.0.0.0 and [::]")
 	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "SSH private key `FILE` (repeatable)")
@@ -254,6 +262,9 @@ func parseTunnel(args []string) (invocation, error) {
 	}
 	inv.cfg, inv.transport = engineConfig(f, include, exclude, dns, inv.verbose)
 	inv.cfg.Names = names
+	if inv.cfg.Expose, err = parseExposes(f.exposes); err != nil {
+		return invocation{}, err
+	}
 	return inv, nil
 }
 

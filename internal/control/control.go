@@ -41,7 +41,15 @@ type Status struct {
 	Forward           []string  `json:"forward"` // CIDRs captured
 	Port              uint16    `json:"port"`    // where redirected connections arrive
 	DNS               *DNS      `json:"dns,omitempty"`
-	Log               string    `json:"log,omitempty"` // where the instance logs, when not a terminal
+	Expose            []Expose  `json:"expose,omitempty"` // -R entries
+	Log               string    `json:"log,omitempty"`    // where the instance logs, when not a terminal
+}
+
+// Expose is one -R: where pods reach it on the node, and how often they did.
+type Expose struct {
+	Spec        string `json:"spec"` // as given: [BIND:]PORT:HOST:HOSTPORT
+	Node        string `json:"node"` // IP:port the node listens on; empty before the first link
+	Connections int64  `json:"connections"`
 }
 
 // DNS counts the DNS proxy's work, with --dns.
