@@ -706,20 +706,26 @@ func tryGet(lab *Lab, url string) error { return tryGetFrom(lab.Laptop, url) }
 
 // tryGetFrom gets url from inside ns.
 func tryGetFrom(ns *Netns, url string) error {
+	body, err := getFrom(ns, url)
+	if err != nil || !strings.Contains(body, "hello from pod") {
+		return fmt.Errorf("GET %s through the tunnel: %q, %v", url, body, err)
+	}
+	return nil
+}
+
+// getFrom returns the body of url, got from inside ns.
+func getFrom(ns *Netns, url string) (string, error) {
 	hc := &http.Client{
 		Timeout:   5 * time.Second,
 		Transport: &http.Transport{DialContext: ns.Dial, DisableKeepAlives: true},
 	}
 	resp, err := hc.Get(url)
 	if err != nil {
-		return fmt.Errorf("GET %s through the tunnel: %w", url, err)
+		return "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil || !strings.Contains(string(body), "hello from pod") {
-		return fmt.Errorf("GET %s through the tunnel: %q, %v", url, body, err)
-	}
-	return nil
+	return string(body), err
 }
 
 // stream is a reproducible pseudo-random byte stream, so each side can check content without shipping it twice.

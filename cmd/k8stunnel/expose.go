@@ -21,17 +21,21 @@ const exposeSyntax = "want [BIND:]PORT:HOST:HOSTPORT as ssh -R takes it, e.g. -R
 // parseExposes parses every -R, and refuses one node address and port twice.
 func parseExposes(specs []string) ([]client.Expose, error) {
 	var xs []client.Expose
-	seen := map[string]bool{}
+	type key struct {
+		bind netip.Addr
+		port uint16
+	}
+	seen := map[key]bool{}
 	for _, s := range specs {
 		x, err := parseExpose(s)
 		if err != nil {
 			return nil, err
 		}
-		key := netip.AddrPortFrom(x.Bind, x.Port).String()
-		if seen[key] {
+		k := key{x.Bind, x.Port}
+		if seen[k] {
 			return nil, usagef("-R %q: node port %d is exposed twice", s, x.Port)
 		}
-		seen[key] = true
+		seen[k] = true
 		xs = append(xs, x)
 	}
 	if len(xs) > mux.MaxExposes {

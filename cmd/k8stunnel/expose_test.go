@@ -45,13 +45,15 @@ func TestParseExpose(t *testing.T) {
 }
 
 func TestParseTunnelExpose(t *testing.T) {
-	inv, err := parse([]string{"-r", "node1", "-R", "8080:127.0.0.1:8000", "--expose", "10.244.0.1:9090:localhost:9000", "10.244.0.0/16"})
+	inv, err := parse([]string{"-r", "node1", "-R", "8080:127.0.0.1:8000", "--expose", "10.244.0.1:9090:localhost:9000",
+		"-R", "8081:127.0.0.1:1", "10.244.0.0/16"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []client.Expose{
 		{Port: 8080, Host: "127.0.0.1", HostPort: 8000},
 		{Bind: netip.MustParseAddr("10.244.0.1"), Port: 9090, Host: "localhost", HostPort: 9000},
+		{Port: 8081, Host: "127.0.0.1", HostPort: 1},
 	}
 	if !reflect.DeepEqual(inv.cfg.Expose, want) {
 		t.Errorf("Expose = %+v, want %+v", inv.cfg.Expose, want)
