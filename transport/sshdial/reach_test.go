@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -434,3 +435,81 @@ func TestReadPassAskpassRules(t *testing.T) {
 		})
 	}
 }
+
+// ssh -G and the parser resolve the same configuration alike, Match host
+// included; the parser has no other Match and says so.
+func TestResolveAgrees(t *testing.T) {
+	home := sshtest.Env(t)
+	kh := filepath.Join(home, "kh1")
+	conf := writeFile(t, filepath.Join(home, "config"), fmt.Sprintf(`Host node
+  HostName 127.0.0.1
+  Port 2222
+  IdentityFile ~/.ssh/node_key
+  IdentitiesOnly yes
+  CertificateFile ~/.ssh/node_key-cert.pub
+  ProxyJump jump@bastion:2200
+  UserKnownHostsFile %s %s2
+  StrictHostKeyChecking accept-new
+  HostKeyAlias nodealias
+  IdentityAgent none
+Match host 10.9.9.9
+  User admin
+Host *
+  User nobody
+  UserKnownHostsFile %s
+`, kh, kh, kh))
+	type result struct {
+		rc  sshResolved
+		err error
+	}
+	for _, remote := range []string{"node", "10.9.9.9", "other", "bob@10.9.9.9:99"} {
+		got := map[string]sshResolved{}
+		withResolvers(t, func(t *testing.T) {
+			rc, err := sshResolve(Config{Remote: remote, ConfigFile: conf}, remote, "", discard())
+			if err != nil {
+				t.Fatalf("resolving %s: %v", remote, err)
+			}
+			rc.local, rc.source = localUser{}, ""
+			got[t.Name()] = *rc
+		})
+		var prev *sshResolved
+		for name, rc := range got {
+			if prev != nil && fmt.Sprintf("%+v", *prev) != fmt.Sprintf("%+v", rc) {
+				t.Errorf("%s: %s resolved\n%+v\nthe other\n%+v", remote, name, rc, *prev)
+			}
+			prev = &rc
+		}
+	}
+	rc, err := sshResolve(Config{Remote: "10.9.9.9", ConfigFile: conf}, "10.9.9.9", "", discard())
+	if err != nil || rc.user != "admin" {
+		t.Errorf("Match host picked user %q (err %v), want admin", rc.user, err)
+	}
+
+	withResolvers(t, func(t *testing.T) {
+		rc, err := sshResolve(Config{Remote: "node", ConfigFile: conf}, "node", "", discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := sshResolved{user: "nobody", host: "127.0.0.1", port: 2222, alias: "node",
+			identities:   []sshIdentity{{path: filepath.Join(home, ".ssh", "node_key")}},
+			certificates: []string{filepath.Join(home, ".ssh", "node_key-cert.pub")}, identitiesOnly: true,
+			proxyJump: "jump@bastion:2200", knownHosts: []string{kh, kh + "2", "/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"},
+			hostKeyAlias: "nodealias", strict: "accept-new"}
+		rc.local, rc.source = localUser{}, ""
+		if fmt.Sprintf("%+v", *rc) != fmt.Sprintf("%+v", want) {
+			t.Errorf("resolved\n%+v\nwant\n%+v", *rc, want)
+		}
+	})
+
+	t.Run("parser/Match user", func(t *testing.T) {
+		sshProgram = ""
+		bad := writeFile(t, filepath.Join(home, "config-match-user"), "Match user root\n  Port 2\n")
+		_, err := sshResolve(Config{Remote: "x", ConfigFile: bad}, "x", "", discard())
+		var he *tui.HintError
+		if !errors.As(err, &he) || !strings.Contains(he.Hint, "ssh -G") {
+			t.Errorf("err = %v, want a hint to install ssh", err)
+		}
+	})
+}
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/kevinburke/ssh_config"
+
+	"github.com/k8stunnel/k8stunnel/tui"
 )
 
 // sshProgram is the OpenSSH client asked for the resolved configuration
@@ -21,7 +23,9 @@ import (
 // exactly as ssh does. Without it the pure parser stands in. Tests set it.
 var sshProgram = "ssh"
 
-var sshDefaultIdentities = []string{"~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519"}
+// sshDefaultIdentities are OpenSSH 9's, in its order.
+var sshDefaultIdentities = []string{"~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ecdsa_sk", "~/.ssh/id_ed25519",
+	"~/.ssh/id_ed25519_sk", "~/.ssh/id_xmss", "~/.ssh/id_dsa"}
 
 const sshSystemConfig = "/etc/ssh/ssh_config"
 
@@ -166,11 +170,11 @@ func sshResolve(cfg Config, remote, jump string, log *slog.Logger) (*sshResolved
 			rc.knownHosts = append(rc.knownHosts, path(f))
 		}
 		if len(rc.knownHosts) == 0 {
-			rc.knownHosts = []string{filepath.Join(lu.sshDir(), "known_hosts")}
+			rc.knownHosts = []string{filepath.Join(lu.sshDir(), "known_hosts"), filepath.Join(lu.sshDir(), "known_hosts2")}
 		}
 		global := strings.Fields(opts.get("globalknownhostsfile"))
 		if len(global) == 0 {
-			global = []string{"/etc/ssh/ssh_known_hosts"}
+			global = []string{"/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"}
 		}
 		for _, f := range global {
 			rc.knownHosts = append(rc.knownHosts, path(f))
@@ -265,7 +269,9 @@ func sshParseConfig(cfg Config, lu localUser, alias string, log *slog.Logger) (s
 		}
 		conf, err := ssh_config.Decode(bytes.NewReader(b))
 		if err != nil {
-			return nil, fmt.Errorf("parsing ssh config %s: %w", file, err)
+			return nil, &tui.HintError{Err: fmt.Errorf("parsing ssh config %s: %w", file, err),
+				Hint: "without an ssh binary k8stunnel reads ssh_config itself and knows only Match host and Match all; " +
+					"install the OpenSSH client and k8stunnel asks ssh -G instead"}
 		}
 		for _, key := range []string{"HostName", "User", "Port", "IdentitiesOnly", "IdentityAgent", "ProxyJump",
 			"ProxyCommand", "UserKnownHostsFile", "GlobalKnownHostsFile", "StrictHostKeyChecking", "HostKeyAlias"} {
