@@ -456,8 +456,7 @@ Match host 10.9.9.9
   User admin
 Host *
   User nobody
-  UserKnownHostsFile %s
-`, kh, kh, kh))
+`, kh, kh))
 	type result struct {
 		rc  sshResolved
 		err error

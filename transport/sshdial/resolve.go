@@ -75,10 +75,21 @@ func sshResolve(cfg Config, remote, jump string, log *slog.Logger) (*sshResolved
 	}
 	var opts sshOptions
 	source := "ssh -G"
-	if prog, err := exec.LookPath(sshProgram); sshProgram != "" && err == nil {
+	// ssh reads the files of its user's passwd home, never $HOME: with
+	// another $HOME (a test, a container) it would read someone else's
+	// config, unless -F names the file.
+	pwHome := lu.home
+	if u, err := lookupUser(strconv.Itoa(lu.uid)); err == nil {
+		pwHome = u.HomeDir
+	}
+	prog, err := exec.LookPath(sshProgram)
+	if sshProgram != "" && err == nil && (cfg.ConfigFile != "" || pwHome == lu.home) {
 		opts, err = sshAskOpenSSH(prog, cfg, lu, remoteUser, alias, port, jump)
 		if err != nil {
 			return nil, err
+		}
+		if pwHome != lu.home {
+			opts["userknownhostsfile"] = []string{rehome(opts.get("userknownhostsfile"), pwHome, lu.home)}
 		}
 	} else {
 		source = "ssh_config parser"
@@ -244,6 +255,17 @@ func sshAskOpenSSH(prog string, cfg Config, lu localUser, remoteUser, host strin
 	// ssh -G names the -i files among the identity files; they are added
 	// first, and explicitly, by sshResolve.
 	return opts, nil
+}
+
+// rehome moves the paths in a list from one home to another.
+func rehome(list, from, to string) string {
+	fs := strings.Fields(list)
+	for i, f := range fs {
+		if rest, ok := strings.CutPrefix(f, from+"/"); ok {
+			fs[i] = filepath.Join(to, rest)
+		}
+	}
+	return strings.Join(fs, " ")
 }
 
 func firstLine(s string) string {
