@@ -28,8 +28,9 @@ type Link interface {
 	Open(ctx context.Context) (Channel, error)
 	// Remote is "user@host:port", for logs.
 	Remote() string
-	// Server is the address the connection really goes to: the firewall must
-	// never capture it.
+	// Server is the address the connection really goes to (the first jump
+	// host's, through a bastion): the firewall must never capture it. It is
+	// the zero Addr when a command (ProxyCommand) makes the connection.
 	Server() netip.Addr
 	// Done is closed when the link died (connection lost, keepalive timeout)
 	// or was closed.

@@ -31,6 +31,7 @@ Examples:
   sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
   sudo k8stunnel -r node1 -x 10.96.0.1 10.96.0.0/12 &      # in the background
   sudo k8stunnel -r admin@node1:2222 -i ~/.ssh/cluster 10.0.0.0/8:443
+  sudo --preserve-env=SSH_AUTH_SOCK k8stunnel -J me@bastion -r root@node1 10.96.0.0/12  # your agent, via a bastion
   sudo k8stunnel -r root@node1 -N --dns --dns-search default  # CIDRs and cluster DNS found on the node;
                                                            # then: curl http://my-svc.my-ns.svc.cluster.local/
   sudo k8stunnel cleanup                                   # remove rules left by a killed run
@@ -44,6 +45,8 @@ Examples:
 
 The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
 and runs it as the helper, unless --remote-cmd names one already installed.
+Under sudo, SSH is still yours: your ssh_config (read by ssh -G), keys and
+known_hosts; sudo drops your ssh-agent unless you keep SSH_AUTH_SOCK as above.
 
 Flags:
 `
@@ -158,6 +161,7 @@ func parseStop(args []string) (invocation, error) {
 // tunnelFlags holds the tunnel's flag values as pflag parsed them.
 type tunnelFlags struct {
 	remote, sshConfig, knownHosts, remoteCmd string
+	jump                                     string
 	identities, listen, excludes             []string
 	autoCIDRs, gateway                       bool
 	dnsOn, dnsAll                            bool
@@ -192,6 +196,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "SSH private key `FILE` (repeatable)")
 	fs.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh_config `FILE` (default ~/.ssh/config)")
 	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts `FILE` (default ~/.ssh/known_hosts)")
+	fs.StringVarP(&f.jump, "jump", "J", "", "reach the node through jump `HOSTS` ([user@]host[:port],...), as ssh -J")
 	fs.StringVar(&f.remoteCmd, "remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
 	fs.IntVar(&f.channels, "channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
@@ -282,6 +287,7 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 			Identities:     f.identities,
 			ConfigFile:     f.sshConfig,
 			KnownHostsFile: f.knownHosts,
+			ProxyJump:      f.jump,
 		},
 		Helper: helper.Config{RemoteCmd: f.remoteCmd, Args: helperArgs},
 	}

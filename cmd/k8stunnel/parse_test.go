@@ -85,6 +85,8 @@ func TestParseTunnel(t *testing.T) {
 		{"flags after CIDRs", []string{"10.96.0.0/12", "-r", "node1", "--channels", "2"},
 			func(inv *invocation) { inv.cfg.Channels = 2 }},
 		{"-- ends flags", []string{"-r", "node1", "--", "10.96.0.0/12"}, func(*invocation) {}},
+		{"jump hosts", []string{"-J", "me@bastion,gw:2222", "-r", "node1", "10.96.0.0/12"},
+			func(inv *invocation) { inv.transport.SSH.ProxyJump = "me@bastion,gw:2222" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parse(tc.args)

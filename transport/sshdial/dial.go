@@ -6,7 +6,6 @@ package sshdial
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -17,7 +16,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -25,9 +23,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kevinburke/ssh_config"
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/k8stunnel/k8stunnel/transport"
@@ -56,6 +52,9 @@ type Config struct {
 	// Prompt asks for a key's passphrase. nil asks on /dev/tty, but only when
 	// stdin is a terminal and we are in its foreground process group.
 	Prompt func(prompt string) ([]byte, error)
+	// ProxyJump is -J: jump hosts [user@]host[:port], comma-separated, as
+	// ssh's -J (it overrides ProxyJump and ProxyCommand from ssh_config).
+	ProxyJump string
 }
 
 // Target is what Dial resolved: for logging, and so the firewall can exclude
@@ -63,13 +62,14 @@ type Config struct {
 type Target struct {
 	User, Host string
 	Port       int
-	Addr       netip.AddrPort // the address actually connected to
+	Addr       netip.AddrPort // the address actually connected to: the first hop; unset with a ProxyCommand
 }
 
 const (
 	sshConnectTimeout   = 10 * time.Second
 	sshHandshakeTimeout = 10 * time.Second
 	sshPassphraseTries  = 3
+	sshPasswordTries    = 3
 )
 
 // sshCiphers puts AES-GCM first: it has assembly on amd64 and arm64, while
@@ -78,8 +78,6 @@ var sshCiphers = []string{
 	"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
 	"aes128-ctr", "aes192-ctr", "aes256-ctr",
 }
-
-var sshDefaultIdentities = []string{"~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa"}
 
 // Dialer connects to one node, again on every reconnect.
 type Dialer struct {
@@ -102,38 +100,38 @@ func New(cfg Config) (*Dialer, error) {
 	return &Dialer{cfg: cfg, log: cfg.Log}, nil
 }
 
-// Dial connects and authenticates to the node named by Config.Remote.
-// ctx bounds the TCP connect and the SSH handshake, not the returned client.
+// Dial connects and authenticates to the node named by Config.Remote,
+// through its ProxyJump hosts or ProxyCommand. ctx bounds the connects and
+// the SSH handshakes, not the returned client.
 func (dl *Dialer) Dial(ctx context.Context) (*ssh.Client, Target, error) {
-	cfg, log := dl.cfg, dl.log
-	rc, err := sshResolve(cfg, log)
+	rc, err := sshResolve(dl.cfg, dl.cfg.Remote, dl.cfg.ProxyJump, dl.log)
 	if err != nil {
 		return nil, Target{}, err
 	}
 	target := Target{User: rc.user, Host: rc.host, Port: rc.port}
-	hostport := net.JoinHostPort(rc.host, strconv.Itoa(rc.port))
+	c, first, err := dl.login(ctx, rc, 0)
+	target.Addr = first
+	return c, target, err
+}
 
+// login connects to rc and authenticates; first is the address the laptop's
+// own TCP connection goes to (the first hop), unset for a ProxyCommand.
+func (dl *Dialer) login(ctx context.Context, rc *sshResolved, depth int) (_ *ssh.Client, first netip.AddrPort, _ error) {
+	cfg, log := dl.cfg, dl.log
+	hostport := net.JoinHostPort(rc.host, strconv.Itoa(rc.port))
 	hk, err := sshNewHostKeys(rc, hostport, log)
 	if err != nil {
-		return nil, target, err
+		return nil, first, err
 	}
-	auth := &sshAuth{ctx: ctx, log: log, identities: rc.identities, prompt: tui.Password, cache: &dl.decrypted}
+	auth := &sshAuth{ctx: ctx, log: log, rc: rc, identities: rc.identities, prompt: tui.Password, cache: &dl.decrypted}
 	if cfg.Prompt != nil {
 		auth.prompt = func(ctx context.Context, p string) ([]byte, error) { return tui.Ask(ctx, cfg.Prompt, p) }
 	}
 	defer auth.close()
 
-	d := net.Dialer{
-		Timeout:         sshConnectTimeout,
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4},
-	}
-	conn, err := d.DialContext(ctx, "tcp", hostport)
+	conn, first, err := dl.connect(ctx, rc, depth)
 	if err != nil {
-		return nil, target, fmt.Errorf("connecting to %s: %w", hostport, sshDialCause(err))
-	}
-	if ta, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		target.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		return nil, first, err
 	}
 
 	// ClientConfig.Timeout covers only a dial we do not use; a server that
@@ -144,25 +142,25 @@ func (dl *Dialer) Dial(ctx context.Context) (*ssh.Client, Target, error) {
 	ccfg := &ssh.ClientConfig{
 		Config:            ssh.Config{Ciphers: sshCiphers},
 		User:              rc.user,
-		Auth:              []ssh.AuthMethod{ssh.PublicKeysCallback(auth.signers)},
+		Auth:              auth.methods(),
 		HostKeyCallback:   hk.check,
 		HostKeyAlgorithms: hk.algorithms,
 	}
-	sc, chans, reqs, err := ssh.NewClientConn(readAhead(conn), hostport, ccfg)
+	sc, chans, reqs, err := ssh.NewClientConn(readAhead(conn), hk.addr, ccfg)
 	if !stop() {
 		if err == nil {
 			sc.Close()
 		}
 		conn.Close()
-		return nil, target, fmt.Errorf("ssh handshake with %s: %w", rc.host, context.Cause(ctx))
+		return nil, first, fmt.Errorf("ssh handshake with %s: %w", rc.host, context.Cause(ctx))
 	}
 	if err != nil {
 		conn.Close()
-		return nil, target, sshHandshakeError(rc.host, err, hk, auth)
+		return nil, first, sshHandshakeError(rc, err, hk, auth)
 	}
 	conn.SetDeadline(time.Time{})
-	log.Debug("ssh connected", "user", rc.user, "host", rc.host, "addr", target.Addr, "server", string(sc.ServerVersion()))
-	return ssh.NewClient(sc, chans, reqs), target, nil
+	log.Debug("ssh connected", "user", rc.user, "host", rc.host, "first_hop", first, "server", string(sc.ServerVersion()))
+	return ssh.NewClient(sc, chans, reqs), first, nil
 }
 
 // sshDialCause drops the "dial tcp 1.2.3.4:22:" prefix we are about to say
@@ -179,7 +177,8 @@ func sshDialCause(err error) error {
 	return err
 }
 
-func sshHandshakeError(host string, err error, hk *sshHostKeys, auth *sshAuth) error {
+func sshHandshakeError(rc *sshResolved, err error, hk *sshHostKeys, auth *sshAuth) error {
+	host := rc.host
 	if hk.err != nil {
 		return hk.err
 	}
@@ -202,13 +201,7 @@ func sshHandshakeError(host string, err error, hk *sshHostKeys, auth *sshAuth) e
 	}
 	var op *net.OpError
 	if hk.passed && !errors.Is(err, io.EOF) && !errors.As(err, &op) {
-		hint := "check -i, your ssh-agent, and that the key is in the node's authorized_keys"
-		if len(auth.offered) == 0 {
-			hint = "no SSH key found (no ssh-agent keys, no -i, no IdentityFile, no ~/.ssh/id_ed25519, id_ecdsa or id_rsa): pass -i or load a key into ssh-agent"
-		} else {
-			hint += " (offered: " + strings.Join(auth.offered, ", ") + ")"
-		}
-		return &tui.HintError{Err: sshAuthError{fmt.Errorf("ssh handshake with %s: %w", host, err)}, Hint: hint}
+		return &tui.HintError{Err: sshAuthError{fmt.Errorf("ssh login as %s@%s failed: %w", rc.user, host, err)}, Hint: sshAuthHint(rc, auth)}
 	}
 	return fmt.Errorf("ssh handshake with %s: %w", host, err)
 }
@@ -219,130 +212,6 @@ type sshAuthError struct{ error }
 
 func (e sshAuthError) Unwrap() error        { return e.error }
 func (e sshAuthError) Is(target error) bool { return target == ErrAuthFailed }
-
-// sshResolved is Config with ssh_config and defaults applied.
-type sshResolved struct {
-	user, host string
-	port       int
-	identities []sshIdentity
-	knownHosts []string // the first is where accept-new writes
-	strict     string   // "yes", "accept-new" or "no"
-}
-
-type sshIdentity struct {
-	path     string
-	explicit bool // from -i: a missing file is worth a warning
-}
-
-func sshResolve(cfg Config, log *slog.Logger) (*sshResolved, error) {
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return nil, fmt.Errorf("finding home directory: %w", err)
-	}
-	localUser := os.Getenv("USER")
-	if u, err := user.Current(); err == nil {
-		localUser = u.Username
-	}
-
-	remoteUser, alias, port, err := sshParseRemote(cfg.Remote)
-	if err != nil {
-		return nil, err
-	}
-	conf, err := sshLoadConfig(cfg.ConfigFile, home)
-	if err != nil {
-		return nil, err
-	}
-	get := func(key string) string {
-		v, err := conf.Get(alias, key)
-		if err != nil {
-			log.Debug("reading ssh config", "key", key, "err", err)
-		}
-		return strings.TrimSpace(v)
-	}
-
-	for _, k := range []string{"ProxyJump", "ProxyCommand"} {
-		if v := get(k); v != "" && !strings.EqualFold(v, "none") {
-			log.Warn("ssh config option not supported; connecting directly", "option", k, "value", v)
-		}
-	}
-
-	rc := &sshResolved{user: remoteUser, host: alias, port: port}
-	if hn := get("HostName"); hn != "" {
-		rc.host = strings.ReplaceAll(hn, "%h", alias)
-	}
-	if rc.user == "" {
-		rc.user = get("User")
-	}
-	if rc.user == "" {
-		rc.user = localUser
-	}
-	if rc.port == 0 {
-		rc.port = 22
-		if p := get("Port"); p != "" {
-			n, err := strconv.Atoi(p)
-			if err != nil || n < 1 || n > 65535 {
-				return nil, fmt.Errorf("ssh config: bad Port %q for %s", p, alias)
-			}
-			rc.port = n
-		}
-	}
-	expand := strings.NewReplacer("%%", "%", "%d", home, "%u", localUser, "%h", rc.host, "%r", rc.user)
-	path := func(p string) string {
-		if p == "~" || strings.HasPrefix(p, "~/") {
-			p = home + p[1:]
-		}
-		return filepath.Clean(expand.Replace(p))
-	}
-
-	seen := map[string]bool{}
-	addID := func(p string, explicit bool) {
-		p = path(p)
-		if !seen[p] {
-			seen[p] = true
-			rc.identities = append(rc.identities, sshIdentity{path: p, explicit: explicit})
-		}
-	}
-	for _, p := range cfg.Identities {
-		addID(p, true)
-	}
-	ids, _ := conf.GetAll(alias, "IdentityFile")
-	for _, p := range ids {
-		if p = strings.TrimSpace(p); p != "" && !strings.EqualFold(p, "none") {
-			addID(p, false)
-		}
-	}
-	for _, p := range sshDefaultIdentities {
-		addID(p, false)
-	}
-
-	switch {
-	case cfg.KnownHostsFile != "":
-		rc.knownHosts = []string{path(cfg.KnownHostsFile)}
-	case get("UserKnownHostsFile") != "":
-		for _, f := range strings.Fields(get("UserKnownHostsFile")) {
-			rc.knownHosts = append(rc.knownHosts, path(f))
-		}
-	default:
-		rc.knownHosts = []string{filepath.Join(home, ".ssh", "known_hosts")}
-	}
-	if cfg.KnownHostsFile == "" {
-		rc.knownHosts = append(rc.knownHosts, "/etc/ssh/ssh_known_hosts")
-	}
-
-	switch v := strings.ToLower(get("StrictHostKeyChecking")); v {
-	case "no", "off":
-		rc.strict = "no"
-	case "accept-new":
-		rc.strict = "accept-new"
-	case "", "yes", "ask":
-		// No one is there to "ask" in the middle of setting up a tunnel.
-		rc.strict = "yes"
-	default:
-		log.Warn("unknown StrictHostKeyChecking value; treating it as yes", "value", v)
-		rc.strict = "yes"
-	}
-	return rc, nil
-}
 
 // sshParseRemote splits [user@]host[:port]; host may be a bracketed or bare IPv6 address.
 func sshParseRemote(remote string) (user, host string, port int, err error) {
@@ -370,25 +239,6 @@ func sshParseRemote(remote string) (user, host string, port int, err error) {
 	return user, host, port, nil
 }
 
-func sshLoadConfig(file, home string) (*ssh_config.Config, error) {
-	explicit := file != ""
-	if !explicit {
-		file = filepath.Join(home, ".ssh", "config")
-	}
-	b, err := os.ReadFile(file)
-	if errors.Is(err, os.ErrNotExist) && !explicit {
-		b, err = nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading ssh config: %w", err)
-	}
-	conf, err := ssh_config.Decode(bytes.NewReader(b))
-	if err != nil {
-		return nil, fmt.Errorf("parsing ssh config %s: %w", file, err)
-	}
-	return conf, nil
-}
-
 // sshHostKeys verifies the node's host key against known_hosts and remembers
 // what went wrong, so Dial can report that instead of the library's wrapping.
 type sshHostKeys struct {
@@ -398,6 +248,9 @@ type sshHostKeys struct {
 	name       string // the host as known_hosts spells it
 	writeFile  string
 	algorithms []string
+	addr       string          // what the handshake checks: host:port, or HostKeyAlias
+	ca         map[string]bool // the @cert-authority lines, see sshCALines
+	local      localUser
 
 	passed bool
 	err    error
@@ -406,13 +259,21 @@ type sshHostKeys struct {
 func sshNewHostKeys(rc *sshResolved, hostport string, log *slog.Logger) (*sshHostKeys, error) {
 	var files []string
 	for _, f := range rc.knownHosts {
-		if _, err := os.Stat(f); err == nil {
-			files = append(files, f)
+		fi, err := os.Stat(f)
+		if err != nil {
+			continue
 		}
+		if err := rc.local.checkOwner(fi); err != nil {
+			return nil, fmt.Errorf("refusing known hosts file %s: %w", f, err)
+		}
+		files = append(files, f)
 	}
 	db, err := knownhosts.New(files...)
 	if err != nil {
 		return nil, fmt.Errorf("reading known hosts: %w", err)
+	}
+	if rc.hostKeyAlias != "" {
+		hostport = net.JoinHostPort(rc.hostKeyAlias, "22")
 	}
 	hk := &sshHostKeys{
 		log:       log,
@@ -420,8 +281,15 @@ func sshNewHostKeys(rc *sshResolved, hostport string, log *slog.Logger) (*sshHos
 		strict:    rc.strict,
 		name:      knownhosts.Normalize(hostport),
 		writeFile: rc.knownHosts[0],
+		addr:      hostport,
+		local:     rc.local,
 	}
-	hk.algorithms = sshKnownAlgorithms(db, hostport)
+	hk.ca = sshCALines(files)
+	hk.algorithms = sshKnownAlgorithms(db, hostport, hk.ca)
+	if len(hk.algorithms) > 0 && len(hk.ca) > 0 {
+		// Pinning the plain types would hide the node's certificate.
+		hk.algorithms = append(sshCertAlgorithms(), hk.algorithms...)
+	}
 	return hk, nil
 }
 
@@ -438,14 +306,14 @@ func (sshProbeKey) Verify([]byte, *ssh.Signature) error { return errors.New("pro
 // known_hosts has for hostport, or nil (library defaults) for an unknown host.
 // Without it the node may offer another type than the one we know and look
 // like a changed key (golang/go#29286).
-func sshKnownAlgorithms(db ssh.HostKeyCallback, hostport string) []string {
+func sshKnownAlgorithms(db ssh.HostKeyCallback, hostport string, ca map[string]bool) []string {
 	var ke *knownhosts.KeyError
 	if err := db(hostport, &net.TCPAddr{IP: net.IPv4zero}, sshProbeKey{}); !errors.As(err, &ke) {
 		return nil
 	}
 	supported := ssh.SupportedAlgorithms().HostKeys
 	var algos []string
-	for _, k := range ke.Want {
+	for _, k := range sshHostKeysOnly(ke.Want, ca) {
 		want := []string{k.Key.Type()}
 		if k.Key.Type() == ssh.KeyAlgoRSA {
 			want = []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256}
@@ -471,19 +339,28 @@ func (hk *sshHostKeys) verify(hostname string, remote net.Addr, key ssh.PublicKe
 	if err == nil {
 		return nil
 	}
+	if cert, ok := key.(*ssh.Certificate); ok {
+		// Signed by no CA we trust: like ssh, judge its plain key instead.
+		hk.log.Debug("host certificate not trusted; checking its key", "host", hk.name, "err", err)
+		key = cert.Key
+		if err = hk.db(hostname, remote, key); err == nil {
+			return nil
+		}
+	}
 	fp := key.Type() + " " + ssh.FingerprintSHA256(key)
 	var ke *knownhosts.KeyError
 	if !errors.As(err, &ke) {
 		// Revoked keys end up here; not even "no" lets them through.
 		return fmt.Errorf("checking host key of %s: %w", hk.name, err)
 	}
-	if len(ke.Want) == 0 {
+	want := sshHostKeysOnly(ke.Want, hk.ca)
+	if len(want) == 0 {
 		switch hk.strict {
 		case "no":
 			hk.log.Warn("not verifying the node's host key (StrictHostKeyChecking no)", "host", hk.name, "key", fp)
 			return nil
 		case "accept-new":
-			if err := sshAppendKnownHost(hk.writeFile, hostname, key); err != nil {
+			if err := sshAppendKnownHost(hk.local, hk.writeFile, hostname, key); err != nil {
 				return fmt.Errorf("adding host key of %s to %s: %w", hk.name, hk.writeFile, err)
 			}
 			hk.log.Info("added the node's host key to known hosts", "host", hk.name, "key", fp, "file", hk.writeFile)
@@ -497,8 +374,8 @@ func (hk *sshHostKeys) verify(hostname string, remote net.Addr, key ssh.PublicKe
 	}
 	// A changed key is refused even with StrictHostKeyChecking no: OpenSSH
 	// then refuses forwarding, and forwarding is all this connection does.
-	old := ke.Want[0]
-	for _, w := range ke.Want {
+	old := want[0]
+	for _, w := range want {
 		if w.Key.Type() == key.Type() {
 			old = w
 			break
@@ -522,12 +399,22 @@ func sshKeyscan(hostport string) string {
 	return "ssh-keyscan -p " + port + " " + tui.Quote(host)
 }
 
-func sshAppendKnownHost(file, hostport string, key ssh.PublicKey) error {
-	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
-		return err
+func sshAppendKnownHost(lu localUser, file, hostport string, key ssh.PublicKey) error {
+	dir := filepath.Dir(file)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := lu.give(dir); err != nil {
+			return err
+		}
 	}
 	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
+		return err
+	}
+	if err := lu.give(file); err != nil {
+		f.Close()
 		return err
 	}
 	line := knownhosts.Line([]string{hostport}, key) + "\n"
@@ -543,113 +430,6 @@ func sshAppendKnownHost(file, hostport string, key ssh.PublicKey) error {
 		return err
 	}
 	return f.Close()
-}
-
-// sshAuth offers keys in OpenSSH's order: agent, -i, IdentityFile, defaults.
-// All of them go through one publickey method, because x/crypto tries each
-// method name once: a second publickey method would never run.
-type sshAuth struct {
-	ctx        context.Context
-	log        *slog.Logger
-	identities []sshIdentity
-	prompt     func(ctx context.Context, prompt string) ([]byte, error)
-	cache      *keyCache
-
-	conn    net.Conn
-	agent   net.Conn
-	offered []string
-	signErr error
-}
-
-func (a *sshAuth) close() {
-	if a.agent != nil {
-		a.agent.Close()
-	}
-}
-
-// resumeDeadline (re)arms the handshake deadline; it is lifted while a human
-// types a passphrase.
-func (a *sshAuth) resumeDeadline() {
-	d := time.Now().Add(sshHandshakeTimeout)
-	if cd, ok := a.ctx.Deadline(); ok && cd.Before(d) {
-		d = cd
-	}
-	a.conn.SetDeadline(d)
-}
-
-func (a *sshAuth) signers() ([]ssh.Signer, error) {
-	var out []ssh.Signer
-	have := map[string]bool{}
-	add := func(s ssh.Signer, name string) {
-		k := string(s.PublicKey().Marshal())
-		if !have[k] {
-			have[k] = true
-			out = append(out, s)
-			a.offered = append(a.offered, name)
-		}
-	}
-
-	if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" && a.agent == nil {
-		var d net.Dialer
-		c, err := d.DialContext(a.ctx, "unix", sock)
-		if err != nil {
-			a.log.Debug("ssh-agent not reachable", "socket", sock, "err", err)
-		} else {
-			a.agent = c
-			ss, err := agent.NewClient(c).Signers()
-			if err != nil {
-				a.log.Debug("listing ssh-agent keys", "err", err)
-			}
-			for _, s := range ss {
-				add(s, "agent:"+ssh.FingerprintSHA256(s.PublicKey()))
-			}
-		}
-	}
-
-	for _, id := range a.identities {
-		data, err := os.ReadFile(id.path)
-		if err != nil {
-			switch {
-			case errors.Is(err, os.ErrNotExist) && id.explicit:
-				a.log.Warn("identity file not found", "file", id.path)
-			case !errors.Is(err, os.ErrNotExist):
-				a.log.Debug("skipping identity file", "file", id.path, "err", err)
-			}
-			continue
-		}
-		if s := a.cache.get(data); s != nil {
-			add(s, id.path)
-			continue
-		}
-		s, err := ssh.ParsePrivateKey(data)
-		var missing *ssh.PassphraseMissingError
-		switch {
-		case err == nil:
-			add(s, id.path)
-		case errors.As(err, &missing):
-			pub := missing.PublicKey
-			if pub == nil {
-				// Old PEM keys hide their public half; OpenSSH keeps it next door.
-				if b, err := os.ReadFile(id.path + ".pub"); err == nil {
-					pub, _, _, _, _ = ssh.ParseAuthorizedKey(b)
-				}
-			}
-			if pub != nil {
-				// Asked for only once the node says it would accept this key.
-				add(&sshLazySigner{a: a, path: id.path, data: data, pub: pub}, id.path)
-				continue
-			}
-			s, err := a.decrypt(id.path, data)
-			if err != nil {
-				a.log.Warn("skipping passphrase-protected identity file", "file", id.path, "err", err)
-				continue
-			}
-			add(s, id.path)
-		default:
-			a.log.Debug("skipping identity file", "file", id.path, "err", err)
-		}
-	}
-	return out, nil
 }
 
 // keyCache holds decrypted keys by the hash of their file's contents.
@@ -678,12 +458,9 @@ func (a *sshAuth) decrypt(path string, data []byte) (ssh.Signer, error) {
 		return s, nil
 	}
 	// The deadline would otherwise expire while someone is typing.
-	if a.conn != nil {
-		a.conn.SetDeadline(time.Time{})
-		defer a.resumeDeadline()
-	}
+	defer a.pauseDeadline()()
 	for range sshPassphraseTries {
-		pass, err := a.prompt(a.ctx, fmt.Sprintf("Enter passphrase for key '%s': ", path))
+		pass, err := a.ask(fmt.Sprintf("Enter passphrase for key '%s': ", path), false)
 		if errors.Is(err, tui.ErrNoTerminal) {
 			return nil, &tui.HintError{
 				Err:  fmt.Errorf("key %s is passphrase-protected and there is %w", path, err),

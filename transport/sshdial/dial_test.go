@@ -74,7 +74,7 @@ func TestDialAuthFailure(t *testing.T) {
 	if !errors.As(err, &he) || !strings.Contains(he.Hint, "authorized_keys") || !strings.Contains(he.Hint, keyFile) {
 		t.Errorf("hint = %+v, want one about authorized_keys naming %s", he, keyFile)
 	}
-	if !strings.HasPrefix(err.Error(), "ssh handshake with 127.0.0.1: ssh: unable to authenticate") {
+	if !strings.HasPrefix(err.Error(), "ssh login as bob@127.0.0.1 failed: ssh: unable to authenticate") {
 		t.Errorf("err = %q", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,10 +70,14 @@ func (t *Transport) Connect(ctx context.Context) (transport.Link, error) {
 		return nil, err
 	}
 	kctx, cancel := context.WithCancel(context.Background())
+	remote := fmt.Sprintf("%s@%s", target.User, target.Addr)
+	if !target.Addr.IsValid() {
+		remote = fmt.Sprintf("%s@%s", target.User, net.JoinHostPort(target.Host, strconv.Itoa(target.Port)))
+	}
 	l := &link{
 		ssh:      sc,
 		launcher: t.launcher,
-		remote:   fmt.Sprintf("%s@%s", target.User, target.Addr),
+		remote:   remote,
 		server:   target.Addr.Addr().Unmap(),
 		done:     make(chan struct{}),
 		cancel:   cancel,

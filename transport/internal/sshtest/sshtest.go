@@ -47,6 +47,9 @@ type Options struct {
 	Keepalives chan string   // receives the type of each global request
 	HostKeys   []ssh.Signer  // nil = one fresh ed25519 key; the first is HostKey
 	Env        []string      // added to the environment of exec requests (HOME and PATH)
+	Password   string        // also accepted, by password and keyboard-interactive; "" = none
+	UserCA     ssh.PublicKey // user certificates signed by it are accepted for their principals
+	Forward    bool          // allow direct-tcpip channels, like a jump host
 
 	// Shell makes the process that runs an exec request; nil = sh -c command.
 	// Tests use it to give the node, say, a read-only home in a mount namespace.
@@ -61,16 +64,45 @@ func Start(t *testing.T, opts Options) *Server {
 		opts.HostKeys = []ssh.Signer{k}
 	}
 	s := &Server{HostKey: opts.HostKeys[0], opts: opts}
-	cfg := &ssh.ServerConfig{
-		PublicKeyCallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if opts.User != "" && md.User() != opts.User {
-				return nil, fmt.Errorf("user %q not allowed", md.User())
-			}
+	userOK := func(md ssh.ConnMetadata) error {
+		if opts.User != "" && md.User() != opts.User {
+			return fmt.Errorf("user %q not allowed", md.User())
+		}
+		return nil
+	}
+	certs := &ssh.CertChecker{
+		IsUserAuthority: func(k ssh.PublicKey) bool {
+			return opts.UserCA != nil && bytes.Equal(k.Marshal(), opts.UserCA.Marshal())
+		},
+		UserKeyFallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 			if opts.Key == nil || !bytes.Equal(key.Marshal(), opts.Key.Marshal()) {
 				return nil, errors.New("key not authorized")
 			}
 			return nil, nil
 		},
+	}
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(md ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if err := userOK(md); err != nil {
+				return nil, err
+			}
+			return certs.Authenticate(md, key)
+		},
+	}
+	if opts.Password != "" {
+		cfg.PasswordCallback = func(md ssh.ConnMetadata, pw []byte) (*ssh.Permissions, error) {
+			if err := userOK(md); err != nil || string(pw) != opts.Password {
+				return nil, errors.New("wrong password")
+			}
+			return nil, nil
+		}
+		cfg.KeyboardInteractiveCallback = func(md ssh.ConnMetadata, ask ssh.KeyboardInteractiveChallenge) (*ssh.Permissions, error) {
+			ans, err := ask("", "", []string{"Password: "}, []bool{false})
+			if err != nil || userOK(md) != nil || len(ans) != 1 || ans[0] != opts.Password {
+				return nil, errors.New("wrong password")
+			}
+			return nil, nil
+		}
 	}
 	for _, k := range opts.HostKeys {
 		cfg.AddHostKey(k)
@@ -124,6 +156,10 @@ func (s *Server) serve(nc net.Conn, cfg *ssh.ServerConfig, wg *sync.WaitGroup) {
 		}
 	})
 	for nch := range chans {
+		if nch.ChannelType() == "direct-tcpip" && s.opts.Forward {
+			wg.Go(func() { forward(nch) })
+			continue
+		}
 		if nch.ChannelType() != "session" || s.opts.Home == "" {
 			nch.Reject(ssh.UnknownChannelType, "no")
 			continue
@@ -183,6 +219,42 @@ func (s *Server) exec(ch ssh.Channel, command string) {
 		}
 	}
 	ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(status)}))
+}
+
+// forward connects a direct-tcpip channel to its target, as a jump host.
+func forward(nch ssh.NewChannel) {
+	var p struct {
+		Host     string
+		Port     uint32
+		OrigHost string
+		OrigPort uint32
+	}
+	if err := ssh.Unmarshal(nch.ExtraData(), &p); err != nil {
+		nch.Reject(ssh.ConnectionFailed, "bad request")
+		return
+	}
+	c, err := net.Dial("tcp", net.JoinHostPort(p.Host, fmt.Sprint(p.Port)))
+	if err != nil {
+		nch.Reject(ssh.ConnectionFailed, err.Error())
+		return
+	}
+	ch, reqs, err := nch.Accept()
+	if err != nil {
+		c.Close()
+		return
+	}
+	go ssh.DiscardRequests(reqs)
+	done := make(chan struct{})
+	go func() {
+		io.Copy(c, ch)
+		c.(*net.TCPConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(ch, c)
+	ch.CloseWrite()
+	<-done
+	ch.Close()
+	c.Close()
 }
 
 // ExecCount counts the exec requests whose command contains substr.
