@@ -24,6 +24,14 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 	// for about 15% less CPU per byte downloaded.
 	debug.SetGCPercent(400)
 	child := openDaemonChild()
+	if err := addTargetFiles(&inv); err != nil {
+		return err
+	}
+	if child == nil {
+		for _, n := range inv.notes {
+			fmt.Fprintf(stderr, "k8stunnel: %s\n", n)
+		}
+	}
 	if inv.daemon && child == nil {
 		return daemonize(inv.logFile, args, stderr)
 	}
