@@ -105,6 +105,7 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"-r", "node1", "--disable-ipv6", "-l", "[::1]:5000", "10.0.0.0/8"}, "-l/--listen [::1]:5000 is IPv6, and --disable-ipv6 is set"},
 		{[]string{"-r", "node1", "--disable-ipv6", "10.0.0.0/8", "fd00::/8"}, "fd00::/8 is IPv6, and --disable-ipv6 is set"},
 		{[]string{"-r", "node1", "--method", "bogus", "10.0.0.0/8"}, `bad --method "bogus": k8stunnel always uses iptables nat (auto, nat)`},
+		{[]string{"-r", "node1", "--helper", "x", "--remote-cmd", "y", "10.0.0.0/8"}, "--helper and --remote-cmd: pick one (--helper uploads a build, --remote-cmd runs one already on the node)"},
 		{[]string{"server", "--bogus"}, "server: unknown flag: --bogus"},
 		{[]string{"server", "extra", "-r"}, "server: unknown shorthand flag: 'r' in -r"},
 	} {

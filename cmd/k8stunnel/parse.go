@@ -157,6 +157,7 @@ func parseStop(args []string) (invocation, error) {
 // tunnelFlags holds the tunnel's flag values as pflag parsed them.
 type tunnelFlags struct {
 	remote, sshConfig, knownHosts, remoteCmd string
+	helperFile                               string
 	identities, listen, excludes             []string
 	autoCIDRs, gateway                       bool
 	dnsOn, dnsAll                            bool
@@ -191,6 +192,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh_config `FILE` (default ~/.ssh/config)")
 	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts `FILE` (default ~/.ssh/known_hosts)")
 	fs.StringVar(&f.remoteCmd, "remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
+	fs.StringVar(&f.helperFile, "helper", "", "upload this k8stunnel build `FILE` to the node (default: this one, or k8stunnel-linux-ARCH next to it for a node unlike this machine)")
 	fs.IntVar(&f.channels, "channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
 	fs.BoolVarP(&inv.daemon, "daemon", "D", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
@@ -276,6 +278,9 @@ func parseTunnel(args []string) (invocation, error) {
 	if f.channels < 1 || f.channels > 64 {
 		return invocation{}, usagef("--channels must be between 1 and 64")
 	}
+	if f.helperFile != "" && f.remoteCmd != "" {
+		return invocation{}, usagef("--helper and --remote-cmd: pick one (--helper uploads a build, --remote-cmd runs one already on the node)")
+	}
 	if inv.logFile != "" && inv.syslog {
 		return invocation{}, usagef("--log-file and --syslog: pick one")
 	}
@@ -299,7 +304,7 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 			ConfigFile:     f.sshConfig,
 			KnownHostsFile: f.knownHosts,
 		},
-		Helper: helper.Config{RemoteCmd: f.remoteCmd, Args: helperArgs},
+		Helper: helper.Config{RemoteCmd: f.remoteCmd, Helper: f.helperFile, Args: helperArgs},
 	}
 	return client.Config{
 		Listen:    f.listen,
