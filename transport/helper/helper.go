@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -108,7 +109,13 @@ func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
 		return nil, fmt.Errorf("starting the helper on the node: %w", err)
 	}
 
-	h := &Stdio{Reader: stdout, stdin: stdin, sess: sess, log: log, starting: true, remoteCmd: opt.RemoteCmd != "",
+	return newStdio(stdout, stdin, stderr, sess.Close, sess.Wait, log, opt.RemoteCmd != ""), nil
+}
+
+// newStdio watches a running helper: its stdio, end to stop it, wait to
+// learn how it exited.
+func newStdio(stdout io.Reader, stdin io.WriteCloser, stderr io.Reader, end, wait func() error, log *slog.Logger, remoteCmd bool) *Stdio {
+	h := &Stdio{Reader: stdout, stdin: stdin, end: end, log: log, starting: true, remoteCmd: remoteCmd,
 		stderrDone: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		defer close(h.stderrDone)
@@ -117,27 +124,39 @@ func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
 		readLines(stderr, h.stderrLine)
 	}()
 	go func() {
-		err := sess.Wait()
+		err := wait()
 		h.mu.Lock()
 		h.exitErr = err
 		starting := h.starting
 		h.mu.Unlock()
 		close(h.exited)
-		var exit *ssh.ExitError
-		if errors.As(err, &exit) && !h.closed.Load() && !starting {
+		if _, ok := exitStatus(err); ok && !h.closed.Load() && !starting {
 			log.Warn("the helper on the node exited", "err", err)
 			return
 		}
 		log.Debug("the helper on the node exited", "err", err)
 	}()
-	return h, nil
+	return h
+}
+
+// exitStatus is the status a helper's session or process exited with.
+func exitStatus(err error) (int, bool) {
+	var sshExit *ssh.ExitError
+	if errors.As(err, &sshExit) {
+		return sshExit.ExitStatus(), true
+	}
+	var procExit *exec.ExitError
+	if errors.As(err, &procExit) && procExit.ExitCode() >= 0 {
+		return procExit.ExitCode(), true
+	}
+	return 0, false
 }
 
 // Stdio is the helper's session as one stream.
 type Stdio struct {
 	io.Reader
 	stdin     io.WriteCloser
-	sess      *ssh.Session
+	end       func() error // ends the session or process
 	log       *slog.Logger
 	remoteCmd bool
 	closed    atomic.Bool
@@ -282,9 +301,8 @@ func (h *Stdio) explain(err error) error {
 		}
 	}
 	var status string
-	var exit *ssh.ExitError
-	if errors.As(h.exitErr, &exit) {
-		status = fmt.Sprintf(" (exit status %d)", exit.ExitStatus())
+	if n, ok := exitStatus(h.exitErr); ok {
+		status = fmt.Sprintf(" (exit status %d)", n)
 	}
 	if len(said) == 0 {
 		if status != "" {
@@ -301,7 +319,7 @@ func (h *Stdio) Write(p []byte) (int, error) { return h.stdin.Write(p) }
 func (h *Stdio) Close() error {
 	h.once.Do(func() {
 		h.closed.Store(true)
-		err := errors.Join(h.stdin.Close(), h.sess.Close())
+		err := errors.Join(h.stdin.Close(), h.end())
 		if errors.Is(err, io.EOF) {
 			err = nil
 		}
