@@ -557,7 +557,9 @@ func (c *Client) install(ctx context.Context, fw Firewall, server netip.Addr) er
 // so the tunnel's own connection is never captured (even with 0/0).
 func (c *Client) spec(server netip.Addr) firewall.Spec {
 	ex := append([]firewall.Target(nil), c.cfg.Exclude...)
-	ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
+	if server.IsValid() { // a transport that cannot know (-e) exempts nothing
+		ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
+	}
 	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex, Gateway: c.cfg.Gateway}
 	for _, ln := range c.listeners {
 		s.Listen = append(s.Listen, ln.Addr().(*net.TCPAddr).AddrPort())

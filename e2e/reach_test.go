@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // fakeUnameDir is a dir for Options.NodePath whose uname says the node is aarch64.
@@ -84,4 +85,58 @@ func TestOtherArchitecture(t *testing.T) {
 			t.Errorf("without the arm64 build, stderr lacks %q:\n%s", want, c.Stderr())
 		}
 	}
+}
+
+// TestSSHCmd: -e with OpenSSH's own ssh as the command, as sshuttle users run it.
+func TestSSHCmd(t *testing.T) {
+	lab := newLab(t)
+	ssh := "ssh -F /dev/null -o BatchMode=yes -i " + lab.Identity + " -o UserKnownHostsFile=" + lab.KnownHosts
+	c := startClientArgs(t, lab, "-v", "-r", "root@"+NodeAddr, "-e", ssh, ServiceCIDR, PodCIDR)
+	checkCmdTunnel(t, lab, c)
+}
+
+// TestSSHCmdNotSSH: -e with a command that is not ssh at all and only gives a shell next to the cluster, as
+// `kubectl exec -i POD --` does: this one ignores the host and runs the line it gets in the node's namespace.
+func TestSSHCmdNotSSH(t *testing.T) {
+	lab := newLab(t)
+	standIn := filepath.Join(t.TempDir(), "exec-on-node")
+	script := "#!/bin/sh\n# exec-on-node POD -- COMMAND\n[ \"$2\" = -- ] || exit 9\n" +
+		"HOME=" + lab.NodeHome + " exec ip netns exec " + lab.Node.Name + " sh -c \"$3\"\n"
+	if err := os.WriteFile(standIn, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := startClientArgs(t, lab, "-v", "-r", "my-pod", "-e", standIn, ServiceCIDR, PodCIDR)
+	checkCmdTunnel(t, lab, c)
+}
+
+// checkCmdTunnel: the tunnel works, said that it exempts nothing for the node, comes back after its helper was
+// killed (a new run of the command), and stops cleanly.
+func checkCmdTunnel(t *testing.T, lab *Lab, c *Client) {
+	t.Helper()
+	httpGet(t, lab, "http://"+ServiceIP+"/")
+	if want := "with -e the firewall exempts no address for the node"; !strings.Contains(c.Stderr(), want) {
+		t.Errorf("stderr does not say %q:\n%s", want, c.Stderr())
+	}
+	helpers, err := lab.NodeHelperPids()
+	if err != nil || len(helpers) == 0 {
+		t.Fatalf("no k8stunnel helper found on the node (%v)", err)
+	}
+	for _, pid := range helpers {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(c.Stderr(), `msg="tunnel restored"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect 10s after the helper was killed:\n%s", c.Stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	httpGet(t, lab, "http://"+ServiceIP+"/")
+	if n := strings.Count(c.Stderr(), "uploading k8stunnel to the node"); n != 1 {
+		t.Errorf("%d uploads, want 1 (the reconnect finds it cached)", n)
+	}
+	if err := c.Stop(syscall.SIGTERM); err != nil {
+		t.Errorf("k8stunnel did not exit cleanly: %v", err)
+	}
+	expectGone(t, lab)
 }

@@ -106,6 +106,11 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"-r", "node1", "--disable-ipv6", "10.0.0.0/8", "fd00::/8"}, "fd00::/8 is IPv6, and --disable-ipv6 is set"},
 		{[]string{"-r", "node1", "--method", "bogus", "10.0.0.0/8"}, `bad --method "bogus": k8stunnel always uses iptables nat (auto, nat)`},
 		{[]string{"-r", "node1", "--helper", "x", "--remote-cmd", "y", "10.0.0.0/8"}, "--helper and --remote-cmd: pick one (--helper uploads a build, --remote-cmd runs one already on the node)"},
+		{[]string{"-r", "node1", "-e", "ssh -i 'key", "10.0.0.0/8"}, `bad -e/--ssh-cmd "ssh -i 'key": want a command such as 'ssh -o BatchMode=yes'`},
+		{[]string{"-r", "node1", "--ssh-cmd", " ", "10.0.0.0/8"}, `bad -e/--ssh-cmd " ": want a command such as 'ssh -o BatchMode=yes'`},
+		{[]string{"-r", "node1", "-e", "ssh", "-i", "key", "10.0.0.0/8"}, "-e runs the command for SSH: give --identity's setting to the command (e.g. -e 'ssh -i KEY'), not to k8stunnel"},
+		{[]string{"-r", "node1", "-e", "ssh", "--known-hosts", "kh", "10.0.0.0/8"}, "-e runs the command for SSH: give --known-hosts's setting to the command (e.g. -e 'ssh -i KEY'), not to k8stunnel"},
+		{[]string{"-r", "node1", "-e", "ssh", "--channels", "2", "10.0.0.0/8"}, "-e carries one channel: each more would be another login; drop --channels"},
 		{[]string{"server", "--bogus"}, "server: unknown flag: --bogus"},
 		{[]string{"server", "extra", "-r"}, "server: unknown shorthand flag: 'r' in -r"},
 	} {

@@ -84,6 +84,8 @@ type invocation struct {
 	// subnetFiles and excludeFiles (-s, -X) are read by run.
 	subnetFiles, excludeFiles []string
 	noIPv6                    bool
+	// sshCmd (-e) replaces the SSH client: run will use cmdtransport.
+	sshCmd string
 }
 
 // parse turns argv (without the program name) into an invocation, or a
@@ -157,7 +159,7 @@ func parseStop(args []string) (invocation, error) {
 // tunnelFlags holds the tunnel's flag values as pflag parsed them.
 type tunnelFlags struct {
 	remote, sshConfig, knownHosts, remoteCmd string
-	helperFile                               string
+	helperFile, sshCmd                       string
 	identities, listen, excludes             []string
 	autoCIDRs, gateway                       bool
 	dnsOn, dnsAll                            bool
@@ -192,6 +194,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh_config `FILE` (default ~/.ssh/config)")
 	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts `FILE` (default ~/.ssh/known_hosts)")
 	fs.StringVar(&f.remoteCmd, "remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
+	fs.StringVarP(&f.sshCmd, "ssh-cmd", "e", "", "reach the node by running `CMD` [-p PORT] [user@]host -- COMMAND, as sshuttle -e (e.g. 'ssh -o BatchMode=yes')")
 	fs.StringVar(&f.helperFile, "helper", "", "upload this k8stunnel build `FILE` to the node (default: this one, or k8stunnel-linux-ARCH next to it for a node unlike this machine)")
 	fs.IntVar(&f.channels, "channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
@@ -277,6 +280,12 @@ func parseTunnel(args []string) (invocation, error) {
 	}
 	if f.channels < 1 || f.channels > 64 {
 		return invocation{}, usagef("--channels must be between 1 and 64")
+	}
+	if f.sshCmd != "" {
+		if err := sshCmdConflicts(fs, f.sshCmd, f.channels); err != nil {
+			return invocation{}, err
+		}
+		inv.sshCmd = f.sshCmd
 	}
 	if f.helperFile != "" && f.remoteCmd != "" {
 		return invocation{}, usagef("--helper and --remote-cmd: pick one (--helper uploads a build, --remote-cmd runs one already on the node)")

@@ -73,6 +73,8 @@ func TestParseTunnel(t *testing.T) {
 		{"method nat", []string{"-r", "node1", "--method", "nat", "10.96.0.0/12"}, func(*invocation) {}},
 		{"helper file", []string{"-r", "node1", "--helper", "bin/k8stunnel-linux-arm64", "10.96.0.0/12"},
 			func(inv *invocation) { inv.transport.Helper.Helper = "bin/k8stunnel-linux-arm64" }},
+		{"ssh command", []string{"-r", "root@node1", "-e", "ssh -o BatchMode=yes", "10.96.0.0/12"},
+			func(inv *invocation) { inv.transport.SSH.Remote, inv.sshCmd = "root@node1", "ssh -o BatchMode=yes" }},
 		{"-D is --daemon", []string{"-r", "node1", "-D", "10.96.0.0/12"}, func(inv *invocation) { inv.daemon = true }},
 		{"channels and max-conns", []string{"-r", "node1", "--channels", "64", "--max-conns=100", "10.96.0.0/12"},
 			func(inv *invocation) { inv.cfg.Channels, inv.cfg.MaxConns = 64, 100 }},

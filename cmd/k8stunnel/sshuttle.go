@@ -11,8 +11,13 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/spf13/pflag"
+
 	"github.com/k8stunnel/k8stunnel/client"
 	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/transport"
+	"github.com/k8stunnel/k8stunnel/transport/cmdtransport"
+	"github.com/k8stunnel/k8stunnel/transport/sshtransport"
 )
 
 // sshuttleFlags are the flags k8stunnel takes only so that an sshuttle
@@ -148,4 +153,29 @@ func addTargetFiles(inv *invocation) error {
 		return usagef("no CIDR in %s", strings.Join(inv.subnetFiles, ", "))
 	}
 	return nil
+}
+
+// sshCmdConflicts refuses flags for k8stunnel's own SSH client next to -e,
+// which leaves SSH to the command.
+func sshCmdConflicts(fs *pflag.FlagSet, sshCmd string, channels int) error {
+	if words, err := cmdtransport.SplitWords(sshCmd); err != nil || len(words) == 0 {
+		return usagef("bad -e/--ssh-cmd %q: want a command such as 'ssh -o BatchMode=yes'", sshCmd)
+	}
+	for _, name := range []string{"identity", "ssh-config", "known-hosts"} {
+		if fs.Changed(name) {
+			return usagef("-e runs the command for SSH: give --%s's setting to the command (e.g. -e 'ssh -i KEY'), not to k8stunnel", name)
+		}
+	}
+	if channels != 1 {
+		return usagef("-e carries one channel: each more would be another login; drop --channels")
+	}
+	return nil
+}
+
+// newTransport is cmdtransport with -e, else k8stunnel's own SSH client.
+func newTransport(sshCmd string, trc sshtransport.Config) (transport.Transport, error) {
+	if sshCmd != "" {
+		return cmdtransport.New(cmdtransport.Config{Command: sshCmd, Remote: trc.SSH.Remote, Helper: trc.Helper, Log: trc.Log})
+	}
+	return sshtransport.New(trc)
 }

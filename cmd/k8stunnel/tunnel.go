@@ -13,7 +13,6 @@ import (
 	"github.com/k8stunnel/k8stunnel/client"
 	"github.com/k8stunnel/k8stunnel/firewall"
 	"github.com/k8stunnel/k8stunnel/internal/control"
-	"github.com/k8stunnel/k8stunnel/transport/sshtransport"
 )
 
 // runTunnel is the main job: wire a parsed invocation to this host, then run
@@ -107,11 +106,10 @@ func runClient(ctx context.Context, inv invocation, log *slog.Logger, stderr io.
 	trc := inv.transport
 	trc.Helper.Exe = exe
 	trc.Log = log
-	tr, err := sshtransport.New(trc)
+	cfg.Transport, err = newTransport(inv.sshCmd, trc)
 	if err != nil {
 		return err
 	}
-	cfg.Transport = tr
 	cfg.Log = log
 	cfg.OnReady = func() {
 		if inv.pidfile != "" {
