@@ -5,10 +5,16 @@ export PATH := $(PATH):/usr/local/go/bin
 
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e')
 
-.PHONY: build test unit cross e2e demo deps cleanup bench bench-deps
+.PHONY: build dist test unit cross e2e demo deps cleanup bench bench-deps
 
 build:
 	$(GO) build -o bin/k8stunnel ./cmd/k8stunnel
+
+# Static builds for other nodes: next to the k8stunnel that runs, k8stunnel-linux-ARCH is what a node of that
+# architecture gets as its helper.
+DIST_ARCHS = amd64 arm64 arm
+dist:
+	for a in $(DIST_ARCHS); do CGO_ENABLED=0 GOOS=linux GOARCH=$$a $(GO) build -o bin/k8stunnel-linux-$$a ./cmd/k8stunnel || exit 1; done
 
 deps:
 	scripts/deps.sh

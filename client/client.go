@@ -569,7 +569,7 @@ func (c *Client) install(ctx context.Context, fw Firewall, server netip.Addr) er
 // so the tunnel's own connection is never captured (even with 0/0).
 func (c *Client) spec(server netip.Addr) firewall.Spec {
 	ex := append([]firewall.Target(nil), c.cfg.Exclude...)
-	if server.IsValid() { // not with a ProxyCommand: its own connections are its business
+	if server.IsValid() { // a link with no address of its own (ProxyCommand, -e) exempts nothing
 		ex = append(ex, firewall.Target{Prefix: netip.PrefixFrom(server, server.BitLen())})
 	}
 	s := firewall.Spec{Port: c.port, Include: c.include, Exclude: ex, Gateway: c.cfg.Gateway}

@@ -101,8 +101,15 @@ func requireRoot(t *testing.T) {
 
 func newLab(t *testing.T) *Lab {
 	t.Helper()
+	return newLabOpts(t, Options{})
+}
+
+// newLabOpts is newLab with opts; Binary is always the one TestMain built.
+func newLabOpts(t *testing.T, opts Options) *Lab {
+	t.Helper()
 	requireRoot(t)
-	lab, err := New(Options{Binary: binary})
+	opts.Binary = binary
+	lab, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

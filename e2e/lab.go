@@ -83,6 +83,8 @@ type Options struct {
 	Binary string
 	// ClientLog, when set, receives a copy of every client's stderr as it is written (the demo shows it live).
 	ClientLog io.Writer
+	// NodePath, when set, comes first in the PATH of sessions on the node (a fake uname, say).
+	NodePath string
 }
 
 // Lab is the running topology. Create it with New and always Close it.
@@ -256,7 +258,7 @@ func (l *Lab) startSSHD() error {
 		"UsePAM " + usePAM(),
 		"UseDNS no",
 		"PidFile " + filepath.Join(l.Dir, "sshd.pid"),
-		"SetEnv HOME=" + l.NodeHome,
+		"SetEnv HOME=" + l.NodeHome + l.nodePath(),
 		"Subsystem sftp internal-sftp",
 		"LogLevel VERBOSE",
 		"",
@@ -292,6 +294,14 @@ func (l *Lab) startSSHD() error {
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("sshd not listening after 10s\nsshd output:\n%s", l.sshdLog)
 	}
+}
+
+// nodePath is the SetEnv PATH=... (with a leading space) that puts Options.NodePath first, or "".
+func (l *Lab) nodePath() string {
+	if l.opts.NodePath == "" {
+		return ""
+	}
+	return " PATH=" + l.opts.NodePath + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 }
 
 // usePAM says "no", as the lab wants, unless root's password is locked ("!" in /etc/shadow, common on hosts with

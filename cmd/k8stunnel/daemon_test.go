@@ -154,7 +154,7 @@ func TestDaemonChildReportsEveryError(t *testing.T) {
 		want string
 	}{
 		{[]string{"--syslog"}, "connecting to syslog: no /dev/log\n"},
-		{nil, "bad listen address \"bad\": want IP:PORT\n"},
+		{nil, "listening on 192.0.2.1:5000: listen tcp4 192.0.2.1:5000: bind: cannot assign requested address\n"},
 	} {
 		r, w, err := os.Pipe()
 		if err != nil {
@@ -166,7 +166,7 @@ func TestDaemonChildReportsEveryError(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Setenv(daemonEnv, strconv.Itoa(fd))
-		inv, err := parse(append([]string{"--daemon", "-r", "node1", "-l", "bad", "10.0.0.0/8"}, tc.args...))
+		inv, err := parse(append([]string{"--daemon", "-r", "node1", "-l", "192.0.2.1:5000", "10.0.0.0/8"}, tc.args...))
 		if err != nil {
 			t.Fatal(err)
 		}

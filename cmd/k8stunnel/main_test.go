@@ -100,6 +100,17 @@ func TestRunUsageErrors(t *testing.T) {
 		{[]string{"-r", "node1", "--log-file", "/tmp/x", "--syslog", "10.0.0.0/8"}, "--log-file and --syslog: pick one"},
 		{[]string{"cleanup", "x"}, "cleanup takes no arguments"},
 		{[]string{"firewall", "x"}, "firewall takes no arguments"},
+		{[]string{"-r", "node1", "-l", "12345x", "10.0.0.0/8"}, `bad -l/--listen "12345x": want PORT, IP:PORT or [IPv6]:PORT`},
+		{[]string{"-r", "node1", "-l", "99999", "10.0.0.0/8"}, `bad -l/--listen "99999": want PORT, IP:PORT or [IPv6]:PORT`},
+		{[]string{"-r", "node1", "--disable-ipv6", "-l", "[::1]:5000", "10.0.0.0/8"}, "-l/--listen [::1]:5000 is IPv6, and --disable-ipv6 is set"},
+		{[]string{"-r", "node1", "--disable-ipv6", "10.0.0.0/8", "fd00::/8"}, "fd00::/8 is IPv6, and --disable-ipv6 is set"},
+		{[]string{"-r", "node1", "--method", "bogus", "10.0.0.0/8"}, `bad --method "bogus": k8stunnel always uses iptables nat (auto, nat)`},
+		{[]string{"-r", "node1", "--helper", "x", "--remote-cmd", "y", "10.0.0.0/8"}, "--helper and --remote-cmd: pick one (--helper uploads a build, --remote-cmd runs one already on the node)"},
+		{[]string{"-r", "node1", "-e", "ssh -i 'key", "10.0.0.0/8"}, `bad -e/--ssh-cmd "ssh -i 'key": want a command such as 'ssh -o BatchMode=yes'`},
+		{[]string{"-r", "node1", "--ssh-cmd", " ", "10.0.0.0/8"}, `bad -e/--ssh-cmd " ": want a command such as 'ssh -o BatchMode=yes'`},
+		{[]string{"-r", "node1", "-e", "ssh", "-i", "key", "10.0.0.0/8"}, "-e runs the command for SSH: give --identity's setting to the command (e.g. -e 'ssh -i KEY'), not to k8stunnel"},
+		{[]string{"-r", "node1", "-e", "ssh", "--known-hosts", "kh", "10.0.0.0/8"}, "-e runs the command for SSH: give --known-hosts's setting to the command (e.g. -e 'ssh -i KEY'), not to k8stunnel"},
+		{[]string{"-r", "node1", "-e", "ssh", "--channels", "2", "10.0.0.0/8"}, "-e carries one channel: each more would be another login; drop --channels"},
 		{[]string{"server", "--bogus"}, "server: unknown flag: --bogus"},
 		{[]string{"server", "extra", "-r"}, "server: unknown shorthand flag: 'r' in -r"},
 	} {
@@ -132,10 +143,10 @@ func TestRunVersion(t *testing.T) {
 	}
 }
 
-// A listen address the engine rejects fails before any firewall or SSH.
+// A listen address the engine cannot bind fails before any firewall or SSH.
 func TestRunBadListen(t *testing.T) {
-	code, stdout, stderr := runArgs(t, "-r", "node1", "-l", "bad", "10.0.0.0/8")
-	if want := "k8stunnel: error: bad listen address \"bad\": want IP:PORT\n"; code != 1 || stdout != "" || stderr != want {
+	code, stdout, stderr := runArgs(t, "-r", "node1", "-l", "192.0.2.1:5000", "10.0.0.0/8")
+	if want := "k8stunnel: error: listening on 192.0.2.1:5000: listen tcp4 192.0.2.1:5000: bind: cannot assign requested address\n"; code != 1 || stdout != "" || stderr != want {
 		t.Errorf("run = %d, %q, %q; want 1, \"\", %q", code, stdout, stderr, want)
 	}
 }
@@ -143,8 +154,8 @@ func TestRunBadListen(t *testing.T) {
 func TestRunLogFile(t *testing.T) {
 	dir := t.TempDir()
 	logFile := filepath.Join(dir, "k8stunnel.log")
-	code, _, stderr := runArgs(t, "-r", "node1", "-l", "bad", "--log-file", logFile, "10.0.0.0/8")
-	if want := "k8stunnel: error: bad listen address \"bad\": want IP:PORT\n"; code != 1 || stderr != want {
+	code, _, stderr := runArgs(t, "-r", "node1", "-l", "192.0.2.1:5000", "--log-file", logFile, "10.0.0.0/8")
+	if want := "k8stunnel: error: listening on 192.0.2.1:5000: listen tcp4 192.0.2.1:5000: bind: cannot assign requested address\n"; code != 1 || stderr != want {
 		t.Errorf("run = %d, %q; want 1, %q", code, stderr, want)
 	}
 	if _, err := os.Stat(logFile); err != nil {
@@ -228,5 +239,15 @@ func TestDropTime(t *testing.T) {
 	newLogger(&buf, 1).Debug("conn")
 	if !strings.Contains(buf.String(), "time=") || !strings.Contains(buf.String(), "level=DEBUG msg=conn") {
 		t.Errorf("-v logger wrote %q, want a timed debug record", buf.String())
+	}
+}
+
+// An sshuttle flag that does not apply says so in one line, and the run goes on.
+func TestRunSshuttleNotes(t *testing.T) {
+	code, _, stderr := runArgs(t, "-r", "node1", "--no-latency-control", "-l", "192.0.2.1:5000", "10.0.0.0/8")
+	want := "k8stunnel: --no-latency-control ignored: k8stunnel has per-connection flow control, nothing to turn off\n" +
+		"k8stunnel: error: listening on 192.0.2.1:5000: listen tcp4 192.0.2.1:5000: bind: cannot assign requested address\n"
+	if code != 1 || stderr != want {
+		t.Errorf("run = %d, %q; want 1, %q", code, stderr, want)
 	}
 }

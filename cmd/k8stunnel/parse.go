@@ -86,6 +86,13 @@ type invocation struct {
 	asJSON, watch, all bool
 	pid                int
 	manifest           manifest
+	// notes are lines for stderr about flags that change nothing here.
+	notes []string
+	// subnetFiles and excludeFiles (-s, -X) are read by run.
+	subnetFiles, excludeFiles []string
+	noIPv6                    bool
+	// sshCmd (-e) replaces the SSH client: run will use cmdtransport.
+	sshCmd string
 }
 
 // parse turns argv (without the program name) into an invocation, or a
@@ -162,6 +169,7 @@ func parseStop(args []string) (invocation, error) {
 type tunnelFlags struct {
 	remote, sshConfig, knownHosts, remoteCmd string
 	jump                                     string
+	helperFile, sshCmd                       string
 	identities, listen, excludes             []string
 	autoCIDRs, gateway                       bool
 	dnsOn, dnsAll                            bool
@@ -170,6 +178,7 @@ type tunnelFlags struct {
 	channels, maxConns                       int
 	socks, httpProxy                         string
 	exposes                                  []string
+	sshuttle                                 sshuttleFlags
 }
 
 func parseTunnel(args []string) (invocation, error) {
@@ -198,15 +207,23 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts `FILE` (default ~/.ssh/known_hosts)")
 	fs.StringVarP(&f.jump, "jump", "J", "", "reach the node through jump `HOSTS` ([user@]host[:port],...), as ssh -J")
 	fs.StringVar(&f.remoteCmd, "remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
+	fs.StringVarP(&f.sshCmd, "ssh-cmd", "e", "", "reach the node by running `CMD` [-p PORT] [user@]host -- COMMAND, as sshuttle -e (e.g. 'ssh -o BatchMode=yes')")
+	fs.StringVar(&f.helperFile, "helper", "", "upload this k8stunnel build `FILE` to the node (default: this one, or k8stunnel-linux-ARCH next to it for a node unlike this machine)")
 	fs.IntVar(&f.channels, "channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
-	fs.BoolVar(&inv.daemon, "daemon", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
+	fs.BoolVarP(&inv.daemon, "daemon", "D", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
 	fs.StringVar(&inv.pidfile, "pidfile", "", "write the process ID to `FILE` once the tunnel is up")
 	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon default: syslog, else a file k8stunnel status names)")
 	fs.BoolVar(&inv.syslog, "syslog", false, "send logs to syslog")
 	fs.CountVarP(&inv.verbose, "verbose", "v", "log every connection: source, destination, bytes, how it ended (-vv: with stream and channel)")
-	fs.BoolVar(&ver, "version", false, "print the version and exit")
+	fs.BoolVarP(&ver, "version", "V", false, "print the version and exit")
 	fs.BoolVarP(&help, "help", "h", false, "show this help")
+	fs.StringArrayVarP(&f.sshuttle.subnets, "subnets", "s", nil, "forward the CIDRs listed in `FILE` too (as sshuttle -s)")
+	fs.StringArrayVarP(&f.sshuttle.excludeFrom, "exclude-from", "X", nil, "do not forward the CIDRs listed in `FILE` (as sshuttle -X)")
+	fs.BoolVar(&f.sshuttle.disableIPv6, "disable-ipv6", false, "forward and listen on IPv4 only")
+	fs.StringVar(&f.sshuttle.python, "python", "", "ignored (sshuttle's `PATH` to Python; the node needs none)")
+	fs.StringVar(&f.sshuttle.method, "method", "", "ignored (sshuttle's `METHOD`; k8stunnel always uses iptables nat)")
+	fs.BoolVar(&f.sshuttle.noLatencyControl, "no-latency-control", false, "ignored (sshuttle's)")
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		return invocation{}, usagef("%v (see k8stunnel --help)", err)
@@ -217,11 +234,12 @@ func parseTunnel(args []string) (invocation, error) {
 	if ver {
 		return invocation{output: "k8stunnel " + version + "\n"}, nil
 	}
+	f.remote = parseRemote(f.remote)
 	if f.remote == "" {
 		return invocation{}, usagef("missing -r/--remote: which node should the tunnel go to? (see k8stunnel --help)")
 	}
 	proxying := f.socks != "" || f.httpProxy != ""
-	transparent := fs.NArg() > 0 || f.autoCIDRs
+	transparent := fs.NArg() > 0 || f.autoCIDRs || len(f.sshuttle.subnets) > 0
 	if !transparent && !proxying {
 		return invocation{}, usagef("no CIDR given: name the cluster's service and pod CIDRs, e.g. 10.96.0.0/12 10.244.0.0/16, or let -N find them on the node; " +
 			"or serve a proxy, which needs no root: --socks 1080")
@@ -245,6 +263,20 @@ func parseTunnel(args []string) (invocation, error) {
 	if err != nil {
 		return invocation{}, err
 	}
+	if f.sshuttle.disableIPv6 {
+		if err := noIPv6(include); err != nil {
+			return invocation{}, err
+		}
+	}
+	if transparent {
+		if f.listen, err = parseListen(f.listen, f.sshuttle.disableIPv6, f.gateway); err != nil {
+			return invocation{}, err
+		}
+	}
+	if inv.notes, err = sshuttleNotes(f.sshuttle); err != nil {
+		return invocation{}, err
+	}
+	inv.subnetFiles, inv.excludeFiles, inv.noIPv6 = f.sshuttle.subnets, f.sshuttle.excludeFrom, f.sshuttle.disableIPv6
 	dns, err := dnsConfig(f.dnsOn || proxying, f.dnsAll, f.clusterDNS, f.clusterDomain, f.dnsSearch)
 	if err != nil {
 		return invocation{}, err
@@ -261,6 +293,15 @@ func parseTunnel(args []string) (invocation, error) {
 	}
 	if f.channels < 1 || f.channels > 64 {
 		return invocation{}, usagef("--channels must be between 1 and 64")
+	}
+	if f.sshCmd != "" {
+		if err := sshCmdConflicts(fs, f.sshCmd, f.channels); err != nil {
+			return invocation{}, err
+		}
+		inv.sshCmd = f.sshCmd
+	}
+	if f.helperFile != "" && f.remoteCmd != "" {
+		return invocation{}, usagef("--helper and --remote-cmd: pick one (--helper uploads a build, --remote-cmd runs one already on the node)")
 	}
 	if inv.logFile != "" && inv.syslog {
 		return invocation{}, usagef("--log-file and --syslog: pick one")
@@ -289,7 +330,7 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 			KnownHostsFile: f.knownHosts,
 			ProxyJump:      f.jump,
 		},
-		Helper: helper.Config{RemoteCmd: f.remoteCmd, Args: helperArgs},
+		Helper: helper.Config{RemoteCmd: f.remoteCmd, Helper: f.helperFile, Args: helperArgs},
 	}
 	return client.Config{
 		Listen:    f.listen,

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -44,8 +46,36 @@ func TestParseTunnel(t *testing.T) {
 			func(inv *invocation) { inv.cfg.AutoCIDRs = true }},
 		{"listen", []string{"-r", "node1", "-l", "127.0.0.1:5000", "--listen", "[::1]:5000", "10.96.0.0/12"},
 			func(inv *invocation) { inv.cfg.Listen = []string{"127.0.0.1:5000", "[::1]:5000"} }},
-		{"listen is checked by the engine", []string{"-r", "node1", "-l", "bad", "10.96.0.0/12"},
-			func(inv *invocation) { inv.cfg.Listen = []string{"bad"} }},
+		{"listen on a port, as sshuttle", []string{"-r", "node1", "-l", "12345", "10.96.0.0/12"},
+			func(inv *invocation) { inv.cfg.Listen = []string{"127.0.0.1:12345", "[::1]:12345"} }},
+		{"listen on a port with --gateway", []string{"-r", "node1", "--gateway", "-l", "12345", "10.96.0.0/12"},
+			func(inv *invocation) { inv.cfg.Gateway, inv.cfg.Listen = true, []string{"0.0.0.0:12345", "[::]:12345"} }},
+		{"disable IPv6", []string{"-r", "node1", "--disable-ipv6", "10.96.0.0/12"},
+			func(inv *invocation) { inv.noIPv6, inv.cfg.Listen = true, []string{"127.0.0.1:12300"} }},
+		{"disable IPv6 with a port and --gateway", []string{"-r", "node1", "--disable-ipv6", "--gateway", "-l", "5000", "10.96.0.0/12"},
+			func(inv *invocation) {
+				inv.noIPv6, inv.cfg.Gateway, inv.cfg.Listen = true, true, []string{"0.0.0.0:5000"}
+			}},
+		{"subnets and excludes from files", []string{"-r", "node1", "-s", "inc", "--subnets", "inc2", "-X", "exc"},
+			func(inv *invocation) {
+				inv.cfg.Include, inv.subnetFiles, inv.excludeFiles = nil, []string{"inc", "inc2"}, []string{"exc"}
+			}},
+		{"v6 remote without a port", []string{"-r", "root@[fd00::1]", "10.96.0.0/12"},
+			func(inv *invocation) { inv.transport.SSH.Remote = "root@fd00::1" }},
+		{"sshuttle flags that do not apply", []string{"-r", "node1", "--python", "python3", "--method", "tproxy", "--no-latency-control", "10.96.0.0/12"},
+			func(inv *invocation) {
+				inv.notes = []string{
+					"--python ignored: the node runs k8stunnel's own helper, not Python",
+					"--method tproxy ignored: k8stunnel always uses iptables nat REDIRECT (sshuttle's nat method)",
+					"--no-latency-control ignored: k8stunnel has per-connection flow control, nothing to turn off",
+				}
+			}},
+		{"method nat", []string{"-r", "node1", "--method", "nat", "10.96.0.0/12"}, func(*invocation) {}},
+		{"helper file", []string{"-r", "node1", "--helper", "bin/k8stunnel-linux-arm64", "10.96.0.0/12"},
+			func(inv *invocation) { inv.transport.Helper.Helper = "bin/k8stunnel-linux-arm64" }},
+		{"ssh command", []string{"-r", "root@node1", "-e", "ssh -o BatchMode=yes", "10.96.0.0/12"},
+			func(inv *invocation) { inv.transport.SSH.Remote, inv.sshCmd = "root@node1", "ssh -o BatchMode=yes" }},
+		{"-D is --daemon", []string{"-r", "node1", "-D", "10.96.0.0/12"}, func(inv *invocation) { inv.daemon = true }},
 		{"channels and max-conns", []string{"-r", "node1", "--channels", "64", "--max-conns=100", "10.96.0.0/12"},
 			func(inv *invocation) { inv.cfg.Channels, inv.cfg.MaxConns = 64, 100 }},
 		{"dns", []string{"-r", "node1", "--dns", "10.96.0.0/12"},
@@ -145,6 +175,7 @@ func TestParseSubcommands(t *testing.T) {
 		{[]string{"stop", "1234"}, invocation{cmd: cmdStop, pid: 1234}},
 		{[]string{"stop", "--all"}, invocation{cmd: cmdStop, all: true}},
 		{[]string{"--version"}, invocation{output: "k8stunnel " + version + "\n"}},
+		{[]string{"-V"}, invocation{output: "k8stunnel " + version + "\n"}},
 	} {
 		got, err := parse(tc.args)
 		if err != nil || !reflect.DeepEqual(got, tc.want) {
@@ -158,5 +189,53 @@ func TestParseSubcommands(t *testing.T) {
 		if _, err := parse(args); !errors.As(err, new(usageError)) {
 			t.Errorf("parse(%q) = %v, want a usage error", args, err)
 		}
+	}
+}
+
+// -s and -X files hold CIDRs as sshuttle's do; their mistakes are usage errors.
+func TestAddTargetFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	inc := write("inc", "10.96.0.0/12 # services\n\n10.244.0.0/16,fd00::/8\n")
+	exc := write("exc", "10.96.0.1\n")
+	inv, err := parse([]string{"-r", "node1", "-s", inc, "-X", exc, "10.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := addTargetFiles(&inv); err != nil {
+		t.Fatal(err)
+	}
+	if want := targets(t, "10.0.0.0/8", "10.96.0.0/12", "10.244.0.0/16", "fd00::/8"); !reflect.DeepEqual(inv.cfg.Include, want) {
+		t.Errorf("Include = %v, want %v", inv.cfg.Include, want)
+	}
+	if want := targets(t, "10.96.0.1"); !reflect.DeepEqual(inv.cfg.Exclude, want) {
+		t.Errorf("Exclude = %v, want %v", inv.cfg.Exclude, want)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-s", write("bad", "10.0.0.0/8 nope\n")}, "in " + dir + `/bad: bad CIDR "nope": ParseAddr("nope"): unable to parse IP`},
+		{[]string{"-s", write("empty", "# nothing\n")}, "no CIDR in " + dir + "/empty"},
+		{[]string{"--disable-ipv6", "-s", inc}, "fd00::/8 is IPv6, and --disable-ipv6 is set"},
+	} {
+		inv, err := parse(append([]string{"-r", "node1"}, tc.args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = addTargetFiles(&inv)
+		if !errors.As(err, new(usageError)) || err.Error() != tc.want {
+			t.Errorf("%q: %v, want the usage error %q", tc.args, err, tc.want)
+		}
+	}
+	inv, _ = parse([]string{"-r", "node1", "-s", filepath.Join(dir, "missing")})
+	if err := addTargetFiles(&inv); err == nil || errors.As(err, new(usageError)) {
+		t.Errorf("a missing file: %v, want an error that is not a usage error", err)
 	}
 }

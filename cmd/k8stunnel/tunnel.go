@@ -13,7 +13,6 @@ import (
 	"github.com/k8stunnel/k8stunnel/client"
 	"github.com/k8stunnel/k8stunnel/firewall"
 	"github.com/k8stunnel/k8stunnel/internal/control"
-	"github.com/k8stunnel/k8stunnel/transport/sshtransport"
 )
 
 // runTunnel is the main job: wire a parsed invocation to this host, then run
@@ -24,6 +23,14 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 	// for about 15% less CPU per byte downloaded.
 	debug.SetGCPercent(400)
 	child := openDaemonChild()
+	if err := addTargetFiles(&inv); err != nil {
+		return err
+	}
+	if child == nil {
+		for _, n := range inv.notes {
+			fmt.Fprintf(stderr, "k8stunnel: %s\n", n)
+		}
+	}
 	if inv.daemon && child == nil {
 		return daemonize(inv.logFile, args, stderr)
 	}
@@ -99,11 +106,10 @@ func runClient(ctx context.Context, inv invocation, log *slog.Logger, stderr io.
 	trc := inv.transport
 	trc.Helper.Exe = exe
 	trc.Log = log
-	tr, err := sshtransport.New(trc)
+	cfg.Transport, err = newTransport(inv.sshCmd, trc)
 	if err != nil {
 		return err
 	}
-	cfg.Transport = tr
 	cfg.Log = log
 	cfg.OnReady = func() {
 		if inv.pidfile != "" {

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -30,10 +31,13 @@ import (
 
 // Config says how to start the helper (`k8stunnel server`) on the node.
 type Config struct {
-	RemoteCmd string       // --remote-cmd; when set, run it instead of uploading
-	Exe       string       // local executable to upload; "" = this process's own
-	Log       *slog.Logger // the helper's stderr lines end up here
-	Args      []string     // extra args appended after "server", e.g. "-v"
+	RemoteCmd string // --remote-cmd; when set, run it instead of uploading
+	Exe       string // local executable to upload; "" = this process's own
+	// Helper (--helper) is uploaded instead, whatever the node runs; without
+	// it a node unlike this machine gets k8stunnel-OS-ARCH from next to Exe.
+	Helper string
+	Log    *slog.Logger // the helper's stderr lines end up here
+	Args   []string     // extra args appended after "server", e.g. "-v"
 }
 
 // Launcher starts helpers, as many as asked for, on any SSH connection.
@@ -46,6 +50,9 @@ type Launcher struct {
 	exeOnce sync.Once
 	exe     helperExe
 	exeErr  error
+
+	mu     sync.Mutex
+	builds map[string]helperExe // other builds, by path (see exeFor)
 }
 
 // New returns a Launcher for cfg.
@@ -72,11 +79,7 @@ func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
 			cmd += " " + tui.Quote(a)
 		}
 	} else {
-		exe, err := l.localExe()
-		if err != nil {
-			return nil, err
-		}
-		cache, err := helperInstall(ctx, c, exe, log)
+		exe, cache, err := l.install(ctx, c)
 		if err != nil {
 			return nil, err
 		}
@@ -106,7 +109,13 @@ func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
 		return nil, fmt.Errorf("starting the helper on the node: %w", err)
 	}
 
-	h := &Stdio{Reader: stdout, stdin: stdin, sess: sess, log: log, starting: true, remoteCmd: opt.RemoteCmd != "",
+	return newStdio(stdout, stdin, stderr, sess.Close, sess.Wait, log, opt.RemoteCmd != ""), nil
+}
+
+// newStdio watches a running helper: its stdio, end to stop it, wait to
+// learn how it exited.
+func newStdio(stdout io.Reader, stdin io.WriteCloser, stderr io.Reader, end, wait func() error, log *slog.Logger, remoteCmd bool) *Stdio {
+	h := &Stdio{Reader: stdout, stdin: stdin, end: end, log: log, starting: true, remoteCmd: remoteCmd,
 		stderrDone: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		defer close(h.stderrDone)
@@ -115,27 +124,39 @@ func (l *Launcher) Start(ctx context.Context, c *ssh.Client) (*Stdio, error) {
 		readLines(stderr, h.stderrLine)
 	}()
 	go func() {
-		err := sess.Wait()
+		err := wait()
 		h.mu.Lock()
 		h.exitErr = err
 		starting := h.starting
 		h.mu.Unlock()
 		close(h.exited)
-		var exit *ssh.ExitError
-		if errors.As(err, &exit) && !h.closed.Load() && !starting {
+		if _, ok := exitStatus(err); ok && !h.closed.Load() && !starting {
 			log.Warn("the helper on the node exited", "err", err)
 			return
 		}
 		log.Debug("the helper on the node exited", "err", err)
 	}()
-	return h, nil
+	return h
+}
+
+// exitStatus is the status a helper's session or process exited with.
+func exitStatus(err error) (int, bool) {
+	var sshExit *ssh.ExitError
+	if errors.As(err, &sshExit) {
+		return sshExit.ExitStatus(), true
+	}
+	var procExit *exec.ExitError
+	if errors.As(err, &procExit) && procExit.ExitCode() >= 0 {
+		return procExit.ExitCode(), true
+	}
+	return 0, false
 }
 
 // Stdio is the helper's session as one stream.
 type Stdio struct {
 	io.Reader
 	stdin     io.WriteCloser
-	sess      *ssh.Session
+	end       func() error // ends the session or process
 	log       *slog.Logger
 	remoteCmd bool
 	closed    atomic.Bool
@@ -280,9 +301,8 @@ func (h *Stdio) explain(err error) error {
 		}
 	}
 	var status string
-	var exit *ssh.ExitError
-	if errors.As(h.exitErr, &exit) {
-		status = fmt.Sprintf(" (exit status %d)", exit.ExitStatus())
+	if n, ok := exitStatus(h.exitErr); ok {
+		status = fmt.Sprintf(" (exit status %d)", n)
 	}
 	if len(said) == 0 {
 		if status != "" {
@@ -299,7 +319,7 @@ func (h *Stdio) Write(p []byte) (int, error) { return h.stdin.Write(p) }
 func (h *Stdio) Close() error {
 	h.once.Do(func() {
 		h.closed.Store(true)
-		err := errors.Join(h.stdin.Close(), h.sess.Close())
+		err := errors.Join(h.stdin.Close(), h.end())
 		if errors.Is(err, io.EOF) {
 			err = nil
 		}
@@ -364,7 +384,12 @@ type nodeCache struct {
 // it, and from then on names the file relative to it: once we are inside,
 // no rename of a parent can redirect the path.
 func helperScript(exe helperExe, body string) string {
-	return `H=` + exe.sum + `; f=./k8stunnel-` + exe.hash + `; u=$(id -u)
+	return `H=` + exe.sum + `; f=./k8stunnel-` + exe.hash + "\n" + helperFuncs + body
+}
+
+// helperFuncs are the functions every script for the node starts with; $H
+// and $f name the helper.
+const helperFuncs = `u=$(id -u)
 # refuse MESSAGE HINT: the node cannot run the helper safely; status 3 tells the client.
 refuse() { printf '%s\n' "$1" "$2" >&2; exit 3; }
 # private: only this user can write to the current directory.
@@ -377,18 +402,22 @@ private() {
 }
 # verify FILE: FILE is exactly this k8stunnel.
 verify() { [ -f "$1" ] && set -- $(sha256sum < "$1") && [ "$1" = "$H" ]; }
-` + body
-}
+`
 
 // helperProbeScript says the node's platform and picks the cache: the
 // user's cache dir, or when that cannot be written or is mounted noexec
 // another private one, made for this run if need be. It prints four lines:
 // `uname -sm`, "cached|missing home|other|temp", the dir, and why the ones
 // before it could not be used.
-const helperProbeScript = `command -v sha256sum >/dev/null || refuse "the node has no sha256sum to check the helper with" \
+const helperProbeScript = helperProbeTools + "uname -sm\n" + helperProbeCache
+
+const helperProbeTools = `command -v sha256sum >/dev/null || refuse "the node has no sha256sum to check the helper with" \
 	"install coreutils or busybox on the node, or install k8stunnel there and pass --remote-cmd '/path/to/k8stunnel server'"
-uname -sm
-umask 077
+`
+
+// helperProbeCache picks the cache dir, changes into it and prints the
+// probe's last three lines; $kind says which it is.
+const helperProbeCache = `umask 077
 why= d=
 # try DIR: DIR (made 0700 if need be) is private and we can write and run files
 # there; if not, add why to $why.
@@ -417,23 +446,36 @@ printf '%s\n' "$PWD" "$why"
 // renames it only once it checks out, so a dropped connection or a parallel
 // run never leaves a damaged helper.
 func helperUploadScript(exe helperExe, cache nodeCache) string {
-	body := `d=` + tui.Quote(cache.dir) + `; cd "$d" || exit 1; private
+	return helperScript(exe, helperUploadBody(tui.Quote(cache.dir), cache.temp, "cat"))
+}
+
+// helperUploadBody copies what the command take writes to the cache in dir
+// (a shell word), or exits.
+func helperUploadBody(dir string, temp bool, take string) string {
+	body := `d=` + dir + `; cd "$d" || exit 1; private
 umask 077; t=$f.tmp.$$
-cat > "$t" && verify "$t" && chmod 700 "$t" && mv -f "$t" "$f" && exit
+` + take + ` > "$t" && verify "$t" && chmod 700 "$t" && mv -f "$t" "$f" || {
 rm -f "$t"
 `
-	if cache.temp {
+	if temp {
 		body += `cd / && rm -rf "$d"` + "\n"
 	}
-	return helperScript(exe, body+`echo "the upload does not match this k8stunnel" >&2; exit 1`)
+	return body + `echo "the upload does not match this k8stunnel" >&2; exit 1
+}
+`
 }
 
 // helperStartScript runs the cached helper, checked in the same script.
 func helperStartScript(exe helperExe, cache nodeCache, args []string) string {
-	body := `d=` + tui.Quote(cache.dir) + `; cd "$d" || exit 1; private
+	return helperScript(exe, helperStartBody(tui.Quote(cache.dir), cache.temp, args))
+}
+
+// helperStartBody runs the helper cached in dir (a shell word).
+func helperStartBody(dir string, temp bool, args []string) string {
+	body := `d=` + dir + `; cd "$d" || exit 1; private
 `
 	run := `exec "$f" server`
-	if cache.temp {
+	if temp {
 		// No exec: the shell stays to remove the dir once the helper exits.
 		body += `trap 'cd / && rm -rf "$d"' EXIT; trap 'exit 1' HUP INT TERM
 `
@@ -444,7 +486,7 @@ func helperStartScript(exe helperExe, cache nodeCache, args []string) string {
 	for _, a := range args {
 		run += " " + tui.Quote(a)
 	}
-	return helperScript(exe, body+run)
+	return body + run + "\n"
 }
 
 // helperShell runs script under sh: the login shell on the node may be one
@@ -453,25 +495,55 @@ func helperShell(script string) string {
 	return "sh -c " + tui.Quote(script)
 }
 
+// install is helperInstall with the build the node's platform needs: when
+// the probe shows that exe is not it, a second probe asks about that one.
+func (l *Launcher) install(ctx context.Context, c *ssh.Client) (helperExe, nodeCache, error) {
+	exe, err := l.firstExe()
+	if err != nil {
+		return helperExe{}, nodeCache{}, err
+	}
+	uname, cache, err := helperInstall(ctx, c, exe, l.cfg.Helper != "", l.log)
+	if err == nil || uname == "" {
+		return exe, cache, err
+	}
+	if exe, err = l.exeFor(uname); err != nil {
+		return helperExe{}, nodeCache{}, err
+	}
+	_, cache, err = helperInstall(ctx, c, exe, true, l.log)
+	return exe, cache, err
+}
+
+// errOtherPlatform is what helperInstall returns with the node's uname when
+// exe is not for it.
+var errOtherPlatform = errors.New("the node runs another platform")
+
 // helperInstall picks the cache on the node and makes sure exe is in it,
 // uploading it if not. One probe session answers "which platform", "which
-// cache" and "already there".
-func helperInstall(ctx context.Context, c *ssh.Client, exe helperExe, log *slog.Logger) (nodeCache, error) {
+// cache" and "already there". Unless exe is what the node needs (or
+// anyPlatform says it was chosen for the node), it returns the node's uname
+// and errOtherPlatform.
+func helperInstall(ctx context.Context, c *ssh.Client, exe helperExe, anyPlatform bool, log *slog.Logger) (string, nodeCache, error) {
 	out, err := helperRun(ctx, c, helperScript(exe, helperProbeScript), nil)
 	if err != nil {
-		return nodeCache{}, fmt.Errorf("probing the node: %w", err)
+		return "", nodeCache{}, fmt.Errorf("probing the node: %w", err)
 	}
 	lines := strings.Split(out, "\n")
 	if len(lines) != 5 || lines[4] != "" || !strings.HasPrefix(lines[2], "/") {
-		return nodeCache{}, fmt.Errorf("probing the node: unexpected answer %q", out)
+		return "", nodeCache{}, fmt.Errorf("probing the node: unexpected answer %q", out)
 	}
 	uname, state, dir, why := strings.TrimSpace(lines[0]), lines[1], lines[2], strings.TrimSuffix(lines[3], "; ")
-	if !helperPlatformMatches(uname, runtime.GOOS, runtime.GOARCH) {
-		return nodeCache{}, &tui.HintError{
-			Err:  fmt.Errorf("the node runs %s, this k8stunnel is %s/%s", uname, runtime.GOOS, runtime.GOARCH),
-			Hint: "install a matching k8stunnel on the node and pass --remote-cmd '/path/to/k8stunnel server'",
-		}
+	if !anyPlatform && !helperPlatformMatches(uname, runtime.GOOS, runtime.GOARCH) {
+		return uname, nodeCache{}, errOtherPlatform
 	}
+	cache, err := helperUseCache(exe, state, dir, why, log)
+	if err != nil || strings.HasPrefix(state, "cached") {
+		return "", cache, err
+	}
+	return "", cache, helperUpload(ctx, c, exe, cache, log)
+}
+
+// helperUseCache checks the probe's answer about the cache.
+func helperUseCache(exe helperExe, state, dir, why string, log *slog.Logger) (nodeCache, error) {
 	cache := nodeCache{dir: dir}
 	switch state {
 	case "cached home", "missing home":
@@ -481,25 +553,27 @@ func helperInstall(ctx context.Context, c *ssh.Client, exe helperExe, log *slog.
 		cache.temp = true
 		log.Info("the helper runs from a temporary directory on the node, uploaded each run", "dir", dir, "why", why)
 	default:
-		return nodeCache{}, fmt.Errorf("probing the node: unexpected answer %q", out)
+		return nodeCache{}, fmt.Errorf("probing the node: unexpected answer %q", state)
 	}
 	if strings.HasPrefix(state, "cached") {
 		log.Debug("the node has this k8stunnel cached", "hash", exe.hash, "dir", dir)
-		return cache, nil
 	}
+	return cache, nil
+}
 
+func helperUpload(ctx context.Context, c *ssh.Client, exe helperExe, cache nodeCache, log *slog.Logger) error {
 	f, err := os.Open(exe.path)
 	if err != nil {
-		return nodeCache{}, fmt.Errorf("reading this executable: %w", err)
+		return fmt.Errorf("reading this executable: %w", err)
 	}
 	defer f.Close()
 	log.Info("uploading k8stunnel to the node", "bytes", exe.size, "hash", exe.hash)
 	start := time.Now()
 	if _, err := helperRun(ctx, c, helperUploadScript(exe, cache), f); err != nil {
-		return nodeCache{}, fmt.Errorf("uploading k8stunnel to the node: %w", err)
+		return fmt.Errorf("uploading k8stunnel to the node: %w", err)
 	}
 	log.Debug("uploaded k8stunnel to the node", "took", time.Since(start).Round(time.Millisecond))
-	return cache, nil
+	return nil
 }
 
 // helperRun runs script on the node and returns its stdout; stderr goes into
