@@ -7,7 +7,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"syscall"
 )
 
 // localUser is the person the SSH work is done for. Under sudo that is the
@@ -55,32 +54,6 @@ func currentLocal() (localUser, error) {
 // sshDir is ~/.ssh of the local user, for messages.
 func (lu localUser) sshDir() string { return filepath.Join(lu.home, ".ssh") }
 
-// credential runs a command as the local user; nil when we already are them.
-func (lu localUser) credential() *syscall.Credential {
-	if !lu.sudo {
-		return nil
-	}
-	return &syscall.Credential{Uid: uint32(lu.uid), Gid: uint32(lu.gid), NoSetGroups: false, Groups: lu.groups()}
-}
-
-func (lu localUser) groups() []uint32 {
-	u, err := lookupUser(strconv.Itoa(lu.uid))
-	if err != nil {
-		return []uint32{uint32(lu.gid)}
-	}
-	ids, err := u.GroupIds()
-	if err != nil {
-		return []uint32{uint32(lu.gid)}
-	}
-	var out []uint32
-	for _, s := range ids {
-		if n, err := strconv.Atoi(s); err == nil {
-			out = append(out, uint32(n))
-		}
-	}
-	return out
-}
-
 // give hands a file or directory we created to the local user, so root does
 // not end up owning their ~/.ssh/known_hosts.
 func (lu localUser) give(path string) error {
@@ -94,20 +67,3 @@ func (lu localUser) give(path string) error {
 // refuses such a config, and a key or known_hosts planted by another user is
 // worse.
 var errNotOwned = errors.New("owned by neither the user nor root")
-
-// checkOwner refuses files owned by another user than the local one or root.
-func (lu localUser) checkOwner(fi os.FileInfo) error {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || st.Uid == 0 || int(st.Uid) == lu.uid {
-		return nil
-	}
-	return fmt.Errorf("%w %s (uid %d)", errNotOwned, lu.name, st.Uid)
-}
-
-// sysProcAttr makes a command run as the local user.
-func sysProcAttr(lu localUser) *syscall.SysProcAttr {
-	if c := lu.credential(); c != nil {
-		return &syscall.SysProcAttr{Credential: c}
-	}
-	return nil
-}
