@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -468,6 +469,62 @@ func FuzzSOCKS(f *testing.F) {
 		}
 		if _, _, err := net.SplitHostPort(target); err != nil {
 			t.Fatalf("target %q: %v", target, err)
+		}
+	})
+}
+
+// panicSpotter is a log handler that remembers whether net/http reported a
+// handler panic: the server recovers those, so they would otherwise pass.
+type panicSpotter struct {
+	mu     sync.Mutex
+	panics []string
+}
+
+func (h *panicSpotter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *panicSpotter) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *panicSpotter) WithGroup(string) slog.Handler            { return h }
+func (h *panicSpotter) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "panic") {
+		h.mu.Lock()
+		h.panics = append(h.panics, r.Message)
+		h.mu.Unlock()
+	}
+	return nil
+}
+
+// FuzzHTTPProxy sends arbitrary bytes to a running HTTP proxy as a client
+// would: no request may panic its handler, and the proxy must still answer a
+// good CONNECT afterwards.
+func FuzzHTTPProxy(f *testing.F) {
+	f.Add([]byte("CONNECT web:80 HTTP/1.1\r\nHost: web:80\r\n\r\nhello"))
+	f.Add([]byte("GET http://10.96.0.1/ HTTP/1.1\r\nHost: 10.96.0.1\r\n\r\n"))
+	f.Add([]byte("CONNECT 10.96.0.1:81 HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("CONNECT [::1 HTTP/1.1\r\nHost: [::1\r\n\r\n"))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	f.Add([]byte("POST http://x:80/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"))
+	spot := &panicSpotter{}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		d := newFakeDialer(t)
+		addr := start(t, (&HTTP{Dial: d, Log: slog.New(spot)}).Serve)
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		c.Write(in)
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+
+		resp, good := httpConnect(t, addr, "web:80")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("a good CONNECT after %q: %s", in, resp.Status)
+		}
+		good.Close()
+		spot.mu.Lock()
+		defer spot.mu.Unlock()
+		if len(spot.panics) > 0 {
+			t.Fatalf("%q: the handler panicked: %s", in, spot.panics[0])
 		}
 	})
 }
