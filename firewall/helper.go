@@ -307,7 +307,7 @@ func StartHelper(ctx context.Context, cfg HelperConfig) (*Helper, error) {
 	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, !cfg.NoPrompt && tui.CanPrompt())
 	h, err := startHelper(ctx, argv, cfg)
 	if err != nil && viaSudo {
-		return nil, fmt.Errorf("%w: %w", err, ErrNeedRoot)
+		return nil, &tui.HintError{Err: fmt.Errorf("%w: %w", err, ErrNeedRoot), Hint: NeedRootHint}
 	}
 	return h, err
 }
