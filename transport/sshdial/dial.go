@@ -213,7 +213,7 @@ type sshAuthError struct{ error }
 func (e sshAuthError) Unwrap() error        { return e.error }
 func (e sshAuthError) Is(target error) bool { return target == ErrAuthFailed }
 
-// sshParseRemote splits [user@]host[:port]; host may be a bracketed or bare IPv6 address.
+// sshParseRemote splits [user@]host[:port]; host may be bracketed (with or without a port) or a bare IPv6 address.
 func sshParseRemote(remote string) (user, host string, port int, err error) {
 	if remote == "" {
 		return "", "", 0, errors.New("no remote host given")
@@ -222,7 +222,10 @@ func sshParseRemote(remote string) (user, host string, port int, err error) {
 	if i := strings.LastIndex(host, "@"); i >= 0 {
 		user, host = host[:i], host[i+1:]
 	}
-	if strings.HasPrefix(host, "[") || strings.Count(host, ":") == 1 {
+	// [host] without a port: how ssh -G prints a ProxyJump address, and how ssh takes an IPv6 one.
+	if inner, ok := strings.CutSuffix(strings.TrimPrefix(host, "["), "]"); ok && strings.HasPrefix(host, "[") && !strings.ContainsAny(inner, "[]") {
+		host = inner
+	} else if strings.HasPrefix(host, "[") || strings.Count(host, ":") == 1 {
 		h, p, err := net.SplitHostPort(host)
 		if err != nil {
 			return "", "", 0, fmt.Errorf("parsing remote %q: %w", remote, err)

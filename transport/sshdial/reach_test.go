@@ -390,8 +390,12 @@ func TestDialWrongPasswordHint(t *testing.T) {
 	_, _, err := dial(sshtest.Ctx(t), Config{Remote: srv.Remote("carol"), KnownHostsFile: srv.KnownHosts(t),
 		Prompt: func(string) ([]byte, error) { return []byte("wrong"), nil }})
 	var he *tui.HintError
-	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &he) || !strings.Contains(he.Hint, "password was refused") {
+	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &he) || !strings.Contains(he.Hint, "was refused") {
 		t.Fatalf("err = %v (%+v), want ErrAuthFailed saying the password was refused", err, he)
+	}
+	// Someone logging in with a password has no key to miss: the hint is about the password, and names the user.
+	if strings.Contains(he.Hint, "no SSH key found") || !strings.Contains(he.Hint, "password for carol@") {
+		t.Errorf("hint %q, want it to say the password for carol@... was refused, not that no key was found", he.Hint)
 	}
 }
 
