@@ -150,15 +150,7 @@ func TestReach(t *testing.T) {
 		if err := c.Wait(30 * time.Second); err == nil {
 			t.Fatal("k8stunnel exited 0 with a wrong password")
 		}
-		var errLines []string
-		for _, l := range strings.Split(c.Stderr(), "\n") {
-			if strings.HasPrefix(l, "k8stunnel: error:") {
-				errLines = append(errLines, l)
-			}
-		}
-		if len(errLines) != 1 || !strings.Contains(errLines[0], alice.Name) {
-			t.Errorf("want one error line naming %s, have %q", alice.Name, errLines)
-		}
+		checkOneErrorLine(t, c.Stderr(), alice.Name)
 		if strings.Contains(c.Stderr(), "no SSH key found") {
 			t.Errorf("a refused password is blamed on missing keys:\n%s", c.Stderr())
 		}
