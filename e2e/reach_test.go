@@ -101,8 +101,10 @@ func TestSSHCmdNotSSH(t *testing.T) {
 	lab := newLab(t)
 	standIn := filepath.Join(t.TempDir(), "exec-on-node")
 	runs := filepath.Join(t.TempDir(), "runs")
-	script := "#!/bin/sh\n# exec-on-node POD -- COMMAND\n[ \"$2\" = -- ] || exit 9\necho run >> " + runs + "\n" +
-		"HOME=" + lab.NodeHome + " exec ip netns exec " + lab.Node.Name + " sh -c \"$3\"\n"
+	// The README's kexec wrapper, with `kubectl exec -i "$pod" --` swapped for entering the node's namespace.
+	script := "#!/bin/sh\n# exec-on-node POD -- COMMAND\npod=$1; shift\n[ \"$1\" = -- ] || exit 2; shift\n" +
+		"echo run >> " + runs + "\n" +
+		"HOME=" + lab.NodeHome + " exec ip netns exec " + lab.Node.Name + " sh -c \"$*\"\n"
 	if err := os.WriteFile(standIn, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
