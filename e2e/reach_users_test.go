@@ -186,6 +186,11 @@ func TestReach(t *testing.T) {
 		c := startAsUser(t, lab, alice, AsUser(alice.Name, alice.Name, "sudo", "-n", pub, "-r", "labnode", ServiceCIDR))
 		httpGet(t, lab, "http://"+ServiceIP+"/")
 		stopClient(t, c)
+
+		// With -e, the command is her ssh too: run as her, it reads her config, key and known_hosts.
+		c = startAsUser(t, lab, alice, AsUser(alice.Name, alice.Name, "sudo", "-n", pub, "-e", "ssh -o BatchMode=yes", "-r", "labnode", ServiceCIDR))
+		httpGet(t, lab, "http://"+ServiceIP+"/")
+		stopClient(t, c)
 	})
 
 	// bob may run nothing as root but what `k8stunnel sudoers` printed for him.
