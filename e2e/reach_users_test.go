@@ -183,9 +183,12 @@ func TestReach(t *testing.T) {
 				t.Errorf("removing the sudoers entry: %v", err)
 			}
 		})
-		c := startAsUser(t, lab, alice, AsUser(alice.Name, alice.Name, "sudo", "-n", pub, "-r", "labnode", ServiceCIDR))
+		c := startAsUser(t, lab, alice, AsUser(alice.Name, alice.Name, "sudo", "-n", pub, "-v", "-r", "labnode", ServiceCIDR))
 		httpGet(t, lab, "http://"+ServiceIP+"/")
 		stopClient(t, c)
+		if want := `from="ssh -G" host=labnode user=root hostname=` + NodeAddr + ` port=22 local_user=` + alice.Name; !strings.Contains(c.Stderr(), want) {
+			t.Errorf("the client did not resolve labnode through ssh -G as %s (want %q in its log)", alice.Name, want)
+		}
 
 		// With -e, the command is her ssh too: run as her, it reads her config, key and known_hosts.
 		c = startAsUser(t, lab, alice, AsUser(alice.Name, alice.Name, "sudo", "-n", pub, "-e", "ssh -o BatchMode=yes", "-r", "labnode", ServiceCIDR))
