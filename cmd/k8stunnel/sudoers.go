@@ -18,9 +18,11 @@ import (
 const cmdSudoers = "sudoers"
 
 // sudoersInstall is how to put the printed line in place: checked by visudo before sudo ever reads it, because a
-// broken file in /etc/sudoers.d breaks sudo for the whole machine.
-const sudoersInstall = "k8stunnel sudoers > /tmp/k8stunnel.sudoers && sudo visudo -cf /tmp/k8stunnel.sudoers && " +
-	"sudo install -m 0440 /tmp/k8stunnel.sudoers /etc/sudoers.d/k8stunnel"
+// broken file in /etc/sudoers.d breaks sudo for the whole machine (sudo skips names with a dot, so the unchecked
+// file is never read), and never through a shared directory such as /tmp, where another user could swap the file
+// between the check and the install.
+const sudoersInstall = "k8stunnel sudoers | sudo tee /etc/sudoers.d/k8stunnel.new >/dev/null && " +
+	"sudo visudo -cf /etc/sudoers.d/k8stunnel.new && sudo mv /etc/sudoers.d/k8stunnel.new /etc/sudoers.d/k8stunnel"
 
 func parseSudoers(args []string) (invocation, error) {
 	inv := invocation{cmd: cmdSudoers}
