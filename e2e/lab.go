@@ -441,6 +441,9 @@ func killNamespace(ns *Netns) {
 // RemoveLeftovers deletes namespaces and temp dirs of labs whose process no longer runs (a run killed before its
 // Close), and those of this process. Labs of other live processes are left alone. It returns what it removed.
 func RemoveLeftovers() ([]string, error) {
+	// Users and sudoers entries of dead runs (AddUser, InstallSudoers) go too.
+	removeStaleSudoers()
+	removeStaleUsers()
 	var removed []string
 	var errs []error
 	stale := func(name string) bool {
