@@ -61,6 +61,9 @@ func TestReach(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				c := startClientArgs(t, lab, tc.args...)
 				httpGet(t, lab, "http://"+ServiceIP+"/")
+				if want := `remote="root@` + NodeBehindAddr + `:22 via ` + BastionAddr + `:22"`; !strings.Contains(c.Stderr(), want) {
+					t.Errorf("the log does not name the node and the bastion (%s):\n%s", want, c.Stderr())
+				}
 				rules := iptablesSave(t, lab)
 				if !strings.Contains(rules, "-d "+BastionAddr+"/32 -j RETURN") {
 					t.Errorf("no RETURN for the bastion %s in the laptop's rules:\n%s", BastionAddr, rules)

@@ -63,6 +63,8 @@ type Target struct {
 	User, Host string
 	Port       int
 	Addr       netip.AddrPort // the address actually connected to: the first hop; unset with a ProxyCommand
+	// Direct says Addr is the node's own (no jump host).
+	Direct bool
 }
 
 const (
@@ -108,7 +110,7 @@ func (dl *Dialer) Dial(ctx context.Context) (*ssh.Client, Target, error) {
 	if err != nil {
 		return nil, Target{}, err
 	}
-	target := Target{User: rc.user, Host: rc.host, Port: rc.port}
+	target := Target{User: rc.user, Host: rc.host, Port: rc.port, Direct: rc.proxyJump == "" && rc.proxyCommand == ""}
 	c, first, err := dl.login(ctx, rc, 0)
 	target.Addr = first
 	return c, target, err

@@ -49,7 +49,7 @@ func TestDialIdentityFile(t *testing.T) {
 	}
 	c.Close()
 	want := Target{User: "alice", Host: "127.0.0.1", Port: srv.Port,
-		Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port))}
+		Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port)), Direct: true}
 	if target != want {
 		t.Errorf("target = %+v, want %+v", target, want)
 	}

@@ -329,8 +329,8 @@ func TestDialProxyJump(t *testing.T) {
 					t.Fatalf("Dial through %s: %v", tc.name, err)
 				}
 				c.Close()
-				if target.Addr != tc.wantFirst || target.Port != node.Port || target.User != "root" {
-					t.Errorf("target = %+v, want the node as root with Addr %v (the first hop, for the firewall)", target, tc.wantFirst)
+				if target.Addr != tc.wantFirst || target.Port != node.Port || target.User != "root" || target.Direct {
+					t.Errorf("target = %+v, want the node as root with Addr %v (the first hop, for the firewall), not Direct", target, tc.wantFirst)
 				}
 			})
 		}
