@@ -19,6 +19,7 @@ import (
 )
 
 func TestReach(t *testing.T) {
+	requireRoot(t)
 	if _, err := exec.LookPath("sudo"); err != nil {
 		t.Fatal("sudo is not installed; install the test dependencies with: sudo scripts/deps.sh")
 	}
