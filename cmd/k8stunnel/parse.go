@@ -47,7 +47,9 @@ Examples:
   k8stunnel manifest -R 10.244.0.1:8080:127.0.0.1:8000 | kubectl apply -f -  # ... as laptop.default.svc:8080
 
 The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
-and runs it as the helper, unless --remote-cmd names one already installed.
+and runs it as the helper, unless --remote-cmd names one already installed. A
+node of another architecture gets k8stunnel-linux-ARCH from next to this
+executable (make dist builds them), or the build --helper names.
 Under sudo, SSH is still yours: your ssh_config (read by ssh -G), keys and
 known_hosts; sudo drops your ssh-agent unless you keep SSH_AUTH_SOCK as above.
 
