@@ -25,9 +25,13 @@ import (
 )
 
 // The tests of this package read no ssh_config of the machine: those that
-// ask OpenSSH do it through withResolvers and always pass -F.
+// ask OpenSSH do it through withResolvers and always pass -F. Nor do they
+// act for whoever ran `sudo make test`: the ones about sudo set SUDO_UID.
 func TestMain(m *testing.M) {
 	sshProgram = ""
+	for _, k := range []string{"SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND", "SUDO_HOME"} {
+		os.Unsetenv(k)
+	}
 	os.Exit(m.Run())
 }
 
