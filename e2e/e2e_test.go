@@ -53,6 +53,11 @@ func testMain(m *testing.M) int {
 	if os.Geteuid() != 0 {
 		return m.Run() // every test skips and says why
 	}
+	// Under `sudo make test`, k8stunnel would inherit these and do its SSH as the user who ran sudo, who cannot read
+	// the lab's root-only keys. The lab's clients run as root; a test that wants sudo runs sudo itself.
+	for _, k := range []string{"SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND", "SUDO_HOME"} {
+		os.Unsetenv(k)
+	}
 	if removed, err := RemoveLeftovers(); len(removed) > 0 || err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: removed leftovers of earlier runs: %v (errors: %v)\n", removed, err)
 	}

@@ -78,8 +78,8 @@ func TestUserErrors(t *testing.T) {
 		env []string
 		// asNobody runs k8stunnel as the user nobody, from a copy of the binary that user can read.
 		asNobody bool
-		// want is a piece of the error line.
-		want string
+		// want is a piece of the error line, wantHint of the hint line.
+		want, wantHint string
 		// usage errors exit 2, the rest 1.
 		wantCode int
 		within   time.Duration
@@ -104,9 +104,9 @@ func TestUserErrors(t *testing.T) {
 		{name: "helper sends garbage", args: base("root@"+NodeAddr, "--remote-cmd", "head -c 100000 /dev/urandom"),
 			want: "helper", wantCode: 1, within: 30 * time.Second},
 		{name: "not root and no sudo", args: base("root@" + NodeAddr), asNobody: true, env: []string{"PATH=/nonexistent"},
-			want: "root", wantCode: 1, within: 10 * time.Second},
+			want: "root", wantHint: "k8stunnel sudoers", wantCode: 1, within: 10 * time.Second},
 		{name: "not root and sudo says no", args: base("root@" + NodeAddr), asNobody: true,
-			want: "root", wantCode: 1, within: 10 * time.Second},
+			want: "root", wantHint: "k8stunnel sudoers", wantCode: 1, within: 10 * time.Second},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -155,6 +155,11 @@ func TestUserErrors(t *testing.T) {
 				t.Errorf("stdout has %q, want nothing", stdout.String())
 			}
 			checkOneErrorLine(t, stderr.String(), tc.want)
+			if hint := "\nk8stunnel: hint: "; tc.wantHint != "" && !strings.Contains(stderr.String(), hint) {
+				t.Errorf("no hint line, want one saying %q", tc.wantHint)
+			} else if _, line, _ := strings.Cut(stderr.String(), hint); !strings.Contains(line, tc.wantHint) {
+				t.Errorf("the hint %q does not mention %q", line, tc.wantHint)
+			}
 
 			if after := iptablesSave(t, lab); after != before {
 				t.Errorf("the laptop's rules changed\nbefore:\n%s\nafter:\n%s", before, after)

@@ -12,12 +12,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,15 +28,21 @@ import (
 )
 
 // SSHDSessionPids returns the node's sshd processes that serve connections: every sshd there except the listener,
-// which must survive so the client can come back.
+// which must survive so the client can come back (nor any other sshd the lab started).
 func SSHDSessionPids(l *Lab) ([]int, error) {
 	pids, err := l.Node.Pids()
 	if err != nil {
 		return nil, err
 	}
+	listeners := map[int]bool{}
+	l.mu.Lock()
+	for _, d := range l.sshds {
+		listeners[d.cmd.Process.Pid] = true
+	}
+	l.mu.Unlock()
 	var sessions []int
 	for _, pid := range pids {
-		if pid == l.sshd.Process.Pid {
+		if listeners[pid] {
 			continue
 		}
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && exe == sshdPath {
@@ -211,20 +219,26 @@ func UserEnv(user, home, path string) []string {
 // sudoersPrefix names the sudoers files the tests write; the PID after it tells a leftover of a dead run.
 const sudoersPrefix = "/etc/sudoers.d/k8stunnel-e2e-"
 
-// AllowSudo writes /etc/sudoers.d/k8stunnel-e2e-<pid> letting user run exactly command (a path and its arguments)
-// as root without a password. The file is checked with visudo before it goes in place, because a broken file there
-// breaks sudo for the whole machine. It first removes such files of runs that are no longer alive. remove is safe to
-// call twice.
+// AllowSudo writes a file in /etc/sudoers.d (see InstallSudoers) letting user run exactly command (a path and its
+// arguments) as root without a password.
 func AllowSudo(user, command string) (remove func() error, err error) {
+	return InstallSudoers(fmt.Sprintf("%s ALL=(root) NOPASSWD: %s\n", user, command))
+}
+
+var sudoersSeq atomic.Int64
+
+// InstallSudoers writes rules to /etc/sudoers.d/k8stunnel-e2e-<pid>-<n>. The file is checked with visudo -cf before
+// it goes in place, because a broken file there breaks sudo for the whole machine. It first removes such files of
+// runs that are no longer alive. remove is safe to call twice.
+func InstallSudoers(rules string) (remove func() error, err error) {
 	removeStaleSudoers()
-	final := sudoersPrefix + strconv.Itoa(os.Getpid())
+	final := fmt.Sprintf("%s%d-%d", sudoersPrefix, os.Getpid(), sudoersSeq.Add(1))
 	tmp, err := os.CreateTemp("", fmt.Sprintf("%s%d-sudoers-", namePrefix, os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("writing a sudoers entry: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	rule := fmt.Sprintf("# k8stunnel e2e test (pid %d); removed when the test ends\n%s ALL=(root) NOPASSWD: %s\n",
-		os.Getpid(), user, command)
+	rule := fmt.Sprintf("# k8stunnel e2e test (pid %d); removed when the test ends\n%s", os.Getpid(), rules)
 	_, err = tmp.WriteString(rule)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
@@ -258,11 +272,118 @@ func AllowSudo(user, command string) (remove func() error, err error) {
 func removeStaleSudoers() {
 	files, _ := filepath.Glob(sudoersPrefix + "*")
 	for _, f := range files {
-		pid, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(f, sudoersPrefix), ".tmp"))
+		rest := strings.TrimSuffix(strings.TrimPrefix(f, sudoersPrefix), ".tmp")
+		rest, _, _ = strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(rest)
 		if err == nil && syscall.Kill(pid, 0) == syscall.ESRCH {
 			os.Remove(f)
 		}
 	}
+}
+
+// userPrefix starts the names of users the tests add; the PID after it tells a leftover of a dead run.
+const userPrefix = "k8t"
+
+var userSeq atomic.Int64
+
+// User is a local user a test added with AddUser.
+type User struct {
+	Name     string
+	UID, GID int
+	Home     string
+}
+
+// AddUser adds a local user with a home of her own (useradd -m) and, when password is not empty, that password.
+// It first removes users of runs that are no longer alive. remove deletes the user and her home; it is safe to
+// call twice.
+func AddUser(password string) (u *User, remove func() error, err error) {
+	removeStaleUsers()
+	name := fmt.Sprintf("%s%d-%d", userPrefix, os.Getpid(), userSeq.Add(1))
+	if err := run("useradd", "--create-home", "--shell", "/bin/sh", name); err != nil {
+		return nil, nil, fmt.Errorf("adding a user: %w", err)
+	}
+	var once sync.Once
+	var removeErr error
+	remove = func() error {
+		once.Do(func() { removeErr = deleteUser(name) })
+		return removeErr
+	}
+	fail := func(err error) (*User, func() error, error) {
+		return nil, nil, errors.Join(err, remove())
+	}
+	lu, err := user.Lookup(name)
+	if err != nil {
+		return fail(err)
+	}
+	u = &User{Name: name, Home: lu.HomeDir}
+	if u.UID, err = strconv.Atoi(lu.Uid); err != nil {
+		return fail(err)
+	}
+	if u.GID, err = strconv.Atoi(lu.Gid); err != nil {
+		return fail(err)
+	}
+	if password != "" {
+		cmd := exec.Command("chpasswd")
+		cmd.Stdin = strings.NewReader(name + ":" + password + "\n")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fail(fmt.Errorf("setting the password of %s: %w: %s", name, err, out))
+		}
+	}
+	return u, remove, nil
+}
+
+func deleteUser(name string) error {
+	// --force: a process of hers still running (a helper on a lab's node, killed when the lab closes) must not
+	// keep the user.
+	out, err := exec.Command("userdel", "--force", "--remove", name).CombinedOutput()
+	if err != nil {
+		if _, lerr := user.Lookup(name); lerr != nil {
+			return nil // gone
+		}
+		return fmt.Errorf("deleting user %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// userName matches the names AddUser gives: prefix, PID, sequence number.
+var userName = regexp.MustCompile(`^` + userPrefix + `(\d+)-\d+$`)
+
+func removeStaleUsers() {
+	f, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(f), "\n") {
+		name, _, _ := strings.Cut(line, ":")
+		m := userName.FindStringSubmatch(name)
+		if m == nil {
+			continue
+		}
+		if pid, _ := strconv.Atoi(m[1]); syscall.Kill(pid, 0) == syscall.ESRCH {
+			deleteUser(name)
+		}
+	}
+}
+
+// WriteSSHFiles writes files (name → content) into u's ~/.ssh, owned by her, mode 0600.
+func (u *User) WriteSSHFiles(files map[string]string) error {
+	dir := filepath.Join(u.Home, ".ssh")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chown(dir, u.UID, u.GID); err != nil {
+		return err
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			return err
+		}
+		if err := os.Chown(p, u.UID, u.GID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // PublicCopy copies the file at src into a new directory under the temp dir that any user may enter and read,

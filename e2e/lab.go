@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,9 +101,9 @@ type Lab struct {
 
 	opts       Options
 	namespaces []*Netns
-	sshd       *exec.Cmd
-	sshdLog    *syncBuffer
-	sshdDone   chan struct{}
+	sshd       *SSHD   // the node's, on NodeAddr:22
+	sshds      []*SSHD // every sshd of the lab, for Close
+	hostKey    string  // the node's host key file
 	httpServer *http.Server
 
 	mu      sync.Mutex
@@ -242,57 +243,93 @@ func (l *Lab) startSSHD() error {
 		return fmt.Errorf("creating /run/sshd: %w", err)
 	}
 
-	cfg := filepath.Join(l.Dir, "sshd_config")
+	l.hostKey = hostKey
 	// SetEnv HOME gives root's sessions a home inside the lab dir, so what the client uploads to
 	// $HOME/.cache/k8stunnel goes away with the lab instead of piling up in the machine's /root.
-	config := strings.Join([]string{
-		"ListenAddress " + NodeAddr + ":22",
-		"ListenAddress 127.0.0.1:22",
-		"HostKey " + hostKey,
-		"AuthorizedKeysFile " + authorized,
+	l.sshd, err = l.StartSSHD(l.Node, "sshd", []string{NodeAddr + ":22", "127.0.0.1:22"},
+		"AuthorizedKeysFile "+authorized,
+		"SetEnv HOME="+l.NodeHome+l.nodePath())
+	return err
+}
+
+// SSHD is one OpenSSH server of the lab.
+type SSHD struct {
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+}
+
+// Log returns what this sshd has logged so far (it runs with -e and LogLevel VERBOSE).
+func (d *SSHD) Log() string { return d.log.String() }
+
+func (d *SSHD) stop() {
+	syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+	<-d.done
+}
+
+// StartSSHD starts an OpenSSH server in ns, named name in the lab dir, listening on listen (host:port, the first
+// one is awaited), with config and then the lab's defaults: the node's host key unless config names one, key logins
+// only, StrictModes off. sshd takes the first value of a keyword, so config overrides the defaults. Close stops it.
+func (l *Lab) StartSSHD(ns *Netns, name string, listen []string, config ...string) (*SSHD, error) {
+	lines := []string{}
+	for _, a := range listen {
+		lines = append(lines, "ListenAddress "+a)
+	}
+	lines = append(lines, config...)
+	if !slices.ContainsFunc(config, func(c string) bool { return strings.HasPrefix(c, "HostKey ") }) {
+		lines = append(lines, "HostKey "+l.hostKey)
+	}
+	lines = append(lines,
 		"PermitRootLogin prohibit-password",
 		"PubkeyAuthentication yes",
 		"PasswordAuthentication no",
 		"KbdInteractiveAuthentication no",
 		"StrictModes no",
-		"UsePAM " + usePAM(),
+		"UsePAM "+usePAM(),
 		"UseDNS no",
-		"PidFile " + filepath.Join(l.Dir, "sshd.pid"),
-		"SetEnv HOME=" + l.NodeHome + l.nodePath(),
+		"PidFile "+filepath.Join(l.Dir, name+".pid"),
 		"Subsystem sftp internal-sftp",
 		"LogLevel VERBOSE",
 		"",
-	}, "\n")
-	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
-		return fmt.Errorf("writing sshd_config: %w", err)
+	)
+	cfg := filepath.Join(l.Dir, name+"_config")
+	if err := os.WriteFile(cfg, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", cfg, err)
 	}
-
+	host, port, err := net.SplitHostPort(listen[0])
+	if err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	readyLine := "Server listening on " + host + " port " + port
 	ready := make(chan struct{})
 	var readyOnce sync.Once
-	l.sshdLog = &syncBuffer{onLine: func(line string) {
-		if strings.Contains(line, "Server listening on "+NodeAddr+" port 22") {
+	d := &SSHD{log: &syncBuffer{onLine: func(line string) {
+		if strings.Contains(line, readyLine) {
 			readyOnce.Do(func() { close(ready) })
 		}
-	}}
-	l.sshd = l.Node.Command(context.Background(), sshdPath, "-D", "-e", "-f", cfg)
-	l.sshd.Stdout = l.sshdLog
-	l.sshd.Stderr = l.sshdLog
-	l.sshd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a Ctrl-C on the demo must not reach it before we clean up
-	if err := l.sshd.Start(); err != nil {
-		return fmt.Errorf("starting sshd: %w", err)
+	}}}
+	d.cmd = ns.Command(context.Background(), sshdPath, "-D", "-e", "-f", cfg)
+	d.cmd.Stdout = d.log
+	d.cmd.Stderr = d.log
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a Ctrl-C on the demo must not reach it before we clean up
+	if err := d.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	l.sshdDone = make(chan struct{})
+	d.done = make(chan struct{})
 	go func() {
-		l.sshd.Wait()
-		close(l.sshdDone)
+		d.cmd.Wait()
+		close(d.done)
 	}()
+	l.mu.Lock()
+	l.sshds = append(l.sshds, d)
+	l.mu.Unlock()
 	select {
 	case <-ready:
-		return nil
-	case <-l.sshdDone:
-		return fmt.Errorf("sshd exited at start: %v\nsshd output:\n%s", l.sshd.ProcessState, l.sshdLog)
+		return d, nil
+	case <-d.done:
+		return nil, fmt.Errorf("%s exited at start: %v\nsshd output:\n%s", name, d.cmd.ProcessState, d.log)
 	case <-time.After(10 * time.Second):
-		return fmt.Errorf("sshd not listening after 10s\nsshd output:\n%s", l.sshdLog)
+		return nil, fmt.Errorf("%s not listening after 10s\nsshd output:\n%s", name, d.log)
 	}
 }
 
@@ -321,7 +358,12 @@ func usePAM() string {
 }
 
 // SSHDLog returns what sshd has logged so far (it runs with -e and LogLevel VERBOSE).
-func (l *Lab) SSHDLog() string { return l.sshdLog.String() }
+func (l *Lab) SSHDLog() string {
+	if l.sshd == nil {
+		return ""
+	}
+	return l.sshd.Log()
+}
 
 func (l *Lab) startHTTP() error {
 	ln, err := l.Pod.Listen("tcp", podHTTPAddr())
@@ -366,9 +408,11 @@ func (l *Lab) close() error {
 	if l.httpServer != nil {
 		l.httpServer.Close()
 	}
-	if l.sshdDone != nil {
-		syscall.Kill(-l.sshd.Process.Pid, syscall.SIGKILL)
-		<-l.sshdDone
+	l.mu.Lock()
+	sshds := l.sshds
+	l.mu.Unlock()
+	for _, d := range sshds {
+		d.stop()
 	}
 	// Whatever else runs in the namespaces (helpers on the node, stray firewall children) must not outlive them.
 	for _, ns := range l.namespaces {
@@ -397,6 +441,9 @@ func killNamespace(ns *Netns) {
 // RemoveLeftovers deletes namespaces and temp dirs of labs whose process no longer runs (a run killed before its
 // Close), and those of this process. Labs of other live processes are left alone. It returns what it removed.
 func RemoveLeftovers() ([]string, error) {
+	// Users and sudoers entries of dead runs (AddUser, InstallSudoers) go too.
+	removeStaleSudoers()
+	removeStaleUsers()
 	var removed []string
 	var errs []error
 	stale := func(name string) bool {
@@ -743,4 +790,77 @@ func run(name string, arg ...string) error {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(arg, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// Addresses of the bastion (AddBastion): a namespace between the laptop and a network of the node's that the laptop
+// has no route to.
+const (
+	BastionAddr       = "10.200.2.1" // the bastion's sshd, on the laptop's side
+	LaptopBastionAddr = "10.200.2.2"
+	NodeBehindAddr    = "10.200.3.2" // the node's address on the bastion's side; the laptop has no route to it
+	bastionInnerAddr  = "10.200.3.1"
+)
+
+// Bastion is a jump host in front of the node.
+type Bastion struct {
+	NS *Netns
+	// KnownHosts lists the bastion's host key for BastionAddr and the node's for NodeBehindAddr.
+	KnownHosts string
+}
+
+// AddBastion adds a bastion namespace between the laptop and the node, with its own sshd on BastionAddr:22 that
+// lets the lab's key in and forwards TCP, and the node's sshd also on NodeBehindAddr:22, which only the bastion
+// reaches:
+//
+//	laptop 10.200.2.2 ── 10.200.2.1 bastion 10.200.3.1 ── 10.200.3.2 node
+func (l *Lab) AddBastion() (*Bastion, error) {
+	b := &Bastion{NS: &Netns{Name: strings.TrimSuffix(l.Laptop.Name, "-laptop") + "-bastion"}}
+	if err := run("ip", "netns", "add", b.NS.Name); err != nil {
+		return nil, fmt.Errorf("creating namespace %s: %w", b.NS.Name, err)
+	}
+	l.mu.Lock()
+	l.namespaces = append(l.namespaces, b.NS)
+	l.mu.Unlock()
+	lap, bas, node := l.Laptop.Name, b.NS.Name, l.Node.Name
+	steps := [][]string{
+		{"ip", "-n", lap, "link", "add", "bastion0", "type", "veth", "peer", "name", "laptop0", "netns", bas},
+		{"ip", "-n", bas, "link", "add", "node0", "type", "veth", "peer", "name", "bastion0", "netns", node},
+		{"ip", "-n", lap, "addr", "add", LaptopBastionAddr + "/24", "dev", "bastion0"},
+		{"ip", "-n", lap, "link", "set", "bastion0", "up"},
+		{"ip", "-n", bas, "link", "set", "lo", "up"},
+		{"ip", "-n", bas, "addr", "add", BastionAddr + "/24", "dev", "laptop0"},
+		{"ip", "-n", bas, "link", "set", "laptop0", "up"},
+		{"ip", "-n", bas, "addr", "add", bastionInnerAddr + "/24", "dev", "node0"},
+		{"ip", "-n", bas, "link", "set", "node0", "up"},
+		{"ip", "-n", node, "addr", "add", NodeBehindAddr + "/24", "dev", "bastion0"},
+		{"ip", "-n", node, "link", "set", "bastion0", "up"},
+	}
+	for _, s := range steps {
+		if err := run(s[0], s[1:]...); err != nil {
+			return nil, fmt.Errorf("building the bastion's network: %w", err)
+		}
+	}
+	authorized := filepath.Join(l.Dir, "authorized_keys")
+	if _, err := l.StartSSHD(b.NS, "sshd-bastion", []string{BastionAddr + ":22"}, "AuthorizedKeysFile "+authorized); err != nil {
+		return nil, err
+	}
+	if _, err := l.StartSSHD(l.Node, "sshd-behind", []string{NodeBehindAddr + ":22"},
+		"AuthorizedKeysFile "+authorized, "SetEnv HOME="+l.NodeHome+l.nodePath()); err != nil {
+		return nil, err
+	}
+	// The bastion shows the node's host key too; a jump host of its own key is not what is tested here.
+	known, err := os.ReadFile(l.KnownHosts)
+	if err != nil {
+		return nil, err
+	}
+	_, key, ok := strings.Cut(strings.TrimSpace(string(known)), " ")
+	if !ok {
+		return nil, fmt.Errorf("unexpected known_hosts %q", known)
+	}
+	b.KnownHosts = filepath.Join(l.Dir, "known_hosts_bastion")
+	list := BastionAddr + " " + key + "\n" + NodeBehindAddr + " " + key + "\n"
+	if err := os.WriteFile(b.KnownHosts, []byte(list), 0o600); err != nil {
+		return nil, err
+	}
+	return b, nil
 }

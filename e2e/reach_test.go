@@ -92,7 +92,7 @@ func TestSSHCmd(t *testing.T) {
 	lab := newLab(t)
 	ssh := "ssh -F /dev/null -o BatchMode=yes -i " + lab.Identity + " -o UserKnownHostsFile=" + lab.KnownHosts
 	c := startClientArgs(t, lab, "-v", "-r", "root@"+NodeAddr, "-e", ssh, ServiceCIDR, PodCIDR)
-	checkCmdTunnel(t, lab, c)
+	checkCmdTunnel(t, lab, c, func() int { return strings.Count(lab.SSHDLog(), "Accepted publickey for root") })
 }
 
 // TestSSHCmdNotSSH: -e with a command that is not ssh at all and only gives a shell next to the cluster, as
@@ -100,20 +100,30 @@ func TestSSHCmd(t *testing.T) {
 func TestSSHCmdNotSSH(t *testing.T) {
 	lab := newLab(t)
 	standIn := filepath.Join(t.TempDir(), "exec-on-node")
-	script := "#!/bin/sh\n# exec-on-node POD -- COMMAND\n[ \"$2\" = -- ] || exit 9\n" +
-		"HOME=" + lab.NodeHome + " exec ip netns exec " + lab.Node.Name + " sh -c \"$3\"\n"
+	runs := filepath.Join(t.TempDir(), "runs")
+	// The README's kexec wrapper, with `kubectl exec -i "$pod" --` swapped for entering the node's namespace.
+	script := "#!/bin/sh\n# exec-on-node POD -- COMMAND\npod=$1; shift\n[ \"$1\" = -- ] || exit 2; shift\n" +
+		"echo run >> " + runs + "\n" +
+		"HOME=" + lab.NodeHome + " exec ip netns exec " + lab.Node.Name + " sh -c \"$*\"\n"
 	if err := os.WriteFile(standIn, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	c := startClientArgs(t, lab, "-v", "-r", "my-pod", "-e", standIn, ServiceCIDR, PodCIDR)
-	checkCmdTunnel(t, lab, c)
+	checkCmdTunnel(t, lab, c, func() int {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "run\n")
+	})
 }
 
 // checkCmdTunnel: the tunnel works, said that it exempts nothing for the node, comes back after its helper was
-// killed (a new run of the command), and stops cleanly.
-func checkCmdTunnel(t *testing.T, lab *Lab, c *Client) {
+// killed (a new run of the command), and stops cleanly. runs counts the logins (runs of the command): one run
+// probes, uploads and starts the helper, so the user authenticates once per link.
+func checkCmdTunnel(t *testing.T, lab *Lab, c *Client, runs func() int) {
 	t.Helper()
 	httpGet(t, lab, "http://"+ServiceIP+"/")
+	if n := runs(); n != 1 {
+		t.Errorf("%d logins to start one link, want 1", n)
+	}
 	if want := "with -e the firewall exempts no address for the node"; !strings.Contains(c.Stderr(), want) {
 		t.Errorf("stderr does not say %q:\n%s", want, c.Stderr())
 	}
@@ -134,6 +144,9 @@ func checkCmdTunnel(t *testing.T, lab *Lab, c *Client) {
 	httpGet(t, lab, "http://"+ServiceIP+"/")
 	if n := strings.Count(c.Stderr(), "uploading k8stunnel to the node"); n != 1 {
 		t.Errorf("%d uploads, want 1 (the reconnect finds it cached)", n)
+	}
+	if n := runs(); n != 2 {
+		t.Errorf("%d logins after one reconnect, want 2", n)
 	}
 	if err := c.Stop(syscall.SIGTERM); err != nil {
 		t.Errorf("k8stunnel did not exit cleanly: %v", err)

@@ -17,10 +17,13 @@ var (
 	// ErrNeedsLinux is what the transparent mode (rules, redirect, DNS
 	// capture) says on other systems.
 	ErrNeedsLinux = errors.New("transparent mode needs Linux; use --socks or --http-proxy")
-	// ErrNeedRoot is the hint given when the privileged helper, started
-	// through sudo, exits before it answers.
-	ErrNeedRoot = errors.New("k8stunnel needs root for iptables: run it with sudo, or allow sudo for this user")
+	// ErrNeedRoot is what the privileged helper, started through sudo, exiting
+	// before it answers means; the error carries NeedRootHint.
+	ErrNeedRoot = errors.New("k8stunnel needs root for iptables")
 )
+
+// NeedRootHint tells how to give k8stunnel root for its firewall part.
+const NeedRootHint = "run it with sudo, or let this user run only its firewall part as root, without a password: see k8stunnel sudoers"
 
 // Firewall installs and removes one Spec's rules through a Runner.
 //

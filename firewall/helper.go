@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -305,9 +306,9 @@ func StartHelper(ctx context.Context, cfg HelperConfig) (*Helper, error) {
 	}
 	viaSudo := cfg.Sudo && os.Geteuid() != 0
 	argv := helperArgv(cfg.Exe, cfg.Args, viaSudo, !cfg.NoPrompt && tui.CanPrompt())
-	h, err := startHelper(ctx, argv, cfg)
+	h, err := startHelper(ctx, argv, childEnv(os.Environ(), viaSudo), cfg)
 	if err != nil && viaSudo {
-		return nil, fmt.Errorf("%w: %w", err, ErrNeedRoot)
+		return nil, &tui.HintError{Err: fmt.Errorf("%w: %w", err, ErrNeedRoot), Hint: NeedRootHint}
 	}
 	return h, err
 }
@@ -325,8 +326,22 @@ func helperArgv(exe string, args []string, viaSudo, interactive bool) []string {
 	return append(append(sudo, "--"), argv...)
 }
 
-func startHelper(ctx context.Context, argv []string, cfg HelperConfig) (*Helper, error) {
+// childEnv is the helper's environment. sudo sets SUDO_UID and friends
+// afresh; a helper we start directly must not see the ones we got when the
+// user ran `sudo k8stunnel`: FindCaller would then want its caller, us, to
+// be that user, and refuse root.
+func childEnv(environ []string, viaSudo bool) []string {
+	if viaSudo {
+		return environ
+	}
+	return slices.DeleteFunc(slices.Clone(environ), func(kv string) bool {
+		return strings.HasPrefix(kv, "SUDO_")
+	})
+}
+
+func startHelper(ctx context.Context, argv, env []string, cfg HelperConfig) (*Helper, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
 	// Until the helper answers, what it (or sudo) says is kept for the error
 	// that explains why it did not start, so the user gets one line.
 	stderr := &startupWriter{out: cfg.Stderr}

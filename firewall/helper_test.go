@@ -264,6 +264,19 @@ func TestHelperArgv(t *testing.T) {
 	}
 }
 
+func TestChildEnv(t *testing.T) {
+	env := []string{"PATH=/bin", "SUDO_UID=1000", "SUDO_USER=alice", "SUDO_GID=1000", "SUDO_COMMAND=/k", "HOME=/root"}
+	if got, want := strings.Join(childEnv(env, false), " "), "PATH=/bin HOME=/root"; got != want {
+		t.Errorf("childEnv without sudo = %q, want %q: a root client started by `sudo k8stunnel` is not SUDO_UID", got, want)
+	}
+	if got, want := strings.Join(childEnv(env, true), " "), strings.Join(env, " "); got != want {
+		t.Errorf("childEnv through sudo = %q, want it unchanged %q", got, want)
+	}
+	if len(env) != 6 {
+		t.Errorf("childEnv changed its argument: %q", env)
+	}
+}
+
 // The tests below run this test binary as the helper process, with a Fake
 // inside it instead of iptables, and read what it held at exit from its
 // stderr.

@@ -53,6 +53,8 @@ func start(ctx context.Context, inv invocation, args []string, stdout, stderr io
 		return runStop(ctx, inv.pid, inv.all, stderr)
 	case cmdManifest:
 		return writeManifest(stdout, inv.manifest)
+	case cmdSudoers:
+		return runSudoers(inv.sudoersUser, stdout, stderr)
 	}
 	return runTunnel(ctx, inv, args, stderr)
 }

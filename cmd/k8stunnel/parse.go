@@ -26,6 +26,7 @@ Usage:
   k8stunnel status [--json] [--watch]
   k8stunnel stop [PID|--all]
   k8stunnel manifest -R ADDR:PORT:HOST:HOSTPORT [--name N] [--namespace NS]
+  k8stunnel sudoers [--user NAME]
 
 Examples:
   sudo k8stunnel -r root@node1 10.96.0.0/12 10.244.0.0/16
@@ -35,6 +36,8 @@ Examples:
   sudo k8stunnel -r root@node1 -N --dns --dns-search default  # CIDRs and cluster DNS found on the node;
                                                            # then: curl http://my-svc.my-ns.svc.cluster.local/
   sudo k8stunnel cleanup                                   # remove rules left by a killed run
+  k8stunnel sudoers                                        # the sudoers line to run k8stunnel without sudo:
+                                                           # only its firewall part runs as root, password-less
   k8stunnel -r root@node1 --socks 1080 --http-proxy 3128   # as yourself; then:
       curl --socks5-hostname 127.0.0.1:1080 http://my-svc.my-ns.svc.cluster.local/
       HTTPS_PROXY=http://127.0.0.1:3128 kubectl ...   # or a browser's proxy setting
@@ -44,7 +47,9 @@ Examples:
   k8stunnel manifest -R 10.244.0.1:8080:127.0.0.1:8000 | kubectl apply -f -  # ... as laptop.default.svc:8080
 
 The node needs only sshd: k8stunnel copies itself there (to ~/.cache/k8stunnel)
-and runs it as the helper, unless --remote-cmd names one already installed.
+and runs it as the helper, unless --remote-cmd names one already installed. A
+node of another architecture gets k8stunnel-linux-ARCH from next to this
+executable (make dist builds them), or the build --helper names.
 Under sudo, SSH is still yours: your ssh_config (read by ssh -G), keys and
 known_hosts; sudo drops your ssh-agent unless you keep SSH_AUTH_SOCK as above.
 
@@ -86,6 +91,7 @@ type invocation struct {
 	asJSON, watch, all bool
 	pid                int
 	manifest           manifest
+	sudoersUser        string
 	// notes are lines for stderr about flags that change nothing here.
 	notes []string
 	// subnetFiles and excludeFiles (-s, -X) are read by run.
@@ -113,6 +119,8 @@ func parse(args []string) (invocation, error) {
 			return parseStop(args[1:])
 		case cmdManifest:
 			return parseManifest(args[1:])
+		case cmdSudoers:
+			return parseSudoers(args[1:])
 		}
 	}
 	return parseTunnel(args)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -69,7 +70,18 @@ func run() error {
 	fmt.Printf("lab up: laptop %s, node %s (sshd on %s:22), pod %s (service %s:%d)\n\n",
 		lab.Laptop.Name, lab.Node.Name, e2e.NodeAddr, lab.Pod.Name, e2e.ServiceIP, e2e.ServicePort)
 
-	args := lab.ClientArgs(e2e.ServiceCIDR, e2e.PodCIDR)
+	// -R, the other way: a page served on the laptop's loopback, which pods reach at the node's pod-side address.
+	ln, err := lab.Laptop.Listen("tcp", "127.0.0.1:8000")
+	if err != nil {
+		return err
+	}
+	laptopPage := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "hello from the laptop's 127.0.0.1:8000")
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go laptopPage.Serve(ln)
+	defer laptopPage.Close()
+
+	args := append([]string{"-R", "8080:127.0.0.1:8000"}, lab.ClientArgs(e2e.ServiceCIDR, e2e.PodCIDR)...)
 	fmt.Printf("$ ip netns exec %s k8stunnel %s\n", lab.Laptop.Name, strings.Join(args, " "))
 	client, err := lab.StartClient(args...)
 	if err != nil {
@@ -93,8 +105,16 @@ func run() error {
 		}
 	}
 
+	back := "http://" + e2e.NodePodSideAddr + ":8080/"
+	fmt.Printf("\n$ ip netns exec %s curl -sS %s   # from the pod, through -R\n", lab.Pod.Name, back)
+	out, err := lab.Pod.Output(ctx, "curl", "-sS", "--max-time", "10", back)
+	fmt.Print(out)
+	if err != nil {
+		return err
+	}
+
 	fmt.Printf("\n$ ip netns exec %s k8stunnel status\n", lab.Laptop.Name)
-	out, err := lab.Laptop.Output(ctx, *bin, "status")
+	out, err = lab.Laptop.Output(ctx, *bin, "status")
 	fmt.Print(out)
 	if err != nil {
 		return err

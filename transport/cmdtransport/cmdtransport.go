@@ -120,6 +120,10 @@ func start(argv []string) (helper.Process, error) {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+	if err := runAsInvoker(cmd); err != nil {
+		closeAll()
+		return helper.Process{}, fmt.Errorf("running the command for the node: %w", err)
+	}
 	if err := cmd.Start(); err != nil {
 		closeAll()
 		return helper.Process{}, fmt.Errorf("running the command for the node: %w", err)

@@ -18,6 +18,15 @@ import (
 	"github.com/k8stunnel/k8stunnel/tui"
 )
 
+// The commands these tests run live in root-only temp dirs: under `sudo make
+// test` they must not run as the user who ran sudo (runAsInvoker).
+func TestMain(m *testing.M) {
+	for _, k := range []string{"SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND", "SUDO_HOME"} {
+		os.Unsetenv(k)
+	}
+	os.Exit(m.Run())
+}
+
 // lockedBuffer is a log destination goroutines may share.
 type lockedBuffer struct {
 	mu  sync.Mutex

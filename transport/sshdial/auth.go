@@ -279,6 +279,14 @@ func sshAuthHint(rc *sshResolved, a *sshAuth) string {
 	lu := rc.local
 	var b strings.Builder
 	switch {
+	case !a.keysFound && a.passwords > 0:
+		// Someone who logs in with a password is not missing a key.
+		fmt.Fprintf(&b, "the password for %s@%s was refused; check it, or log in with a key (none tried: no ssh-agent keys, no -i, no IdentityFile, no key in %s)",
+			rc.user, rc.host, lu.sshDir())
+		if lu.sudo && lu.agent == "" {
+			b.WriteString("; sudo dropped SSH_AUTH_SOCK, keep your agent with: sudo --preserve-env=SSH_AUTH_SOCK k8stunnel ...")
+		}
+		return b.String()
 	case !a.keysFound:
 		fmt.Fprintf(&b, "no SSH key found for %s (no ssh-agent keys, no -i, no IdentityFile, no key in %s)", lu.name, lu.sshDir())
 	default:
@@ -286,9 +294,9 @@ func sshAuthHint(rc *sshResolved, a *sshAuth) string {
 		if len(a.offered) > 0 {
 			b.WriteString(" (offered: " + strings.Join(a.offered, ", ") + ")")
 		}
-	}
-	if a.passwords > 0 {
-		b.WriteString("; the password was refused too")
+		if a.passwords > 0 {
+			b.WriteString("; the password was refused too")
+		}
 	}
 	if lu.sudo && lu.agent == "" {
 		b.WriteString("; sudo dropped SSH_AUTH_SOCK, keep your agent with: sudo --preserve-env=SSH_AUTH_SOCK k8stunnel ...")

@@ -63,6 +63,8 @@ type Target struct {
 	User, Host string
 	Port       int
 	Addr       netip.AddrPort // the address actually connected to: the first hop; unset with a ProxyCommand
+	// Direct says Addr is the node's own (no jump host).
+	Direct bool
 }
 
 const (
@@ -108,7 +110,7 @@ func (dl *Dialer) Dial(ctx context.Context) (*ssh.Client, Target, error) {
 	if err != nil {
 		return nil, Target{}, err
 	}
-	target := Target{User: rc.user, Host: rc.host, Port: rc.port}
+	target := Target{User: rc.user, Host: rc.host, Port: rc.port, Direct: rc.proxyJump == "" && rc.proxyCommand == ""}
 	c, first, err := dl.login(ctx, rc, 0)
 	target.Addr = first
 	return c, target, err
@@ -213,7 +215,7 @@ type sshAuthError struct{ error }
 func (e sshAuthError) Unwrap() error        { return e.error }
 func (e sshAuthError) Is(target error) bool { return target == ErrAuthFailed }
 
-// sshParseRemote splits [user@]host[:port]; host may be a bracketed or bare IPv6 address.
+// sshParseRemote splits [user@]host[:port]; host may be bracketed (with or without a port) or a bare IPv6 address.
 func sshParseRemote(remote string) (user, host string, port int, err error) {
 	if remote == "" {
 		return "", "", 0, errors.New("no remote host given")
@@ -222,7 +224,10 @@ func sshParseRemote(remote string) (user, host string, port int, err error) {
 	if i := strings.LastIndex(host, "@"); i >= 0 {
 		user, host = host[:i], host[i+1:]
 	}
-	if strings.HasPrefix(host, "[") || strings.Count(host, ":") == 1 {
+	// [host] without a port: how ssh -G prints a ProxyJump address, and how ssh takes an IPv6 one.
+	if inner, ok := strings.CutSuffix(strings.TrimPrefix(host, "["), "]"); ok && strings.HasPrefix(host, "[") && !strings.ContainsAny(inner, "[]") {
+		host = inner
+	} else if strings.HasPrefix(host, "[") || strings.Count(host, ":") == 1 {
 		h, p, err := net.SplitHostPort(host)
 		if err != nil {
 			return "", "", 0, fmt.Errorf("parsing remote %q: %w", remote, err)

@@ -49,7 +49,7 @@ func TestDialIdentityFile(t *testing.T) {
 	}
 	c.Close()
 	want := Target{User: "alice", Host: "127.0.0.1", Port: srv.Port,
-		Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port))}
+		Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port)), Direct: true}
 	if target != want {
 		t.Errorf("target = %+v, want %+v", target, want)
 	}
@@ -303,13 +303,16 @@ func TestSSHParseRemote(t *testing.T) {
 		{"a@b@node", "a@b", "node", 0},
 		{"[::1]:22", "", "::1", 22},
 		{"root@fe80::1", "root", "fe80::1", 0},
+		// ssh -G prints a ProxyJump host that is an address in brackets, without a port.
+		{"root@[10.200.2.1]", "root", "10.200.2.1", 0},
+		{"[fd00::1]", "", "fd00::1", 0},
 	} {
 		user, host, port, err := sshParseRemote(tc.in)
 		if err != nil || user != tc.user || host != tc.host || port != tc.port {
 			t.Errorf("sshParseRemote(%q) = %q, %q, %d, %v; want %q, %q, %d", tc.in, user, host, port, err, tc.user, tc.host, tc.port)
 		}
 	}
-	for _, bad := range []string{"", "user@", "node:0", "node:x", "node:70000"} {
+	for _, bad := range []string{"", "user@", "node:0", "node:x", "node:70000", "[]", "[node"} {
 		if _, _, _, err := sshParseRemote(bad); err == nil {
 			t.Errorf("sshParseRemote(%q) succeeded", bad)
 		}

@@ -25,9 +25,13 @@ import (
 )
 
 // The tests of this package read no ssh_config of the machine: those that
-// ask OpenSSH do it through withResolvers and always pass -F.
+// ask OpenSSH do it through withResolvers and always pass -F. Nor do they
+// act for whoever ran `sudo make test`: the ones about sudo set SUDO_UID.
 func TestMain(m *testing.M) {
 	sshProgram = ""
+	for _, k := range []string{"SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND", "SUDO_HOME"} {
+		os.Unsetenv(k)
+	}
 	os.Exit(m.Run())
 }
 
@@ -329,8 +333,8 @@ func TestDialProxyJump(t *testing.T) {
 					t.Fatalf("Dial through %s: %v", tc.name, err)
 				}
 				c.Close()
-				if target.Addr != tc.wantFirst || target.Port != node.Port || target.User != "root" {
-					t.Errorf("target = %+v, want the node as root with Addr %v (the first hop, for the firewall)", target, tc.wantFirst)
+				if target.Addr != tc.wantFirst || target.Port != node.Port || target.User != "root" || target.Direct {
+					t.Errorf("target = %+v, want the node as root with Addr %v (the first hop, for the firewall), not Direct", target, tc.wantFirst)
 				}
 			})
 		}
@@ -390,8 +394,12 @@ func TestDialWrongPasswordHint(t *testing.T) {
 	_, _, err := dial(sshtest.Ctx(t), Config{Remote: srv.Remote("carol"), KnownHostsFile: srv.KnownHosts(t),
 		Prompt: func(string) ([]byte, error) { return []byte("wrong"), nil }})
 	var he *tui.HintError
-	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &he) || !strings.Contains(he.Hint, "password was refused") {
+	if !errors.Is(err, ErrAuthFailed) || !errors.As(err, &he) || !strings.Contains(he.Hint, "was refused") {
 		t.Fatalf("err = %v (%+v), want ErrAuthFailed saying the password was refused", err, he)
+	}
+	// Someone logging in with a password has no key to miss: the hint is about the password, and names the user.
+	if strings.Contains(he.Hint, "no SSH key found") || !strings.Contains(he.Hint, "password for carol@") {
+		t.Errorf("hint %q, want it to say the password for carol@... was refused, not that no key was found", he.Hint)
 	}
 }
 

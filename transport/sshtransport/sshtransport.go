@@ -70,9 +70,14 @@ func (t *Transport) Connect(ctx context.Context) (transport.Link, error) {
 		return nil, err
 	}
 	kctx, cancel := context.WithCancel(context.Background())
-	remote := fmt.Sprintf("%s@%s", target.User, target.Addr)
-	if !target.Addr.IsValid() {
-		remote = fmt.Sprintf("%s@%s", target.User, net.JoinHostPort(target.Host, strconv.Itoa(target.Port)))
+	// The node, by the address connected to when that is the node's own; through a bastion, the node as named and
+	// the bastion's address.
+	remote := fmt.Sprintf("%s@%s", target.User, net.JoinHostPort(target.Host, strconv.Itoa(target.Port)))
+	switch {
+	case target.Direct && target.Addr.IsValid():
+		remote = fmt.Sprintf("%s@%s", target.User, target.Addr)
+	case target.Addr.IsValid():
+		remote += " via " + target.Addr.String()
 	}
 	l := &link{
 		ssh:      sc,
