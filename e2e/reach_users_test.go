@@ -75,6 +75,22 @@ func TestReach(t *testing.T) {
 				stopClient(t, c)
 			})
 		}
+		// ProxyCommand: OpenSSH's ssh carries the connection through the bastion. The tunnel has no address of its
+		// own then, so the bastion is excluded by hand, as the README says.
+		t.Run("ProxyCommand", func(t *testing.T) {
+			pc := filepath.Join(t.TempDir(), "ssh_config")
+			jump := "ssh -F /dev/null -i " + lab.Identity + " -o UserKnownHostsFile=" + b.KnownHosts +
+				" -o BatchMode=yes -W %h:%p root@" + BastionAddr
+			if err := os.WriteFile(pc, []byte("Host behind\n  HostName "+NodeBehindAddr+"\n  User root\n  ProxyCommand "+jump+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c := startClientArgs(t, lab, append(append([]string{"-r", "behind", "-F", pc, "-x", BastionAddr}, common...), cidrs...)...)
+			httpGet(t, lab, "http://"+ServiceIP+"/")
+			if rules := iptablesSave(t, lab); strings.Contains(rules, NodeBehindAddr) {
+				t.Errorf("the rules name the node %s, which the laptop never connects to:\n%s", NodeBehindAddr, rules)
+			}
+			stopClient(t, c)
+		})
 	})
 
 	// A second sshd on the node for alice: her password, a user CA, and a host certificate.
