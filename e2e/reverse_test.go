@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,6 +121,34 @@ func TestReverse(t *testing.T) {
 		}
 		waitLog(t, c, offset, "tunnel restored", 15*time.Second)
 		getPage(t)
+	})
+
+	t.Run("a node port in use is one clear error", func(t *testing.T) {
+		const taken = 18082
+		ln, err := lab.Node.Listen("tcp", net.JoinHostPort(NodePodSideAddr, strconv.Itoa(taken)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		other, err := lab.StartClient(append([]string{"-l", "127.0.0.1:12399", "-R", strconv.Itoa(taken) + ":" + laptop},
+			lab.ClientArgs(PodCIDR)...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-other.Exited():
+		case <-time.After(20 * time.Second):
+			other.Stop(syscall.SIGKILL)
+			t.Fatalf("k8stunnel still running 20 s after the node refused its -R port:\n%s", other.Stderr())
+		}
+		var exit *exec.ExitError
+		if err := other.ExitErr(); !errors.As(err, &exit) || exit.ExitCode() != 1 {
+			t.Errorf("exit: %v, want status 1", err)
+		}
+		want := fmt.Sprintf("node port %d is in use", taken)
+		if !strings.Contains(other.Stderr(), want) || !strings.Contains(other.Stderr(), "hint: pick another with -R") {
+			t.Errorf("stderr does not say %q with a hint:\n%s", want, other.Stderr())
+		}
 	})
 
 	t.Run("nothing listens on the node after exit", func(t *testing.T) {
