@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -308,5 +309,81 @@ func TestInstancesOnOnePort(t *testing.T) {
 	}
 	if ok, err := b.Check(); !ok || err != nil {
 		t.Errorf("after the first instance left, the second's Check = %v, %v; want true", ok, err)
+	}
+}
+
+// TestInstallRemoveUDP: the UDP capture's mangle chains and ip rule go in
+// with the nat chain and all of it comes out again, by Remove and by
+// Cleanup, which needs no saved state.
+func TestInstallRemoveUDP(t *testing.T) {
+	fake := &Fake{}
+	spec := Spec{Port: 7, UDPPort: 8, Include: targets(t, "10.0.0.0/8", "fd00::/8")}
+	fw := New(fake, testLogger(t))
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	mark := markMatch(UDPMark(spec), udpMarkMask)
+	want := strings.ReplaceAll(`iptables -t mangle -N K8STUNNEL-7
+iptables -t mangle -N K8STUNNEL-7-T
+iptables -t mangle -A PREROUTING -j K8STUNNEL-7-T
+iptables -t mangle -A OUTPUT -j K8STUNNEL-7
+iptables -t mangle -A K8STUNNEL-7 -m mark --mark 0x10000000/0x10000000 -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type BROADCAST -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type MULTICAST -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -d 10.0.0.0/8 -p udp -j MARK --set-xmark @M
+iptables -t mangle -A K8STUNNEL-7-T -p udp -m mark --mark @M -j TPROXY --on-port 8 --on-ip 127.0.0.1 --tproxy-mark @M
+iptables -t nat -N K8STUNNEL-7
+iptables -t nat -A OUTPUT -j K8STUNNEL-7
+iptables -t nat -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t nat -A K8STUNNEL-7 -d 10.0.0.0/8 -p tcp -j REDIRECT --to-ports 7
+ip6tables -t mangle -N K8STUNNEL-7
+ip6tables -t mangle -N K8STUNNEL-7-T
+ip6tables -t mangle -A PREROUTING -j K8STUNNEL-7-T
+ip6tables -t mangle -A OUTPUT -j K8STUNNEL-7
+ip6tables -t mangle -A K8STUNNEL-7 -m mark --mark 0x10000000/0x10000000 -j RETURN
+ip6tables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+ip6tables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type MULTICAST -j RETURN
+ip6tables -t mangle -A K8STUNNEL-7 -d fd00::/8 -p udp -j MARK --set-xmark @M
+ip6tables -t mangle -A K8STUNNEL-7-T -p udp -m mark --mark @M -j TPROXY --on-port 8 --on-ip ::1 --tproxy-mark @M
+ip6tables -t nat -N K8STUNNEL-7
+ip6tables -t nat -A OUTPUT -j K8STUNNEL-7
+ip6tables -t nat -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+ip6tables -t nat -A K8STUNNEL-7 -d fd00::/8 -p tcp -j REDIRECT --to-ports 7
+ip -4 rule add fwmark @M lookup TABLE
+ip -4 route add local 0.0.0.0/0 dev lo table TABLE
+ip -6 rule add fwmark @M lookup TABLE
+ip -6 route add local ::/0 dev lo table TABLE
+`, "@M", mark)
+	want = strings.ReplaceAll(want, "TABLE", strconv.Itoa(int(UDPTable(spec))))
+	if got := fake.Dump(); got != want {
+		t.Fatalf("after Install:\n%s\nwant\n%s", got, want)
+	}
+	if ok, err := fw.Check(); !ok || err != nil {
+		t.Fatalf("Check = %v, %v; want true", ok, err)
+	}
+	v4, _ := fake.Family(IPv4)
+	if err := v4.Delete("mangle", "PREROUTING", "-j", "K8STUNNEL-7-T"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := fw.Check(); ok || err != nil {
+		t.Fatalf("Check with the TPROXY jump gone = %v, %v; want false", ok, err)
+	}
+	for range 2 {
+		if err := fw.Remove(); err != nil {
+			t.Fatal(err)
+		}
+		if got := fake.Dump(); got != "" {
+			t.Fatalf("after Remove:\n%s", got)
+		}
+	}
+	if err := New(fake, testLogger(t)).Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := Cleanup(fake, testLogger(t)); err != nil || removed != 6 {
+		t.Fatalf("Cleanup = %d, %v; want 6 chains", removed, err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("after Cleanup:\n%s", got)
 	}
 }

@@ -13,8 +13,13 @@ const opMark = "mark"
 // markRequest names a socket in the caller: its process, its descriptor
 // number there, and its inode, so a descriptor closed and reused for
 // another socket before the request is served is refused, not marked.
+//
+// With Transparent the socket is made transparent (IP_TRANSPARENT or
+// IPV6_TRANSPARENT) instead of marked, for the UDP capture: it must be a UDP
+// socket the caller's uid created.
 type markRequest struct {
-	PID int    `json:"pid"`
-	FD  int    `json:"fd"`
-	Ino uint64 `json:"ino"`
+	PID         int    `json:"pid"`
+	FD          int    `json:"fd"`
+	Ino         uint64 `json:"ino"`
+	Transparent bool   `json:"transparent,omitempty"`
 }

@@ -1,0 +1,278 @@
+package mux
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// kindUDP carries one UDP flow, Src to Dst. The client opens it for the
+// flow's first datagram; the helper answers with a status once its socket
+// toward Dst is ready, and from then on both ends send datagrams as frames,
+// each length(2, big endian) payload: a datagram is never split across
+// frames nor merged with another. Only the client opens it, and only to a
+// helper whose hello has UDP.
+const kindUDP streamKind = 5
+
+// MaxDatagram is the largest payload relayed: the largest an IPv4 UDP
+// datagram can carry. A larger one (an IPv6 datagram near 64 KiB) is dropped
+// and counted as oversize.
+const MaxDatagram = 65507
+
+// maxQueued bounds the frames one flow holds for the stream while the
+// stream is slower than the socket: past it datagrams are dropped, as a
+// full socket buffer would, rather than block or grow.
+const maxQueued = 256 << 10
+
+// IsUDP reports a request of kindUDP: Src and Dst are set.
+func (r Request) IsUDP() bool { return r.kind == kindUDP }
+
+// appendUDP encodes the body of a kindUDP request: src then dst, each as
+// addrlen(1: 4 or 16) addr port(2, big endian).
+func appendUDP(b []byte, r Request) ([]byte, error) {
+	b, err := appendAddrPort(b, r.Src)
+	if err != nil {
+		return nil, err
+	}
+	return appendAddrPort(b, r.Dst)
+}
+
+// readUDP decodes what appendUDP wrote into r.
+func readUDP(rd io.Reader, r *Request) (err error) {
+	if r.Src, err = readAddrPort(rd); err != nil {
+		return err
+	}
+	r.Dst, err = readAddrPort(rd)
+	return err
+}
+
+// DialUDP opens a stream for the UDP flow src to dst. As with Dial, the
+// helper's status is read by the stream's first Read or WaitDial; datagrams
+// go with RelayDatagrams.
+func (s *Session) DialUDP(src, dst netip.AddrPort) (*Stream, error) {
+	if !s.Peer.UDP {
+		return nil, ErrNoUDP
+	}
+	return s.open(Request{kind: kindUDP, Src: src, Dst: dst}, streamAddr{dst: dst})
+}
+
+// DatagramStats counts what RelayDatagrams dropped; one is shared by many
+// flows.
+type DatagramStats struct {
+	// Dropped counts datagrams dropped because the stream fell behind by
+	// more than the flow's queue.
+	Dropped atomic.Int64
+	// Oversize counts datagrams too large to relay.
+	Oversize atomic.Int64
+	// Sent counts payload bytes from the socket to the stream, Received the
+	// other way.
+	Sent, Received atomic.Int64
+}
+
+// RelayDatagrams relays between pc, a connected UDP socket, and st, a
+// kindUDP stream, until either ends or, with idle above zero, no datagram
+// passed either way for that long. It closes both before it returns, and
+// returns nil for an idle expiry or a clean end.
+//
+// Reading the socket never waits on the stream: what the stream cannot take
+// at once is queued, up to maxQueued bytes, and dropped past that.
+func RelayDatagrams(pc net.Conn, st *Stream, idle time.Duration, stats *DatagramStats) error {
+	r := &dgramRelay{pc: pc, st: st, stats: stats, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	r.touch()
+	var wg sync.WaitGroup
+	wg.Go(r.fromSocket)
+	wg.Go(r.toStream)
+	wg.Go(r.fromStream)
+	if idle > 0 {
+		wg.Go(func() { r.expire(idle) })
+	}
+	wg.Wait()
+	return r.err
+}
+
+type dgramRelay struct {
+	pc    net.Conn
+	st    *Stream
+	stats *DatagramStats
+	last  atomic.Int64 // unix nanoseconds of the last datagram either way
+
+	mu      sync.Mutex
+	pending []byte // frames waiting for the stream
+	wake    chan struct{}
+
+	once sync.Once
+	done chan struct{}
+	err  error // the first failure; set under once
+}
+
+func (r *dgramRelay) touch() { r.last.Store(time.Now().UnixNano()) }
+
+// stop ends the flow: err nil is a clean end.
+func (r *dgramRelay) stop(err error) {
+	r.once.Do(func() {
+		r.err = err
+		close(r.done)
+		r.pc.Close()
+		if err != nil {
+			r.st.Abort()
+		}
+		r.st.Close()
+	})
+}
+
+func (r *dgramRelay) fromSocket() {
+	for {
+		b, n, err := readDatagram(r.pc)
+		switch {
+		case err == nil:
+		case errors.Is(err, syscall.ECONNREFUSED):
+			// An ICMP port unreachable for an earlier datagram: UDP says
+			// nothing to the sender either.
+			continue
+		case errors.Is(err, net.ErrClosed):
+			r.stop(nil)
+			return
+		default:
+			r.stop(err)
+			return
+		}
+		if n > MaxDatagram {
+			r.stats.Oversize.Add(1)
+			putDatagramBuf(b)
+			continue
+		}
+		r.touch()
+		r.mu.Lock()
+		if len(r.pending)+2+n > maxQueued {
+			r.mu.Unlock()
+			r.stats.Dropped.Add(1)
+			putDatagramBuf(b)
+			continue
+		}
+		r.pending = binary.BigEndian.AppendUint16(r.pending, uint16(n))
+		r.pending = append(r.pending, b[:n]...)
+		r.mu.Unlock()
+		putDatagramBuf(b)
+		r.stats.Sent.Add(int64(n))
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// toStream writes what is queued, all of it in one Write: under load many
+// datagrams travel in one mux frame.
+func (r *dgramRelay) toStream() {
+	var spare []byte
+	for {
+		select {
+		case <-r.wake:
+		case <-r.done:
+			return
+		}
+		r.mu.Lock()
+		out := r.pending
+		r.pending = spare[:0]
+		r.mu.Unlock()
+		if len(out) == 0 {
+			continue
+		}
+		if _, err := r.st.Write(out); err != nil {
+			r.stop(streamEnd(err))
+			return
+		}
+		// A burst's large buffer is not kept by a flow that goes quiet.
+		spare = out
+		if cap(spare) > 64<<10 {
+			spare = nil
+		}
+	}
+}
+
+func (r *dgramRelay) fromStream() {
+	var hdr [2]byte
+	for {
+		if _, err := io.ReadFull(r.st, hdr[:]); err != nil {
+			r.stop(streamEnd(err))
+			return
+		}
+		n := int(binary.BigEndian.Uint16(hdr[:]))
+		b := getDatagramBuf()
+		if _, err := io.ReadFull(r.st, b[:n]); err != nil {
+			putDatagramBuf(b)
+			r.stop(streamEnd(noEOF(err)))
+			return
+		}
+		r.touch()
+		r.stats.Received.Add(int64(n))
+		_, err := r.pc.Write(b[:n])
+		putDatagramBuf(b)
+		switch {
+		case err == nil, errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOBUFS):
+			// Lost as UDP loses datagrams.
+		case errors.Is(err, syscall.EMSGSIZE):
+			r.stats.Oversize.Add(1)
+		default:
+			r.stop(nil)
+			return
+		}
+	}
+}
+
+// streamEnd is nil for a stream that ended cleanly or was closed by stop.
+func streamEnd(err error) error {
+	if err == io.EOF || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// expire stops the flow once nothing passed for idle.
+func (r *dgramRelay) expire(idle time.Duration) {
+	t := time.NewTimer(idle)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-t.C:
+		}
+		quiet := time.Since(time.Unix(0, r.last.Load()))
+		if quiet >= idle {
+			r.stop(nil)
+			return
+		}
+		t.Reset(idle - quiet)
+	}
+}
+
+// Datagram buffers are pooled: a flow holds one only while a datagram
+// passes, so thousands of quiet flows cost no 64 KiB each.
+var dgramPool = sync.Pool{New: func() any { b := make([]byte, MaxDatagram+1); return &b }}
+
+func getDatagramBuf() []byte { return *(dgramPool.Get().(*[]byte)) }
+
+func putDatagramBuf(b []byte) {
+	b = b[:cap(b)]
+	dgramPool.Put(&b)
+}
+
+// readDatagramPlain is readDatagram for a socket it cannot poll itself: it
+// holds a buffer while it waits. A datagram that fills the buffer is taken
+// as oversize.
+func readDatagramPlain(pc net.Conn) ([]byte, int, error) {
+	b := getDatagramBuf()
+	n, err := pc.Read(b)
+	if err != nil {
+		putDatagramBuf(b)
+		return nil, 0, err
+	}
+	return b, n, nil
+}
