@@ -83,23 +83,16 @@ type DatagramStats struct {
 // Reading the socket never waits on the stream: what the stream cannot take
 // at once is queued, up to maxQueued bytes, and dropped past that.
 func RelayDatagrams(pc net.Conn, st *Stream, idle time.Duration, stats *DatagramStats) error {
-	r := &dgramRelay{pc: pc, st: st, stats: stats, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	r.touch()
-	var wg sync.WaitGroup
-	wg.Go(r.fromSocket)
-	wg.Go(r.toStream)
-	wg.Go(r.fromStream)
-	if idle > 0 {
-		wg.Go(func() { r.expire(idle) })
-	}
-	wg.Wait()
-	return r.err
+	return NewDatagramRelay(pc, st, idle, stats).Run()
 }
 
-type dgramRelay struct {
+// DatagramRelay is RelayDatagrams in parts, for the client: datagrams of
+// the flow that reached it before pc existed go in with Send.
+type DatagramRelay struct {
 	pc    net.Conn
 	st    *Stream
 	stats *DatagramStats
+	idle  time.Duration
 	last  atomic.Int64 // unix nanoseconds of the last datagram either way
 
 	mu      sync.Mutex
@@ -111,10 +104,70 @@ type dgramRelay struct {
 	err  error // the first failure; set under once
 }
 
-func (r *dgramRelay) touch() { r.last.Store(time.Now().UnixNano()) }
+// NewDatagramRelay prepares RelayDatagrams; nothing moves until Run.
+func NewDatagramRelay(pc net.Conn, st *Stream, idle time.Duration, stats *DatagramStats) *DatagramRelay {
+	r := &DatagramRelay{pc: pc, st: st, stats: stats, idle: idle, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	r.touch()
+	return r
+}
+
+// Run relays until the flow ends, as RelayDatagrams.
+func (r *DatagramRelay) Run() error {
+	var wg sync.WaitGroup
+	wg.Go(r.fromSocket)
+	wg.Go(r.toStream)
+	wg.Go(r.fromStream)
+	if r.idle > 0 {
+		wg.Go(func() { r.expire(r.idle) })
+	}
+	wg.Wait()
+	return r.err
+}
+
+// Send queues b, one datagram, for the stream as if it was read from the
+// socket; it is dropped when the queue is full or the flow has ended.
+func (r *DatagramRelay) Send(b []byte) {
+	select {
+	case <-r.done:
+		r.stats.Dropped.Add(1)
+		return
+	default:
+	}
+	if len(b) > MaxDatagram {
+		r.stats.Oversize.Add(1)
+		return
+	}
+	r.touch()
+	r.queue(b)
+}
+
+// Close ends the flow; Run then returns nil.
+func (r *DatagramRelay) Close() { r.stop(nil) }
+
+// Done is closed once the flow has ended.
+func (r *DatagramRelay) Done() <-chan struct{} { return r.done }
+
+func (r *DatagramRelay) queue(b []byte) {
+	r.mu.Lock()
+	if len(r.pending)+2+len(b) > maxQueued {
+		r.mu.Unlock()
+		r.stats.Dropped.Add(1)
+		return
+	}
+	r.pending = binary.BigEndian.AppendUint16(r.pending, uint16(len(b)))
+	r.pending = append(r.pending, b...)
+	r.mu.Unlock()
+	r.stats.Sent.Add(int64(len(b)))
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *DatagramRelay) touch() { r.last.Store(time.Now().UnixNano()) }
 
 // stop ends the flow: err nil is a clean end.
-func (r *dgramRelay) stop(err error) {
+func (r *DatagramRelay) stop(err error) {
 	r.once.Do(func() {
 		r.err = err
 		close(r.done)
@@ -126,7 +179,7 @@ func (r *dgramRelay) stop(err error) {
 	})
 }
 
-func (r *dgramRelay) fromSocket() {
+func (r *DatagramRelay) fromSocket() {
 	for {
 		b, n, err := readDatagram(r.pc)
 		switch {
@@ -148,28 +201,14 @@ func (r *dgramRelay) fromSocket() {
 			continue
 		}
 		r.touch()
-		r.mu.Lock()
-		if len(r.pending)+2+n > maxQueued {
-			r.mu.Unlock()
-			r.stats.Dropped.Add(1)
-			putDatagramBuf(b)
-			continue
-		}
-		r.pending = binary.BigEndian.AppendUint16(r.pending, uint16(n))
-		r.pending = append(r.pending, b[:n]...)
-		r.mu.Unlock()
+		r.queue(b[:n])
 		putDatagramBuf(b)
-		r.stats.Sent.Add(int64(n))
-		select {
-		case r.wake <- struct{}{}:
-		default:
-		}
 	}
 }
 
 // toStream writes what is queued, all of it in one Write: under load many
 // datagrams travel in one mux frame.
-func (r *dgramRelay) toStream() {
+func (r *DatagramRelay) toStream() {
 	var spare []byte
 	for {
 		select {
@@ -196,7 +235,7 @@ func (r *dgramRelay) toStream() {
 	}
 }
 
-func (r *dgramRelay) fromStream() {
+func (r *DatagramRelay) fromStream() {
 	var hdr [2]byte
 	for {
 		if _, err := io.ReadFull(r.st, hdr[:]); err != nil {
@@ -235,7 +274,7 @@ func streamEnd(err error) error {
 }
 
 // expire stops the flow once nothing passed for idle.
-func (r *dgramRelay) expire(idle time.Duration) {
+func (r *DatagramRelay) expire(idle time.Duration) {
 	t := time.NewTimer(idle)
 	defer t.Stop()
 	for {
