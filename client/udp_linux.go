@@ -34,10 +34,18 @@ func (c *Client) udpListen() error {
 	return fmt.Errorf("listening for UDP: %w", lastErr)
 }
 
+// udpRcvBuf is the receive buffer of the UDP capture's sockets: the
+// default (208 KiB, about 90 full-size datagrams) overflows within a few
+// milliseconds at 100 Mbit/s whenever the relay is not scheduled. The kernel
+// caps it at net.core.rmem_max; the root child's op lifts that cap for the
+// flows' sockets (firewall.SetTransparent).
+const udpRcvBuf = 2 << 20
+
 func udpListenPair(port uint16) ([]*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: func(network, address string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpRcvBuf) // best effort
 			if network == "udp6" {
 				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_RECVORIGDSTADDR, 1)
 			} else {
@@ -160,6 +168,7 @@ func (c *Client) flowSocket(ctx context.Context, src, dst netip.AddrPort) (net.C
 		Control: func(_, _ string, rc syscall.RawConn) error {
 			var serr error
 			err := rc.Control(func(fd uintptr) {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpRcvBuf) // best effort
 				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr == nil {
 					serr = (*fw).TransparentSocket(ctx, int(fd))
 				}

@@ -7,6 +7,9 @@ package firewall
 // Tailscale (0xff0000) and WireGuard tools usually use.
 const DNSMark = 0x10000000
 
+// udpRcvBuf is the receive buffer SetTransparent gives a UDP socket.
+const udpRcvBuf = 2 << 20
+
 // opMark asks the root child to mark a socket of its caller.
 const opMark = "mark"
 

@@ -53,8 +53,13 @@ func (h *Helper) TransparentSocket(ctx context.Context, fd int) error {
 }
 
 // SetTransparent sets IP_TRANSPARENT or IPV6_TRANSPARENT on fd, by its
-// family; it takes CAP_NET_ADMIN.
+// family; it takes CAP_NET_ADMIN. With that privilege at hand it also grows
+// the socket's receive buffer to 2 MiB past net.core.rmem_max (often 208
+// KiB on desktops), which a UDP flow at 100 Mbit/s fills in milliseconds.
 func SetTransparent(fd int) error {
+	if cur, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil && cur < 2*udpRcvBuf {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpRcvBuf) // best effort
+	}
 	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil {
 		return fmt.Errorf("making a UDP socket transparent: %w", err)

@@ -26,9 +26,15 @@ const kindUDP streamKind = 5
 const MaxDatagram = 65507
 
 // maxQueued bounds the frames one flow holds for the stream while the
-// stream is slower than the socket: past it datagrams are dropped, as a
-// full socket buffer would, rather than block or grow.
-const maxQueued = 256 << 10
+// stream is slower than the socket (the SSH link stalls for a moment, the
+// relay is not scheduled): past it datagrams are dropped, as a full socket
+// buffer would, rather than block or grow. 2 MiB is 160 ms at 100 Mbit/s.
+// maxQueuedAll bounds the same over every flow that shares a
+// DatagramStats, so 16k flows cannot hold 32 GiB.
+const (
+	maxQueued    = 2 << 20
+	maxQueuedAll = 64 << 20
+)
 
 // IsUDP reports a request of kindUDP: Src and Dst are set.
 func (r Request) IsUDP() bool { return r.kind == kindUDP }
@@ -73,6 +79,8 @@ type DatagramStats struct {
 	// Sent counts payload bytes from the socket to the stream, Received the
 	// other way.
 	Sent, Received atomic.Int64
+	// queued is what every flow holds for its stream, for maxQueuedAll.
+	queued atomic.Int64
 }
 
 // RelayDatagrams relays between pc, a connected UDP socket, and st, a
@@ -97,6 +105,7 @@ type DatagramRelay struct {
 
 	mu      sync.Mutex
 	pending []byte // frames waiting for the stream
+	ended   bool   // Run has returned: nothing is queued any more
 	wake    chan struct{}
 
 	once sync.Once
@@ -121,6 +130,10 @@ func (r *DatagramRelay) Run() error {
 		wg.Go(func() { r.expire(r.idle) })
 	}
 	wg.Wait()
+	r.mu.Lock()
+	r.stats.queued.Add(-int64(len(r.pending)))
+	r.pending, r.ended = nil, true
+	r.mu.Unlock()
 	return r.err
 }
 
@@ -148,8 +161,17 @@ func (r *DatagramRelay) Close() { r.stop(nil) }
 func (r *DatagramRelay) Done() <-chan struct{} { return r.done }
 
 func (r *DatagramRelay) queue(b []byte) {
+	size := 2 + len(b)
 	r.mu.Lock()
-	if len(r.pending)+2+len(b) > maxQueued {
+	if r.ended {
+		r.mu.Unlock()
+		r.stats.Dropped.Add(1)
+		return
+	}
+	if len(r.pending)+size > maxQueued || r.stats.queued.Add(int64(size)) > maxQueuedAll {
+		if len(r.pending)+size <= maxQueued {
+			r.stats.queued.Add(-int64(size))
+		}
 		r.mu.Unlock()
 		r.stats.Dropped.Add(1)
 		return
@@ -223,7 +245,9 @@ func (r *DatagramRelay) toStream() {
 		if len(out) == 0 {
 			continue
 		}
-		if _, err := r.st.Write(out); err != nil {
+		_, err := r.st.Write(out)
+		r.stats.queued.Add(-int64(len(out)))
+		if err != nil {
 			r.stop(streamEnd(err))
 			return
 		}
@@ -235,6 +259,10 @@ func (r *DatagramRelay) toStream() {
 	}
 }
 
+// fromStream writes the stream's datagrams to the socket. It waits for a
+// frame's length without a buffer, then takes one from the pool and reads
+// whatever else has arrived into it: under load one Read brings many frames.
+// The buffer goes back once it ends on a frame boundary.
 func (r *DatagramRelay) fromStream() {
 	var hdr [2]byte
 	for {
@@ -242,27 +270,53 @@ func (r *DatagramRelay) fromStream() {
 			r.stop(streamEnd(err))
 			return
 		}
-		n := int(binary.BigEndian.Uint16(hdr[:]))
-		b := getDatagramBuf()
-		if _, err := io.ReadFull(r.st, b[:n]); err != nil {
-			putDatagramBuf(b)
-			r.stop(streamEnd(noEOF(err)))
-			return
+		buf := getDatagramBuf()
+		start, end := 0, copy(buf, hdr[:])
+		for {
+			for end-start >= 2 {
+				n := int(binary.BigEndian.Uint16(buf[start:]))
+				if end-start < 2+n {
+					break
+				}
+				if !r.deliver(buf[start+2 : start+2+n]) {
+					putDatagramBuf(buf)
+					r.stop(nil)
+					return
+				}
+				start += 2 + n
+			}
+			if start == end {
+				break
+			}
+			end = copy(buf, buf[start:end])
+			start = 0
+			m, err := r.st.Read(buf[end:])
+			if err != nil {
+				putDatagramBuf(buf)
+				r.stop(streamEnd(noEOF(err)))
+				return
+			}
+			end += m
 		}
-		r.touch()
-		r.stats.Received.Add(int64(n))
-		_, err := r.pc.Write(b[:n])
-		putDatagramBuf(b)
-		switch {
-		case err == nil, errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOBUFS):
-			// Lost as UDP loses datagrams.
-		case errors.Is(err, syscall.EMSGSIZE):
-			r.stats.Oversize.Add(1)
-		default:
-			r.stop(nil)
-			return
-		}
+		putDatagramBuf(buf)
 	}
+}
+
+// deliver writes one datagram from the stream to the socket; false means
+// the socket is gone.
+func (r *DatagramRelay) deliver(b []byte) bool {
+	r.touch()
+	r.stats.Received.Add(int64(len(b)))
+	_, err := r.pc.Write(b)
+	switch {
+	case err == nil, errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOBUFS):
+		// Lost as UDP loses datagrams.
+	case errors.Is(err, syscall.EMSGSIZE):
+		r.stats.Oversize.Add(1)
+	default:
+		return false
+	}
+	return true
 }
 
 // streamEnd is nil for a stream that ended cleanly or was closed by stop.
@@ -292,9 +346,10 @@ func (r *DatagramRelay) expire(idle time.Duration) {
 	}
 }
 
-// Datagram buffers are pooled: a flow holds one only while a datagram
-// passes, so thousands of quiet flows cost no 64 KiB each.
-var dgramPool = sync.Pool{New: func() any { b := make([]byte, MaxDatagram+1); return &b }}
+// Datagram buffers are pooled: a flow holds one only while datagrams
+// pass, so thousands of quiet flows cost no 64 KiB each. One holds a whole
+// frame of the largest length a frame can say.
+var dgramPool = sync.Pool{New: func() any { b := make([]byte, 2+1<<16); return &b }}
 
 func getDatagramBuf() []byte { return *(dgramPool.Get().(*[]byte)) }
 

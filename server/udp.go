@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"net"
 	"sync/atomic"
 
 	"github.com/k8stunnel/k8stunnel/mux"
@@ -10,6 +11,10 @@ import (
 // MaxUDPFlows bounds the UDP flows one session carries at once, as the
 // client bounds its own; a client past it gets StatusFailed.
 const MaxUDPFlows = 16384
+
+// udpReadBuffer is the receive buffer of a flow's socket; the kernel caps
+// it at net.core.rmem_max.
+const udpReadBuffer = 2 << 20
 
 // udpFlows is one session's UDP flows.
 type udpFlows struct {
@@ -45,6 +50,10 @@ func (u *udpFlows) handle(ctx context.Context, cfg Config, req mux.Request, st *
 		st.Abort()
 		st.Close()
 		return
+	}
+	if uc, ok := c.(*net.UDPConn); ok {
+		// Replies may come in bursts faster than the stream takes them.
+		uc.SetReadBuffer(udpReadBuffer)
 	}
 	defer context.AfterFunc(ctx, func() { c.Close() })()
 	if err := mux.RelayDatagrams(c, st, 0, &u.stats); err != nil {
