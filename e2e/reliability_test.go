@@ -464,8 +464,8 @@ func isFirewallChild(p Proc, exe string) bool {
 	return p.Exe == exe && len(p.Args) == 2 && p.Args[1] == "firewall"
 }
 
-// checkSplit checks a running tunnel started by nobody: it works, the client (pid) runs pub as nobody and one
-// firewall child runs as root. It returns the firewall child.
+// checkSplit checks a running tunnel started by nobody: it works (TCP and UDP), the client (pid) runs pub as nobody
+// and one firewall child runs as root. It returns the firewall child.
 // setupSplit prepares a run of k8stunnel by nobody with only its firewall part run as root, through sudo: a copy of
 // the binary nobody can run, a sudoers entry for exactly its firewall subcommand, and a home holding the lab's key
 // and known_hosts where OpenSSH would look (no -i, no --known-hosts). It returns the copy and nobody's environment.
@@ -499,6 +499,8 @@ func setupSplit(t *testing.T, lab *Lab) (pub string, env []string) {
 func checkSplit(t *testing.T, lab *Lab, pub string, pid int) Proc {
 	t.Helper()
 	httpGet(t, lab, "http://"+ServiceIP+"/")
+	// UDP needs transparent sockets, which only the root child can make: each flow asks it.
+	echoDatagrams(t, laptopUDP(t, lab, "udp4"), serveUDPEcho(t, lab, "udp4", net.JoinHostPort(PodAddr, "0")), 20)
 	client, err := ReadProc(pid)
 	if err != nil {
 		t.Fatal(err)
