@@ -387,7 +387,8 @@ func cleanupRoutes(r Runner, fam Family, log *slog.Logger) error {
 
 // removeChain deletes every jump to chain from the hook chains of table,
 // then the chain itself. A chain or jump that is already gone is not an
-// error.
+// error, also when another process (a dying instance's root child, while
+// `k8stunnel cleanup` runs) removes it between our look and our change.
 func removeChain(t Tables, table, chain string) (removed bool, err error) {
 	for _, hook := range hookChains {
 		lines, err := t.List(table, hook)
@@ -400,7 +401,9 @@ func removeChain(t Tables, table, chain string) (removed bool, err error) {
 				continue
 			}
 			if err := t.Delete(table, hook, spec...); err != nil {
-				return removed, fmt.Errorf("deleting jump %q: %w", line, err)
+				if still, xerr := t.Exists(table, hook, spec...); xerr != nil || still {
+					return removed, fmt.Errorf("deleting jump %q: %w", line, err)
+				}
 			}
 			removed = true
 		}
@@ -410,7 +413,9 @@ func removeChain(t Tables, table, chain string) (removed bool, err error) {
 		return removed, err
 	}
 	if err := t.ClearAndDeleteChain(table, chain); err != nil {
-		return removed, err
+		if still, xerr := t.ChainExists(table, chain); xerr != nil || still {
+			return removed, err
+		}
 	}
 	return true, nil
 }

@@ -387,3 +387,42 @@ ip -6 route add local ::/0 dev lo table TABLE
 		t.Fatalf("after Cleanup:\n%s", got)
 	}
 }
+
+// racingRunner is a Fake where, just before each jump deletion and chain
+// deletion, another process (a dying instance's root child) does it first,
+// so ours fails the way iptables then fails.
+type racingRunner struct{ *Fake }
+
+func (r racingRunner) Family(fam Family) (Tables, error) {
+	t, err := r.Fake.Family(fam)
+	return racingTables{t}, err
+}
+
+type racingTables struct{ Tables }
+
+func (t racingTables) Delete(table, chain string, spec ...string) error {
+	t.Tables.Delete(table, chain, spec...)
+	return errors.New("iptables: Bad rule (does a matching rule exist in that chain?)")
+}
+
+func (t racingTables) ClearAndDeleteChain(table, chain string) error {
+	t.Tables.ClearAndDeleteChain(table, chain)
+	return errors.New("iptables: No chain/target/match by that name")
+}
+
+// TestCleanupRacesAnotherRemover: `k8stunnel cleanup` run while a killed
+// tunnel's root child is removing the same rules succeeds, with everything
+// gone, instead of failing on what the other removed first.
+func TestCleanupRacesAnotherRemover(t *testing.T) {
+	fake := &Fake{}
+	spec := Spec{Port: 7, UDPPort: 8, Include: targets(t, "10.0.0.0/8")}
+	if err := New(fake, testLogger(t)).Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := Cleanup(racingRunner{fake}, testLogger(t)); err != nil || removed != 3 {
+		t.Fatalf("Cleanup = %d, %v; want 3 chains and no error", removed, err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("after Cleanup:\n%s", got)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -95,7 +96,10 @@ func (ir *ipRoutes) Delete(r LocalRoute) error {
 			continue
 		}
 		if _, err := ir.run("rule", "del", "fwmark", markMatch(r.Mark, r.Mask), "lookup", strconv.FormatUint(uint64(r.Table), 10)); err != nil {
-			return err
+			// Another process may have removed it since we looked.
+			if now, lerr := ir.list(); lerr != nil || slices.Contains(now, r) {
+				return err
+			}
 		}
 	}
 	return ir.flush(r.Table)
@@ -103,11 +107,16 @@ func (ir *ipRoutes) Delete(r LocalRoute) error {
 
 // flush empties table, which is then gone from `ip route show table all`.
 func (ir *ipRoutes) flush(table uint32) error {
-	out, err := ir.run("route", "show", "table", strconv.FormatUint(uint64(table), 10))
+	name := strconv.FormatUint(uint64(table), 10)
+	out, err := ir.run("route", "show", "table", name)
 	if err != nil || strings.TrimSpace(out) == "" {
 		return err
 	}
-	_, err = ir.run("route", "flush", "table", strconv.FormatUint(uint64(table), 10))
+	if _, err = ir.run("route", "flush", "table", name); err != nil {
+		if out, serr := ir.run("route", "show", "table", name); serr == nil && strings.TrimSpace(out) == "" {
+			return nil // flushed by another process meanwhile
+		}
+	}
 	return err
 }
 
