@@ -12,18 +12,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// udpListen binds the capture sockets TPROXY hands new flows to: one on
-// 127.0.0.1 and one on [::1] (when this host has IPv6), on one port: the
-// TCP listeners' number when it is free. They are made transparent later,
+// udpListen binds the capture sockets TPROXY hands new flows to: on
+// 127.0.0.1 and [::1], for the families the TCP listeners have (--disable-ipv6
+// leaves IPv4 alone; [::1] is skipped on a host without IPv6), on one port:
+// the TCP listeners' number when it is free. They are made transparent later,
 // by the firewall's side (udpTransparent).
 func (c *Client) udpListen() error {
+	var addrs []string
+	for _, fam := range []struct {
+		loopback string
+		is       func(netip.Addr) bool
+	}{{"127.0.0.1", netip.Addr.Is4}, {"::1", netip.Addr.Is6}} {
+		for _, ln := range c.listeners {
+			if fam.is(ln.Addr().(*net.TCPAddr).AddrPort().Addr().Unmap()) {
+				addrs = append(addrs, fam.loopback)
+				break
+			}
+		}
+	}
 	var lastErr error
 	for try := 0; try < 20; try++ {
 		port := c.port
 		if try > 0 {
 			port = 0 // any, for the first; the second must then match
 		}
-		ls, err := udpListenPair(port)
+		ls, err := udpListenAll(addrs, port)
 		if err == nil {
 			c.udpLns = ls
 			c.udpPort = uint16(ls[0].LocalAddr().(*net.UDPAddr).Port)
@@ -41,7 +54,7 @@ func (c *Client) udpListen() error {
 // flows' sockets (firewall.SetTransparent).
 const udpRcvBuf = 2 << 20
 
-func udpListenPair(port uint16) ([]*net.UDPConn, error) {
+func udpListenAll(addrs []string, port uint16) ([]*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: func(network, address string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
@@ -55,7 +68,7 @@ func udpListenPair(port uint16) ([]*net.UDPConn, error) {
 		return errors.Join(err, serr)
 	}}
 	var ls []*net.UDPConn
-	for _, a := range []string{"127.0.0.1", "::1"} {
+	for _, a := range addrs {
 		network := "udp4"
 		if a == "::1" {
 			network = "udp6"
@@ -65,7 +78,7 @@ func udpListenPair(port uint16) ([]*net.UDPConn, error) {
 		}
 		pc, err := lc.ListenPacket(context.Background(), network, net.JoinHostPort(a, fmt.Sprint(port)))
 		if err != nil {
-			if network == "udp6" && errors.Is(err, syscall.EADDRNOTAVAIL) {
+			if network == "udp6" && len(ls) > 0 && errors.Is(err, syscall.EADDRNOTAVAIL) {
 				break // no IPv6 loopback here
 			}
 			for _, l := range ls {
@@ -74,6 +87,9 @@ func udpListenPair(port uint16) ([]*net.UDPConn, error) {
 			return nil, err
 		}
 		ls = append(ls, pc.(*net.UDPConn))
+	}
+	if len(ls) == 0 {
+		return nil, errors.New("no address to listen on")
 	}
 	return ls, nil
 }

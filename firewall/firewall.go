@@ -256,8 +256,8 @@ func (f *Firewall) removeLocked() error {
 	return nil
 }
 
-// Check reports whether the chain and both jumps are still exactly as
-// Install left them; something else flushing the nat table (iptables -t nat
+// Check reports whether the chains, their jumps and the UDP capture's ip
+// rule are still exactly as Install left them; something else flushing the nat table (iptables -t nat
 // -F, a firewall manager reloading) makes it false. With nothing installed,
 // there is nothing to differ and Check is true.
 func (f *Firewall) Check() (ok bool, err error) {
@@ -287,6 +287,15 @@ func (f *Firewall) Check() (ok bool, err error) {
 				if !ok {
 					return false, nil
 				}
+			}
+		}
+		if fi.routes != nil {
+			rules, err := fi.routes.List()
+			if err != nil {
+				return false, fmt.Errorf("listing %s ip rules: %w", fi.fam, err)
+			}
+			if !slices.Contains(rules, fi.route) {
+				return false, nil
 			}
 		}
 	}

@@ -369,6 +369,16 @@ ip -6 route add local ::/0 dev lo table TABLE
 	if ok, err := fw.Check(); ok || err != nil {
 		t.Fatalf("Check with the TPROXY jump gone = %v, %v; want false", ok, err)
 	}
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := fake.Routes(IPv6)
+	if err := rt.Delete(LocalRoute{Mark: UDPMark(spec), Mask: udpMarkMask, Table: UDPTable(spec)}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := fw.Check(); ok || err != nil {
+		t.Fatalf("Check with the IPv6 ip rule gone = %v, %v; want false", ok, err)
+	}
 	for range 2 {
 		if err := fw.Remove(); err != nil {
 			t.Fatal(err)
