@@ -127,7 +127,21 @@ func (r *DatagramRelay) Run() error {
 	wg.Go(r.toStream)
 	wg.Go(r.fromStream)
 	if r.idle > 0 {
-		wg.Go(func() { r.expire(r.idle) })
+		// A timer, not a goroutine: 16k quiet flows would each park one.
+		var t *time.Timer
+		var mu sync.Mutex
+		mu.Lock()
+		t = time.AfterFunc(r.idle, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if quiet := time.Since(time.Unix(0, r.last.Load())); quiet < r.idle {
+				t.Reset(r.idle - quiet)
+				return
+			}
+			r.stop(nil)
+		})
+		mu.Unlock()
+		defer t.Stop()
 	}
 	wg.Wait()
 	r.mu.Lock()
@@ -325,25 +339,6 @@ func streamEnd(err error) error {
 		return nil
 	}
 	return err
-}
-
-// expire stops the flow once nothing passed for idle.
-func (r *DatagramRelay) expire(idle time.Duration) {
-	t := time.NewTimer(idle)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.done:
-			return
-		case <-t.C:
-		}
-		quiet := time.Since(time.Unix(0, r.last.Load()))
-		if quiet >= idle {
-			r.stop(nil)
-			return
-		}
-		t.Reset(idle - quiet)
-	}
 }
 
 // Datagram buffers are pooled: a flow holds one only while datagrams
