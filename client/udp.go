@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -47,6 +48,9 @@ type udpFlows struct {
 
 	total   atomic.Int64
 	dropped atomic.Int64 // datagrams of flows that could not start
+	// oldHelper is set once the helper said it takes no UDP, which is
+	// logged once.
+	oldHelper atomic.Bool
 	stats   mux.DatagramStats
 	wg      sync.WaitGroup
 }
@@ -102,6 +106,10 @@ func (c *Client) udpDatagram(ctx context.Context, src, dst netip.AddrPort, b []b
 	if err != nil {
 		pc.Close()
 		u.dropped.Add(1)
+		if errors.Is(err, mux.ErrNoUDP) && !u.oldHelper.Swap(true) {
+			c.log.Warn("UDP is not carried: "+err.Error(), "hint", "let k8stunnel upload itself, or update the one --remote-cmd runs")
+			return
+		}
 		c.log.Debug("opening UDP stream", "src", src, "dst", dst, "err", err)
 		return
 	}

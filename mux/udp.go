@@ -171,9 +171,6 @@ func (r *DatagramRelay) Send(b []byte) {
 // Close ends the flow; Run then returns nil.
 func (r *DatagramRelay) Close() { r.stop(nil) }
 
-// Done is closed once the flow has ended.
-func (r *DatagramRelay) Done() <-chan struct{} { return r.done }
-
 func (r *DatagramRelay) queue(b []byte) {
 	size := 2 + len(b)
 	r.mu.Lock()
