@@ -51,8 +51,8 @@ type udpFlows struct {
 	// oldHelper is set once the helper said it takes no UDP, which is
 	// logged once.
 	oldHelper atomic.Bool
-	stats   mux.DatagramStats
-	wg      sync.WaitGroup
+	stats     mux.DatagramStats
+	wg        sync.WaitGroup
 }
 
 func (u *udpFlows) snapshot() UDPStats {
