@@ -102,7 +102,8 @@ func (c *Client) udpDatagram(ctx context.Context, src, dst netip.AddrPort, b []b
 		c.log.Debug("opening a UDP flow socket", "src", src, "dst", dst, "err", err)
 		return
 	}
-	st, err := sess.DialUDP(src, dst)
+	// The helper only logs the source; a link-local one's zone means nothing there.
+	st, err := sess.DialUDP(netip.AddrPortFrom(src.Addr().WithZone(""), src.Port()), dst)
 	if err != nil {
 		pc.Close()
 		u.dropped.Add(1)
