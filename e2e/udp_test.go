@@ -11,9 +11,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,6 +107,11 @@ func TestUDP(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := netip.AddrPortFrom(netip.MustParseAddr(ServiceIP), udpSvcPort)
+	d, err := lab.StartDNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
 
 	before := iptablesSave(t, lab)
 	args := append([]string{"-v", "--udp-idle", udpIdleInLab.String()}, lab.ClientArgs(ServiceCIDR, PodCIDR, podCIDR6)...)
@@ -137,11 +144,6 @@ func TestUDP(t *testing.T) {
 	})
 
 	t.Run("dig over UDP", func(t *testing.T) {
-		d, err := lab.StartDNS()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer d.Close()
 		for _, server := range []string{ClusterDNSPodAddr, ClusterDNSIP} {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			out, err := lab.Laptop.Output(ctx, "dig", "+notcp", "+tries=1", "+time=5", "+short", "@"+server, ServiceName)
@@ -193,7 +195,48 @@ func TestUDP(t *testing.T) {
 		if after := iptablesSave(t, lab); after != before {
 			t.Fatalf("the laptop's rules or routes differ after exit\nbefore:\n%s\nafter:\n%s", before, after)
 		}
-		expectGone(t, lab)
+		expectNoTunnel(t, lab)
+	})
+
+	// A resolver inside the forwarded CIDRs: its queries are the DNS proxy's (nat REDIRECT), never a UDP flow.
+	t.Run("with --dns, the DNS rules keep their queries", func(t *testing.T) {
+		if err := os.WriteFile(d.ResolvConf, []byte("nameserver "+ClusterDNSIP+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c := startClientArgs(t, lab, append([]string{"--dns", "--cluster-dns", ClusterDNSIP}, args...)...)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if out, err := lab.Laptop.Output(ctx, "getent", "hosts", ServiceName); err != nil || !strings.HasPrefix(out, ServiceIP+" ") {
+			t.Errorf("getent hosts %s = %q, %v; want %s", ServiceName, out, err, ServiceIP)
+		}
+		if strings.Contains(c.Stderr(), "-> "+ClusterDNSIP+":53\n") || strings.Contains(c.Stderr(), "-> "+ClusterDNSIP+":53\"") {
+			t.Errorf("a query to the resolver %s became a UDP flow:\n%s", ClusterDNSIP, c.Stderr())
+		}
+		status, err := lab.Laptop.Output(ctx, binary, "status", "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st []struct {
+			Pid int `json:"pid"`
+			DNS struct {
+				Queries int64 `json:"queries"`
+			} `json:"dns"`
+		}
+		if err := json.Unmarshal([]byte(status), &st); err != nil {
+			t.Fatal(err)
+		}
+		answered := false
+		for _, s := range st {
+			answered = answered || (s.Pid == c.Pid() && s.DNS.Queries > 0)
+		}
+		if !answered {
+			t.Errorf("the DNS proxy answered no query: %s", status)
+		}
+		echoDatagrams(t, laptopUDP(t, lab, "udp4"), svc, 5)
+		stopClient(t, c)
+		if after := iptablesSave(t, lab); after != before {
+			t.Fatalf("the laptop's rules or routes differ after exit\nbefore:\n%s\nafter:\n%s", before, after)
+		}
 	})
 
 	t.Run("nothing left after kill -9", func(t *testing.T) {
@@ -217,7 +260,7 @@ func TestUDP(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		expectGone(t, lab)
+		expectNoTunnel(t, lab)
 	})
 	assertRootNamespaceUntouched(t)
 }
@@ -264,4 +307,32 @@ func iperfUDP(lab *Lab, rate string, d time.Duration) (float64, error) {
 		return 0, fmt.Errorf("iperf3 -u: %q (%v): %s", r.Error, err, out)
 	}
 	return r.End.Sum.LostPercent, nil
+}
+
+// expectNoTunnel is expectGone for a lab whose laptop also runs the DNS lab's resolver: no k8stunnel process may be
+// left in the laptop, and no helper on the node.
+func expectNoTunnel(t *testing.T, lab *Lab) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		procs, err1 := Procs(lab.Laptop)
+		helpers, err2 := lab.NodeHelperPids()
+		if err := errors.Join(err1, err2); err != nil {
+			t.Fatal(err)
+		}
+		var left []Proc
+		for _, p := range procs {
+			if p.Exe == binary {
+				left = append(left, p)
+			}
+		}
+		if len(left) == 0 && len(helpers) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("5s after k8stunnel exited: left in the laptop %v, helpers on the node %s", left, describe(helpers))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
