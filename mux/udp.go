@@ -284,17 +284,17 @@ func (r *DatagramRelay) fromStream() {
 		buf := getDatagramBuf()
 		start, end := 0, copy(buf, hdr[:])
 		for {
-			for end-start >= 2 {
-				n := int(binary.BigEndian.Uint16(buf[start:]))
-				if end-start < 2+n {
+			for {
+				payload, size, ok := nextFrame(buf[start:end])
+				if !ok {
 					break
 				}
-				if !r.deliver(buf[start+2 : start+2+n]) {
+				if !r.deliver(payload) {
 					putDatagramBuf(buf)
 					r.stop(nil)
 					return
 				}
-				start += 2 + n
+				start += size
 			}
 			if start == end {
 				break
@@ -311,6 +311,19 @@ func (r *DatagramRelay) fromStream() {
 		}
 		putDatagramBuf(buf)
 	}
+}
+
+// nextFrame splits the first whole frame off b: its payload and the bytes
+// it takes. ok is false until b holds a whole frame.
+func nextFrame(b []byte) (payload []byte, size int, ok bool) {
+	if len(b) < 2 {
+		return nil, 0, false
+	}
+	size = 2 + int(binary.BigEndian.Uint16(b))
+	if len(b) < size {
+		return nil, 0, false
+	}
+	return b[2:size], size, true
 }
 
 // deliver writes one datagram from the stream to the socket; false means

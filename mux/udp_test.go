@@ -152,3 +152,27 @@ func readFull(st *Stream, b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// FuzzNextFrame: whatever the peer sends, framing takes exactly the length
+// each frame says, never more than there is, and never a split datagram.
+func FuzzNextFrame(f *testing.F) {
+	f.Add([]byte{0, 3, 'a', 'b', 'c', 0, 0, 0, 1})
+	f.Add([]byte{0xff, 0xff, 1})
+	f.Add([]byte{0})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		rest := in
+		for {
+			payload, size, ok := nextFrame(rest)
+			if !ok {
+				if len(rest) >= 2 && len(rest) >= 2+int(rest[0])<<8+int(rest[1]) {
+					t.Fatalf("a whole frame in % x not taken", rest)
+				}
+				return
+			}
+			if size != 2+len(payload) || size > len(rest) || len(payload) != int(rest[0])<<8|int(rest[1]) {
+				t.Fatalf("frame of %d bytes with a %d-byte payload from % x", size, len(payload), rest)
+			}
+			rest = rest[size:]
+		}
+	})
+}
