@@ -400,7 +400,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		if fw, err = c.cfg.StartFirewall(ctx); err != nil {
 			return err
 		}
-		c.fwNow.Store(&fw)
+		c.setFirewall(fw)
 		if err := c.udpTransparent(ctx, fw); err != nil {
 			fw.Close()
 			return &tui.HintError{Err: fmt.Errorf("setting up the UDP capture: %w", err), Hint: "forward TCP only with --no-udp"}
@@ -518,6 +518,10 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	}
 }
 
+// setFirewall makes fw the privileged part the UDP flows ask, through a copy
+// of its own: Run's variable changes as the part is restarted.
+func (c *Client) setFirewall(fw Firewall) { c.fwNow.Store(&fw) }
+
 // firewallDone is fw.Done, or nil (never ready) without a firewall.
 func firewallDone(fw Firewall) <-chan struct{} {
 	if fw == nil {
@@ -597,7 +601,7 @@ func (c *Client) startInstalled(ctx context.Context, server netip.Addr) (Firewal
 		fw.Close()
 		return nil, err
 	}
-	c.fwNow.Store(&fw)
+	c.setFirewall(fw)
 	return fw, nil
 }
 
