@@ -131,6 +131,14 @@ func (f *Firewall) Install(spec Spec) error {
 	}
 
 	inst := &installation{spec: spec, chain: chain}
+	if spec.UDPPort != 0 {
+		spec.udpIdx = freeUDPIndex(tables, spec)
+		plan = Plan(spec)
+		byFamily = map[Family][]Rule{}
+		for _, r := range plan {
+			byFamily[r.Family] = append(byFamily[r.Family], r)
+		}
+	}
 	for _, fam := range families {
 		t, ok := tables[fam]
 		if !ok {

@@ -436,3 +436,44 @@ func TestCleanupRacesAnotherRemover(t *testing.T) {
 		t.Fatalf("after Cleanup:\n%s", got)
 	}
 }
+
+// TestUDPInstancesTakeOwnMarks: two instances whose chain names hash to the
+// same UDP mark still get different marks and tables, or each would take the
+// other's datagrams.
+func TestUDPInstancesTakeOwnMarks(t *testing.T) {
+	specA := Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
+	specB := specA
+	for specB.Port = 1; udpIndex(specB) != udpIndex(specA) || specB.Port == specA.Port; specB.Port++ {
+	}
+	specB.UDPPort = specB.Port
+	fake := &Fake{}
+	a, b := New(fake, testLogger(t)), New(fake, testLogger(t))
+	if err := a.Install(specA); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Install(specB); err != nil {
+		t.Fatal(err)
+	}
+	ra, rb := a.installed.fams[0].route, b.installed.fams[0].route
+	if ra.Mark == rb.Mark || ra.Table == rb.Table || !ra.ours() || !rb.ours() {
+		t.Fatalf("instances on ports %d and %d got routes %v and %v; want their own mark and table each", specA.Port, specB.Port, ra, rb)
+	}
+	if !strings.Contains(fake.Dump(), "--set-xmark "+markMatch(rb.Mark, udpMarkMask)) {
+		t.Errorf("the second instance's rules do not use its mark %#x:\n%s", rb.Mark, fake.Dump())
+	}
+	// Healing reinstalls with the same choice while the other is there.
+	if err := b.Install(specB); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.installed.fams[0].route; got != rb {
+		t.Errorf("reinstalled with %v, want %v again", got, rb)
+	}
+	for _, fw := range []*Firewall{a, b} {
+		if err := fw.Remove(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fake.Dump(); got != "" {
+		t.Errorf("after both removed:\n%s", got)
+	}
+}

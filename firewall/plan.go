@@ -112,6 +112,9 @@ type Spec struct {
 	// in by an ip rule, and handed by TPROXY to the client's transparent
 	// socket on 127.0.0.1:UDPPort or [::1]:UDPPort (see udp.go).
 	UDPPort uint16 `json:"udp_port,omitempty"`
+	// udpIdx, when set, is the UDP mark and table index Install chose
+	// because the one udpIndex derives was another instance's.
+	udpIdx uint32
 }
 
 // Validate reports the first thing in s that cannot become rules.

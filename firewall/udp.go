@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // UDP capture. nat REDIRECT would take UDP too, but then the client could not
@@ -26,11 +27,53 @@ const (
 	udpTableBase = 27448
 )
 
-// udpIndex picks the instance's mark value and table, 1 to 15, from its
-// chain name, so two instances (on other ports) rarely share one.
+// udpIndex is the instance's mark value and table, 1 to 15: the one Install
+// chose, else one derived from its chain name.
 func udpIndex(spec Spec) uint32 {
+	if spec.udpIdx != 0 {
+		return spec.udpIdx
+	}
 	sum := sha256.Sum256([]byte(ChainName(spec)))
 	return 1 + uint32(sum[0])%15
+}
+
+// freeUDPIndex is udpIndex(spec) unless another instance's TPROXY chain
+// (K8STUNNEL-*-T in mangle, of either family) uses that mark already; then
+// the next one nobody uses. Two instances on one mark would take each
+// other's datagrams. A chain it cannot read counts as using nothing.
+func freeUDPIndex(tables map[Family]Tables, spec Spec) uint32 {
+	used := map[uint32]bool{}
+	for _, t := range tables {
+		chains, err := t.ListChains(mangleTable)
+		if err != nil {
+			continue
+		}
+		for _, chain := range chains {
+			if !strings.HasPrefix(chain, ChainPrefix) || !strings.HasSuffix(chain, "-T") || chain == UDPChainName(spec) {
+				continue
+			}
+			lines, err := t.List(mangleTable, chain)
+			if err != nil {
+				continue
+			}
+			for _, line := range lines {
+				f := strings.Fields(line)
+				if i := slices.Index(f, "--mark"); i >= 0 && i+1 < len(f) {
+					m, _, _ := strings.Cut(f[i+1], "/")
+					if v, err := strconv.ParseUint(m, 0, 32); err == nil {
+						used[uint32(v)>>24&0xf] = true
+					}
+				}
+			}
+		}
+	}
+	want := udpIndex(spec)
+	for i := range uint32(15) {
+		if idx := (want-1+i)%15 + 1; !used[idx] {
+			return idx
+		}
+	}
+	return want
 }
 
 // UDPMark is the mark, under mask 0x0f000000, that spec's UDP rules put on
