@@ -49,6 +49,10 @@ type Firewall interface {
 	// the mark the DNS rules let through (firewall.DNSMark); setting it
 	// takes root, so the privileged side may have to do it.
 	MarkSocket(ctx context.Context, fd int) error
+	// TransparentSocket makes a UDP socket transparent (IP_TRANSPARENT), as
+	// the UDP capture's sockets must be, before it is bound; that takes
+	// root too.
+	TransparentSocket(ctx context.Context, fd int) error
 }
 
 // Config describes one tunnel.
@@ -78,6 +82,12 @@ type Config struct {
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
 	MaxConns int
+	// UDP also captures UDP to the all-ports CIDRs (see udp.go); UDPIdle is
+	// how long a flow lives without a datagram (0 means DefaultUDPIdle),
+	// MaxUDPFlows how many there may be (0 means DefaultMaxUDPFlows).
+	UDP         bool
+	UDPIdle     time.Duration
+	MaxUDPFlows int
 	// SOCKS and HTTPProxy, when set, are where (see proxy.ListenAddr) to
 	// serve a SOCKS5 and an HTTP proxy whose connections go through the
 	// tunnel. With either, Include may be empty and AutoCIDRs unset: then no
@@ -140,6 +150,13 @@ type Client struct {
 	exp             exposes
 	// dialLocal dials the laptop-side targets of Expose.
 	dialLocal func(ctx context.Context, network, addr string) (net.Conn, error)
+	// udpLns are the UDP capture's sockets, on udpPort; none without UDP.
+	udpLns  []*net.UDPConn
+	udpPort uint16
+	udp     udpFlows
+	// fwNow is the running privileged part, which makes the UDP flows'
+	// sockets transparent; replaced when it is restarted.
+	fwNow atomic.Pointer[Firewall]
 
 	mu    sync.Mutex
 	links *link // nil while disconnected
@@ -185,6 +202,12 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
+	if cfg.UDPIdle <= 0 {
+		cfg.UDPIdle = DefaultUDPIdle
+	}
+	if cfg.MaxUDPFlows <= 0 {
+		cfg.MaxUDPFlows = DefaultMaxUDPFlows
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -201,6 +224,12 @@ func New(cfg Config) (*Client, error) {
 	if transparent {
 		if err := c.listen(); err != nil {
 			return nil, err
+		}
+		if cfg.UDP {
+			if err := c.udpListen(); err != nil {
+				c.Close()
+				return nil, err
+			}
 		}
 	}
 	if err := c.listenProxies(); err != nil {
@@ -221,6 +250,9 @@ func (c *Client) Close() error {
 			if err := l.Close(); err != nil {
 				errs = append(errs, err)
 			}
+		}
+		for _, l := range c.udpLns {
+			l.Close()
 		}
 		for _, l := range []net.Listener{c.socksLn, c.httpLn} {
 			if l != nil {
@@ -352,6 +384,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.setLink(nil)
 		c.stopExposes()
 		c.wg.Wait()
+		c.closeUDP()
 	}()
 	// Deferred before the firewall's removal, so it runs after it: until the
 	// capture rules are gone, captured queries still get answers.
@@ -366,6 +399,11 @@ func (c *Client) Run(ctx context.Context) (err error) {
 	if c.transparent {
 		if fw, err = c.cfg.StartFirewall(ctx); err != nil {
 			return err
+		}
+		c.setFirewall(fw)
+		if err := c.udpTransparent(ctx, fw); err != nil {
+			fw.Close()
+			return &tui.HintError{Err: fmt.Errorf("setting up the UDP capture: %w", err), Hint: "forward TCP only with --no-udp"}
 		}
 		defer func() {
 			if fw == nil {
@@ -424,6 +462,10 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.wg.Add(1)
 		go c.acceptLoop(ctx, ln)
 	}
+	for _, ln := range c.udpLns {
+		c.wg.Add(1)
+		go c.udpLoop(ctx, ln)
+	}
 	readyAttrs := []any{"remote", l.target}
 	if c.transparent {
 		readyAttrs = append(readyAttrs, "port", c.port, "forward", targetsString(c.include))
@@ -475,6 +517,10 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		c.log.Info("tunnel restored", "remote", l.target)
 	}
 }
+
+// setFirewall makes fw the privileged part the UDP flows ask, through a copy
+// of its own: Run's variable changes as the part is restarted.
+func (c *Client) setFirewall(fw Firewall) { c.fwNow.Store(&fw) }
 
 // firewallDone is fw.Done, or nil (never ready) without a firewall.
 func firewallDone(fw Firewall) <-chan struct{} {
@@ -555,6 +601,7 @@ func (c *Client) startInstalled(ctx context.Context, server netip.Addr) (Firewal
 		fw.Close()
 		return nil, err
 	}
+	c.setFirewall(fw)
 	return fw, nil
 }
 
@@ -579,6 +626,7 @@ func (c *Client) spec(server netip.Addr) firewall.Spec {
 	if c.dns != nil {
 		s.DNS, s.DNSPort = c.dns.Resolvers(), c.dns.Port()
 	}
+	s.UDPPort = c.udpPort
 	return s
 }
 

@@ -77,6 +77,9 @@ func (f *fakeFirewall) MarkSocket(context.Context, int) error {
 	return nil
 }
 
+// TransparentSocket does nothing: no rules capture UDP here.
+func (f *fakeFirewall) TransparentSocket(context.Context, int) error { return nil }
+
 func (f *fakeFirewall) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

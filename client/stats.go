@@ -40,6 +40,8 @@ type Stats struct {
 	DNS *DNSStats
 	// Expose lists the -R entries.
 	Expose []ExposeStats
+	// UDP is set with the UDP capture.
+	UDP *UDPStats
 }
 
 // DNSStats counts the DNS proxy's answers.
@@ -72,6 +74,10 @@ func (c *Client) Stats() Stats {
 	}
 	s.Port = c.port
 	s.Expose = c.exposeStats()
+	if c.udpPort != 0 {
+		u := c.udp.snapshot()
+		s.UDP = &u
+	}
 	return s
 }
 

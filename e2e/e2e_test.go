@@ -427,7 +427,9 @@ func TestGateway(t *testing.T) {
 	before := iptablesSave(t, lab)
 	c := startClient(t, lab)
 	for _, line := range k8stunnelRules(iptablesSave(t, lab)) {
-		if strings.Contains(line, "PREROUTING") {
+		// The UDP capture's TPROXY chain hangs off mangle PREROUTING, the only place TPROXY works, but it takes only
+		// packets marked in OUTPUT: this host's own.
+		if strings.Contains(line, "PREROUTING") && !strings.HasSuffix(line, "-T") {
 			t.Errorf("without --gateway, a PREROUTING rule: %s", line)
 		}
 	}

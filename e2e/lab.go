@@ -486,8 +486,9 @@ func RemoveLeftovers() ([]string, error) {
 
 var leftoverName = regexp.MustCompile(`^` + namePrefix + `(\d+)-`)
 
-// IptablesSave returns the laptop-style view of ns's firewall: iptables-save and ip6tables-save, normalised so
-// two snapshots compare equal exactly when the rules are the same (see NormalizeIptablesSave).
+// IptablesSave returns the laptop-style view of ns's firewall and routing: iptables-save and ip6tables-save of every
+// table, normalised so two snapshots compare equal exactly when the rules are the same (see NormalizeIptablesSave),
+// then `ip rule` and `ip route show table all` of both families (the UDP capture adds to both).
 func (l *Lab) IptablesSave(ns *Netns) (string, error) {
 	var b strings.Builder
 	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
@@ -497,7 +498,27 @@ func (l *Lab) IptablesSave(ns *Netns) (string, error) {
 		}
 		fmt.Fprintf(&b, "== %s ==\n%s", cmd, NormalizeIptablesSave(out))
 	}
+	for _, args := range [][]string{{"-4", "rule"}, {"-6", "rule"}, {"-4", "route", "show", "table", "all"}, {"-6", "route", "show", "table", "all"}} {
+		out, err := ns.Output(context.Background(), "ip", args...)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "== ip %s ==\n%s", strings.Join(args, " "), normalizeRoutes(out))
+	}
 	return b.String(), nil
+}
+
+// normalizeRoutes drops the routes of IPv6 link-local addresses: the kernel adds them by itself once duplicate
+// address detection ends, a moment after a link comes up, whatever k8stunnel does.
+func normalizeRoutes(out string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) == "" || strings.Contains(line, "fe80::") {
+			continue
+		}
+		b.WriteString(line + "\n")
+	}
+	return b.String()
 }
 
 var counters = regexp.MustCompile(`\s*\[\d+:\d+\]`)

@@ -250,28 +250,45 @@ func TestRulesRewritten(t *testing.T) {
 		t.Fatalf("no k8stunnel rules in the laptop while the tunnel is up:\n%s", installed)
 	}
 	chain := strings.Fields(strings.TrimPrefix(ours[0], ":"))[0]
+	// The UDP capture's ip rule: "32765:	from all fwmark 0x3000000/0xf000000 lookup 27451".
+	var udpRule []string
+	for _, line := range strings.Split(installed, "\n") {
+		if f := strings.Fields(line); len(f) == 7 && f[3] == "fwmark" && f[5] == "lookup" {
+			udpRule = []string{"rule", "del", "fwmark", f[4], "lookup", f[6]}
+		}
+	}
+	if udpRule == nil {
+		t.Fatalf("no ip rule for the UDP capture while the tunnel is up:\n%s", installed)
+	}
 
 	cases := []struct {
 		name    string
+		cmd     string // iptables unless set
 		rewrite []string
 		// whole says the complete snapshot comes back, not only k8stunnel's lines: true when the rewrite touched
 		// nothing but k8stunnel's rules.
 		whole bool
 	}{
-		{"iptables -t nat -F", []string{"-t", "nat", "-F"}, false},
-		{"OUTPUT jump deleted", []string{"-t", "nat", "-D", "OUTPUT", "-j", chain}, true},
-		{"chain emptied", []string{"-t", "nat", "-F", chain}, true},
+		{"iptables -t nat -F", "", []string{"-t", "nat", "-F"}, false},
+		{"OUTPUT jump deleted", "", []string{"-t", "nat", "-D", "OUTPUT", "-j", chain}, true},
+		{"chain emptied", "", []string{"-t", "nat", "-F", chain}, true},
+		{"iptables -t mangle -F", "", []string{"-t", "mangle", "-F"}, false},
+		{"ip rule of the UDP capture deleted", "ip", udpRule, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			cmd, args := tc.cmd, tc.rewrite
+			if cmd == "" {
+				cmd, args = "iptables", append([]string{"-w"}, tc.rewrite...)
+			}
 			before := iptablesSave(t, lab)
 			offset := len(c.Stderr())
 			start := time.Now()
-			if _, err := lab.Laptop.Output(context.Background(), "iptables", append([]string{"-w"}, tc.rewrite...)...); err != nil {
+			if _, err := lab.Laptop.Output(context.Background(), cmd, args...); err != nil {
 				t.Fatal(err)
 			}
-			if slices.Equal(k8stunnelRules(iptablesSave(t, lab)), ours) {
-				t.Fatalf("iptables %s changed nothing of k8stunnel's rules; the test proves nothing", strings.Join(tc.rewrite, " "))
+			if iptablesSave(t, lab) == before {
+				t.Fatalf("%s %s changed nothing; the test proves nothing", cmd, strings.Join(tc.rewrite, " "))
 			}
 			deadline := start.Add(5 * time.Second)
 			for {
@@ -280,18 +297,19 @@ func TestRulesRewritten(t *testing.T) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("k8stunnel's rules are not back 5s after iptables %s\nwant:\n%s\nhave:\n%s",
-						strings.Join(tc.rewrite, " "), strings.Join(ours, "\n"), now)
+					t.Fatalf("k8stunnel's rules are not back 5s after %s %s\nwant:\n%s\nhave:\n%s",
+						cmd, strings.Join(tc.rewrite, " "), strings.Join(ours, "\n"), now)
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
 			back := time.Since(start)
 			line := waitLog(t, c, offset, "firewall rules restored", time.Second)
 			httpGet(t, lab, "http://"+ServiceIP+"/")
+			echoDatagrams(t, laptopUDP(t, lab, "udp4"), serveUDPEcho(t, lab, "udp4", net.JoinHostPort(PodAddr, "0")), 3)
 			if n := len(logLines(c.Stderr()[offset:])); n != 1 {
 				t.Errorf("%d log lines for one repair, want 1:\n%s", n, c.Stderr()[offset:])
 			}
-			t.Logf("after iptables %s: rules back in %v, logged %q", strings.Join(tc.rewrite, " "), back.Round(time.Millisecond), line)
+			t.Logf("after %s %s: rules back in %v, logged %q", cmd, strings.Join(tc.rewrite, " "), back.Round(time.Millisecond), line)
 		})
 	}
 }
@@ -464,8 +482,8 @@ func isFirewallChild(p Proc, exe string) bool {
 	return p.Exe == exe && len(p.Args) == 2 && p.Args[1] == "firewall"
 }
 
-// checkSplit checks a running tunnel started by nobody: it works, the client (pid) runs pub as nobody and one
-// firewall child runs as root. It returns the firewall child.
+// checkSplit checks a running tunnel started by nobody: it works (TCP and UDP), the client (pid) runs pub as nobody
+// and one firewall child runs as root. It returns the firewall child.
 // setupSplit prepares a run of k8stunnel by nobody with only its firewall part run as root, through sudo: a copy of
 // the binary nobody can run, a sudoers entry for exactly its firewall subcommand, and a home holding the lab's key
 // and known_hosts where OpenSSH would look (no -i, no --known-hosts). It returns the copy and nobody's environment.
@@ -499,6 +517,8 @@ func setupSplit(t *testing.T, lab *Lab) (pub string, env []string) {
 func checkSplit(t *testing.T, lab *Lab, pub string, pid int) Proc {
 	t.Helper()
 	httpGet(t, lab, "http://"+ServiceIP+"/")
+	// UDP needs transparent sockets, which only the root child can make: each flow asks it.
+	echoDatagrams(t, laptopUDP(t, lab, "udp4"), serveUDPEcho(t, lab, "udp4", net.JoinHostPort(PodAddr, "0")), 20)
 	client, err := ReadProc(pid)
 	if err != nil {
 		t.Fatal(err)

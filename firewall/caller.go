@@ -92,9 +92,9 @@ func readStatus(pid int) (procStatus, error) {
 }
 
 // Authorize checks that spec only redirects to sockets the caller holds: a
-// listening TCP socket on spec.Port and, with DNS, a UDP and a listening TCP
-// socket on spec.DNSPort, each owned by the caller's uid and open in the
-// caller process.
+// listening TCP socket on spec.Port, with DNS a UDP and a listening TCP
+// socket on spec.DNSPort, and with UDP capture a UDP socket on spec.UDPPort,
+// each owned by the caller's uid and open in the caller process.
 func (c Caller) Authorize(spec Spec) error {
 	held, err := socketInodes(c.Pid)
 	if err != nil {
@@ -103,6 +103,9 @@ func (c Caller) Authorize(spec Spec) error {
 	need := []portUse{{"tcp", spec.Port}}
 	if len(spec.DNS) > 0 {
 		need = append(need, portUse{"udp", spec.DNSPort}, portUse{"tcp", spec.DNSPort})
+	}
+	if spec.UDPPort != 0 {
+		need = append(need, portUse{"udp", spec.UDPPort})
 	}
 	for _, n := range need {
 		ok, err := c.holds(held, n.proto, n.port)

@@ -1,5 +1,7 @@
 // Package firewall owns the iptables nat rules that steer TCP connections for
-// the forwarded CIDRs into k8stunnel's local listener, and nothing else.
+// the forwarded CIDRs into k8stunnel's local listener, the mangle rules, ip
+// rule and route table that steer UDP into its transparent socket (udp.go),
+// and nothing else.
 //
 // It is split in three layers so each can be read and tested on its own:
 //
@@ -12,8 +14,8 @@
 //     sshuttle's firewall process: only the small helper runs as root, and it
 //     removes every rule it installed when its stdin reaches EOF, which also
 //     happens when the unprivileged parent is killed with SIGKILL. It also
-//     marks the DNS proxy's upstream sockets (DNSMark, mark.go), which the
-//     parent may not do itself.
+//     marks the DNS proxy's upstream sockets (DNSMark, mark.go) and makes the
+//     UDP capture's sockets transparent, which the parent may not do itself.
 //
 // The rules follow sshuttle's nat method: one chain K8STUNNEL-<port> in the nat
 // table per family, reached from OUTPUT (this host's own connections) and

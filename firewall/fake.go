@@ -25,6 +25,7 @@ type Fake struct {
 
 	mu     sync.Mutex
 	chains map[fakeKey][]string // user chains always have an entry
+	routes map[Family][]LocalRoute
 }
 
 type fakeKey struct {
@@ -38,7 +39,7 @@ var builtinChains = map[string][]string{
 	"mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
 }
 
-var builtinTargets = []string{"ACCEPT", "DROP", "RETURN", "REJECT", "REDIRECT", "DNAT", "SNAT", "MASQUERADE", "MARK", "LOG"}
+var builtinTargets = []string{"ACCEPT", "DROP", "RETURN", "REJECT", "REDIRECT", "DNAT", "SNAT", "MASQUERADE", "MARK", "LOG", "TPROXY"}
 
 // Family implements Runner.
 func (f *Fake) Family(fam Family) (Tables, error) {
@@ -46,6 +47,44 @@ func (f *Fake) Family(fam Family) (Tables, error) {
 		return nil, fmt.Errorf("%w: %s: fake says so", ErrFamilyUnavailable, fam.Command())
 	}
 	return fakeTables{f: f, fam: fam}, nil
+}
+
+// Routes implements Runner.
+func (f *Fake) Routes(fam Family) (Routes, error) {
+	if f.Unavailable[fam] {
+		return nil, fmt.Errorf("%w: ip -%d: fake says so", ErrFamilyUnavailable, fam)
+	}
+	return fakeRoutes{f: f, fam: fam}, nil
+}
+
+type fakeRoutes struct {
+	f   *Fake
+	fam Family
+}
+
+func (r fakeRoutes) Add(lr LocalRoute) error {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	if r.f.routes == nil {
+		r.f.routes = map[Family][]LocalRoute{}
+	}
+	if !slices.Contains(r.f.routes[r.fam], lr) {
+		r.f.routes[r.fam] = append(r.f.routes[r.fam], lr)
+	}
+	return nil
+}
+
+func (r fakeRoutes) Delete(lr LocalRoute) error {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	r.f.routes[r.fam] = slices.DeleteFunc(r.f.routes[r.fam], func(have LocalRoute) bool { return have == lr })
+	return nil
+}
+
+func (r fakeRoutes) List() ([]LocalRoute, error) {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	return slices.Clone(r.f.routes[r.fam]), nil
 }
 
 // Flush empties every chain of table, as `iptables -t <table> -F` does:
@@ -64,7 +103,8 @@ func (f *Fake) Flush(fam Family, table string) {
 // prefixed with the command and table ("iptables -t nat -A OUTPUT -j X"):
 // families in order IPv4, IPv6; tables by name; within a table the -N lines
 // first, then the rules of built-in chains, then of user chains by name.
-// Rule order inside a chain is kept, since it is meaningful.
+// Rule order inside a chain is kept, since it is meaningful. The ip rules
+// and routes come last, as the commands that would add them.
 func (f *Fake) Dump() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -92,6 +132,15 @@ func (f *Fake) Dump() string {
 		}
 		for _, rule := range f.chains[k] {
 			fmt.Fprintf(&b, "%s -t %s -A %s %s\n", k.fam.Command(), k.table, k.chain, rule)
+		}
+	}
+	for _, fam := range families {
+		for _, r := range f.routes[fam] {
+			dst := "0.0.0.0/0"
+			if fam == IPv6 {
+				dst = "::/0"
+			}
+			fmt.Fprintf(&b, "ip -%d rule add %s\nip -%d route add local %s dev lo table %d\n", fam, r, fam, dst, r.Table)
 		}
 	}
 	return b.String()

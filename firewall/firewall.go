@@ -52,10 +52,34 @@ type installation struct {
 type installedFamily struct {
 	fam    Family
 	tables Tables
+	chains []installedChain
+	// routes and route are the UDP capture's ip rule and route, when set.
+	routes Routes
+	route  LocalRoute
+}
+
+// installedChain is one chain of a family: the nat chain, and with UDP the
+// two mangle chains.
+type installedChain struct {
+	table, name string
+	hooks       []string
 	// listed is the chain as iptables printed it right after Install; Check
 	// compares against this rather than against the Plan, so it does not
 	// depend on how a given iptables version spells a rule.
 	listed []string
+}
+
+// chainRules groups the rules of one family's plan by chain, in plan order.
+func chainRules(rules []Rule) (keys []installedChain, byChain map[[2]string][]Rule) {
+	byChain = map[[2]string][]Rule{}
+	for _, r := range rules {
+		k := [2]string{r.Table, r.Chain}
+		if _, ok := byChain[k]; !ok {
+			keys = append(keys, installedChain{table: r.Table, name: r.Chain})
+		}
+		byChain[k] = append(byChain[k], r)
+	}
+	return keys, byChain
 }
 
 // New returns a Firewall that works through r, or through the iptables
@@ -110,47 +134,80 @@ func (f *Firewall) Install(spec Spec) error {
 	}
 
 	inst := &installation{spec: spec, chain: chain}
+	if spec.UDPPort != 0 {
+		spec.udpIdx = freeUDPIndex(tables, spec)
+		plan = Plan(spec)
+		byFamily = map[Family][]Rule{}
+		for _, r := range plan {
+			byFamily[r.Family] = append(byFamily[r.Family], r)
+		}
+	}
 	for _, fam := range families {
 		t, ok := tables[fam]
 		if !ok {
 			continue
 		}
-		if removed, err := removeChain(t, chain); err != nil {
-			f.rollback(inst)
-			return fmt.Errorf("removing stale %s chain %s: %w", fam, chain, err)
-		} else if removed {
-			f.log.Info("removed stale firewall rules", "family", fam, "chain", chain)
+		for _, table := range []string{natTable, mangleTable} {
+			for _, name := range []string{chain, UDPChainName(spec)} {
+				if removed, err := removeChain(t, table, name); err != nil {
+					f.rollback(inst)
+					return fmt.Errorf("removing stale %s chain %s: %w", fam, name, err)
+				} else if removed {
+					f.log.Info("removed stale firewall rules", "family", fam, "table", table, "chain", name)
+				}
+			}
 		}
 		if len(byFamily[fam]) == 0 {
 			continue
 		}
 		inst.fams = append(inst.fams, installedFamily{fam: fam, tables: t})
-		listed, err := installChain(t, chain, byFamily[fam], spec.hooks())
-		if err != nil {
-			f.rollback(inst)
-			return fmt.Errorf("installing %s rules in chain %s: %w", fam, chain, err)
+		fi := &inst.fams[len(inst.fams)-1]
+		keys, byChain := chainRules(byFamily[fam])
+		if len(keys) > 1 {
+			// The UDP capture's route goes in before the rules that mark
+			// packets for it: marked packets without it would leave by the
+			// default route.
+			rt, err := f.runner.Routes(fam)
+			if err == nil {
+				fi.route = LocalRoute{Mark: UDPMark(spec), Mask: udpMarkMask, Table: UDPTable(spec)}
+				err = rt.Add(fi.route)
+				fi.routes = rt
+			}
+			if err != nil {
+				f.rollback(inst)
+				return fmt.Errorf("installing %s route for UDP: %w", fam, err)
+			}
 		}
-		inst.fams[len(inst.fams)-1].listed = listed
+		for _, k := range keys {
+			k.hooks = chainHooks(spec, k.table, k.name)
+			listed, err := installChain(t, k.table, k.name, byChain[[2]string{k.table, k.name}], k.hooks)
+			fi.chains = append(fi.chains, k)
+			if err != nil {
+				f.rollback(inst)
+				return fmt.Errorf("installing %s rules in %s chain %s: %w", fam, k.table, k.name, err)
+			}
+			fi.chains[len(fi.chains)-1].listed = listed
+		}
 	}
 	f.installed = inst
 	f.log.Debug("firewall rules installed", "chain", chain, "rules", len(plan))
 	return nil
 }
 
-func installChain(t Tables, chain string, rules []Rule, hooks []string) (listed []string, err error) {
-	if err := t.NewChain(natTable, chain); err != nil {
+func installChain(t Tables, table, chain string, rules []Rule, hooks []string) (listed []string, err error) {
+	if err := t.NewChain(table, chain); err != nil {
 		return nil, err
 	}
 	for _, r := range rules {
-		if err := t.Append(natTable, chain, r.Args...); err != nil {
+		if err := t.Append(table, chain, r.Args...); err != nil {
 			return nil, fmt.Errorf("adding %q: %w", strings.Join(r.Args, " "), err)
 		}
 	}
-	if listed, err = t.List(natTable, chain); err != nil {
+	if listed, err = t.List(table, chain); err != nil {
 		return nil, err
 	}
 	for _, hook := range hooks {
-		if err := t.Insert(natTable, hook, 1, "-j", chain); err != nil {
+		if err := t.Insert(table, hook, 1, "-j", chain); err != nil {
 			return nil, fmt.Errorf("adding jump from %s: %w", hook, err)
 		}
 	}
@@ -161,10 +218,26 @@ func installChain(t Tables, chain string, rules []Rule, hooks []string) (listed 
 // one worth reporting, so its own failures are only logged.
 func (f *Firewall) rollback(inst *installation) {
 	for _, fi := range inst.fams {
-		if _, err := removeChain(fi.tables, inst.chain); err != nil {
+		if err := removeFamily(fi); err != nil {
 			f.log.Error("undoing partial firewall install", "family", fi.fam, "chain", inst.chain, "err", err)
 		}
 	}
+}
+
+// removeFamily removes one family's chains, then its UDP route: the route
+// must outlive the rules that mark packets for it.
+func removeFamily(fi installedFamily) error {
+	for _, c := range fi.chains {
+		if _, err := removeChain(fi.tables, c.table, c.name); err != nil {
+			return fmt.Errorf("%s chain %s: %w", c.table, c.name, err)
+		}
+	}
+	if fi.routes != nil {
+		if err := fi.routes.Delete(fi.route); err != nil {
+			return fmt.Errorf("route %s: %w", fi.route, err)
+		}
+	}
+	return nil
 }
 
 // Remove takes away the jumps and the chain Install created. Rules that are
@@ -182,8 +255,8 @@ func (f *Firewall) removeLocked() error {
 	}
 	var errs []error
 	for _, fi := range f.installed.fams {
-		if _, err := removeChain(fi.tables, f.installed.chain); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s chain %s: %w", fi.fam, f.installed.chain, err))
+		if err := removeFamily(fi); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s rules: %w", fi.fam, err))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -194,8 +267,8 @@ func (f *Firewall) removeLocked() error {
 	return nil
 }
 
-// Check reports whether the chain and both jumps are still exactly as
-// Install left them; something else flushing the nat table (iptables -t nat
+// Check reports whether the chains, their jumps and the UDP capture's ip
+// rule are still exactly as Install left them; something else flushing the nat table (iptables -t nat
 // -F, a firewall manager reloading) makes it false. With nothing installed,
 // there is nothing to differ and Check is true.
 func (f *Firewall) Check() (ok bool, err error) {
@@ -204,25 +277,35 @@ func (f *Firewall) Check() (ok bool, err error) {
 	if f.installed == nil {
 		return true, nil
 	}
-	chain := f.installed.chain
 	for _, fi := range f.installed.fams {
-		listed, err := fi.tables.List(natTable, chain)
-		if err != nil {
-			exists, existsErr := fi.tables.ChainExists(natTable, chain)
-			if existsErr == nil && !exists {
+		for _, c := range fi.chains {
+			listed, err := fi.tables.List(c.table, c.name)
+			if err != nil {
+				exists, existsErr := fi.tables.ChainExists(c.table, c.name)
+				if existsErr == nil && !exists {
+					return false, nil
+				}
+				return false, fmt.Errorf("listing %s chain %s: %w", fi.fam, c.name, err)
+			}
+			if !slices.Equal(listed, c.listed) {
 				return false, nil
 			}
-			return false, fmt.Errorf("listing %s chain %s: %w", fi.fam, chain, err)
-		}
-		if !slices.Equal(listed, fi.listed) {
-			return false, nil
-		}
-		for _, hook := range f.installed.spec.hooks() {
-			ok, err := fi.tables.Exists(natTable, hook, "-j", chain)
-			if err != nil {
-				return false, fmt.Errorf("checking %s jump from %s to %s: %w", fi.fam, hook, chain, err)
+			for _, hook := range c.hooks {
+				ok, err := fi.tables.Exists(c.table, hook, "-j", c.name)
+				if err != nil {
+					return false, fmt.Errorf("checking %s jump from %s to %s: %w", fi.fam, hook, c.name, err)
+				}
+				if !ok {
+					return false, nil
+				}
 			}
-			if !ok {
+		}
+		if fi.routes != nil {
+			rules, err := fi.routes.List()
+			if err != nil {
+				return false, fmt.Errorf("listing %s ip rules: %w", fi.fam, err)
+			}
+			if !slices.Contains(rules, fi.route) {
 				return false, nil
 			}
 		}
@@ -262,21 +345,26 @@ func Cleanup(r Runner, log *slog.Logger) (removed int, err error) {
 			continue
 		}
 		usable++
-		chains, err := t.ListChains(natTable)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing %s nat chains: %w", fam, err))
-			continue
+		for _, table := range []string{natTable, mangleTable} {
+			chains, err := t.ListChains(table)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("listing %s %s chains: %w", fam, table, err))
+				continue
+			}
+			for _, chain := range chains {
+				if !strings.HasPrefix(chain, ChainPrefix) {
+					continue
+				}
+				if _, err := removeChain(t, table, chain); err != nil {
+					errs = append(errs, fmt.Errorf("removing %s chain %s: %w", fam, chain, err))
+					continue
+				}
+				removed++
+				log.Info("removed firewall rules", "family", fam, "table", table, "chain", chain)
+			}
 		}
-		for _, chain := range chains {
-			if !strings.HasPrefix(chain, ChainPrefix) {
-				continue
-			}
-			if _, err := removeChain(t, chain); err != nil {
-				errs = append(errs, fmt.Errorf("removing %s chain %s: %w", fam, chain, err))
-				continue
-			}
-			removed++
-			log.Info("removed firewall rules", "family", fam, "chain", chain)
+		if err := cleanupRoutes(r, fam, log); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if usable == 0 {
@@ -294,11 +382,36 @@ func Cleanup(r Runner, log *slog.Logger) (removed int, err error) {
 	return removed, nil
 }
 
-// removeChain deletes every jump to chain from the hook chains, then the
-// chain itself. A chain or jump that is already gone is not an error.
-func removeChain(t Tables, chain string) (removed bool, err error) {
+// cleanupRoutes removes the UDP capture's ip rules and tables of fam,
+// whichever instance made them.
+func cleanupRoutes(r Runner, fam Family, log *slog.Logger) error {
+	rt, err := r.Routes(fam)
+	if err != nil {
+		return err
+	}
+	rules, err := rt.List()
+	if err != nil {
+		return fmt.Errorf("listing %s ip rules: %w", fam, err)
+	}
+	for _, lr := range rules {
+		if !lr.ours() {
+			continue
+		}
+		if err := rt.Delete(lr); err != nil {
+			return fmt.Errorf("removing %s ip rule %s: %w", fam, lr, err)
+		}
+		log.Info("removed UDP route", "family", fam, "rule", lr.String())
+	}
+	return nil
+}
+
+// removeChain deletes every jump to chain from the hook chains of table,
+// then the chain itself. A chain or jump that is already gone is not an
+// error, also when another process (a dying instance's root child, while
+// `k8stunnel cleanup` runs) removes it between our look and our change.
+func removeChain(t Tables, table, chain string) (removed bool, err error) {
 	for _, hook := range hookChains {
-		lines, err := t.List(natTable, hook)
+		lines, err := t.List(table, hook)
 		if err != nil {
 			return removed, fmt.Errorf("listing %s: %w", hook, err)
 		}
@@ -307,18 +420,22 @@ func removeChain(t Tables, chain string) (removed bool, err error) {
 			if !ok {
 				continue
 			}
-			if err := t.Delete(natTable, hook, spec...); err != nil {
-				return removed, fmt.Errorf("deleting jump %q: %w", line, err)
+			if err := t.Delete(table, hook, spec...); err != nil {
+				if still, xerr := t.Exists(table, hook, spec...); xerr != nil || still {
+					return removed, fmt.Errorf("deleting jump %q: %w", line, err)
+				}
 			}
 			removed = true
 		}
 	}
-	exists, err := t.ChainExists(natTable, chain)
+	exists, err := t.ChainExists(table, chain)
 	if err != nil || !exists {
 		return removed, err
 	}
-	if err := t.ClearAndDeleteChain(natTable, chain); err != nil {
-		return removed, err
+	if err := t.ClearAndDeleteChain(table, chain); err != nil {
+		if still, xerr := t.ChainExists(table, chain); xerr != nil || still {
+			return removed, err
+		}
 	}
 	return true, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -308,5 +309,171 @@ func TestInstancesOnOnePort(t *testing.T) {
 	}
 	if ok, err := b.Check(); !ok || err != nil {
 		t.Errorf("after the first instance left, the second's Check = %v, %v; want true", ok, err)
+	}
+}
+
+// TestInstallRemoveUDP: the UDP capture's mangle chains and ip rule go in
+// with the nat chain and all of it comes out again, by Remove and by
+// Cleanup, which needs no saved state.
+func TestInstallRemoveUDP(t *testing.T) {
+	fake := &Fake{}
+	spec := Spec{Port: 7, UDPPort: 8, Include: targets(t, "10.0.0.0/8", "fd00::/8")}
+	fw := New(fake, testLogger(t))
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	mark := markMatch(UDPMark(spec), udpMarkMask)
+	want := strings.ReplaceAll(`iptables -t mangle -N K8STUNNEL-7
+iptables -t mangle -N K8STUNNEL-7-T
+iptables -t mangle -A PREROUTING -j K8STUNNEL-7-T
+iptables -t mangle -A OUTPUT -j K8STUNNEL-7
+iptables -t mangle -A K8STUNNEL-7 -m mark --mark 0x10000000/0x10000000 -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type BROADCAST -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type MULTICAST -j RETURN
+iptables -t mangle -A K8STUNNEL-7 -d 10.0.0.0/8 -p udp -j MARK --set-xmark @M
+iptables -t mangle -A K8STUNNEL-7-T -p udp -m mark --mark @M -j TPROXY --on-port 8 --on-ip 127.0.0.1 --tproxy-mark @M
+iptables -t nat -N K8STUNNEL-7
+iptables -t nat -A OUTPUT -j K8STUNNEL-7
+iptables -t nat -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t nat -A K8STUNNEL-7 -d 10.0.0.0/8 -p tcp -j REDIRECT --to-ports 7
+ip6tables -t mangle -N K8STUNNEL-7
+ip6tables -t mangle -N K8STUNNEL-7-T
+ip6tables -t mangle -A PREROUTING -j K8STUNNEL-7-T
+ip6tables -t mangle -A OUTPUT -j K8STUNNEL-7
+ip6tables -t mangle -A K8STUNNEL-7 -m mark --mark 0x10000000/0x10000000 -j RETURN
+ip6tables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+ip6tables -t mangle -A K8STUNNEL-7 -m addrtype --dst-type MULTICAST -j RETURN
+ip6tables -t mangle -A K8STUNNEL-7 -d fd00::/8 -p udp -j MARK --set-xmark @M
+ip6tables -t mangle -A K8STUNNEL-7-T -p udp -m mark --mark @M -j TPROXY --on-port 8 --on-ip ::1 --tproxy-mark @M
+ip6tables -t nat -N K8STUNNEL-7
+ip6tables -t nat -A OUTPUT -j K8STUNNEL-7
+ip6tables -t nat -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
+ip6tables -t nat -A K8STUNNEL-7 -d fd00::/8 -p tcp -j REDIRECT --to-ports 7
+ip -4 rule add fwmark @M lookup TABLE
+ip -4 route add local 0.0.0.0/0 dev lo table TABLE
+ip -6 rule add fwmark @M lookup TABLE
+ip -6 route add local ::/0 dev lo table TABLE
+`, "@M", mark)
+	want = strings.ReplaceAll(want, "TABLE", strconv.Itoa(int(UDPTable(spec))))
+	if got := fake.Dump(); got != want {
+		t.Fatalf("after Install:\n%s\nwant\n%s", got, want)
+	}
+	if ok, err := fw.Check(); !ok || err != nil {
+		t.Fatalf("Check = %v, %v; want true", ok, err)
+	}
+	v4, _ := fake.Family(IPv4)
+	if err := v4.Delete("mangle", "PREROUTING", "-j", "K8STUNNEL-7-T"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := fw.Check(); ok || err != nil {
+		t.Fatalf("Check with the TPROXY jump gone = %v, %v; want false", ok, err)
+	}
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := fake.Routes(IPv6)
+	if err := rt.Delete(LocalRoute{Mark: UDPMark(spec), Mask: udpMarkMask, Table: UDPTable(spec)}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := fw.Check(); ok || err != nil {
+		t.Fatalf("Check with the IPv6 ip rule gone = %v, %v; want false", ok, err)
+	}
+	for range 2 {
+		if err := fw.Remove(); err != nil {
+			t.Fatal(err)
+		}
+		if got := fake.Dump(); got != "" {
+			t.Fatalf("after Remove:\n%s", got)
+		}
+	}
+	if err := New(fake, testLogger(t)).Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := Cleanup(fake, testLogger(t)); err != nil || removed != 6 {
+		t.Fatalf("Cleanup = %d, %v; want 6 chains", removed, err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("after Cleanup:\n%s", got)
+	}
+}
+
+// racingRunner is a Fake where, just before each jump deletion and chain
+// deletion, another process (a dying instance's root child) does it first,
+// so ours fails the way iptables then fails.
+type racingRunner struct{ *Fake }
+
+func (r racingRunner) Family(fam Family) (Tables, error) {
+	t, err := r.Fake.Family(fam)
+	return racingTables{t}, err
+}
+
+type racingTables struct{ Tables }
+
+func (t racingTables) Delete(table, chain string, spec ...string) error {
+	t.Tables.Delete(table, chain, spec...)
+	return errors.New("iptables: Bad rule (does a matching rule exist in that chain?)")
+}
+
+func (t racingTables) ClearAndDeleteChain(table, chain string) error {
+	t.Tables.ClearAndDeleteChain(table, chain)
+	return errors.New("iptables: No chain/target/match by that name")
+}
+
+// TestCleanupRacesAnotherRemover: `k8stunnel cleanup` run while a killed
+// tunnel's root child is removing the same rules succeeds, with everything
+// gone, instead of failing on what the other removed first.
+func TestCleanupRacesAnotherRemover(t *testing.T) {
+	fake := &Fake{}
+	spec := Spec{Port: 7, UDPPort: 8, Include: targets(t, "10.0.0.0/8")}
+	if err := New(fake, testLogger(t)).Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := Cleanup(racingRunner{fake}, testLogger(t)); err != nil || removed != 3 {
+		t.Fatalf("Cleanup = %d, %v; want 3 chains and no error", removed, err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("after Cleanup:\n%s", got)
+	}
+}
+
+// TestUDPInstancesTakeOwnMarks: two instances whose chain names hash to the
+// same UDP mark still get different marks and tables, or each would take the
+// other's datagrams.
+func TestUDPInstancesTakeOwnMarks(t *testing.T) {
+	specA := Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
+	specB := specA
+	for specB.Port = 1; udpIndex(specB) != udpIndex(specA) || specB.Port == specA.Port; specB.Port++ {
+	}
+	specB.UDPPort = specB.Port
+	fake := &Fake{}
+	a, b := New(fake, testLogger(t)), New(fake, testLogger(t))
+	if err := a.Install(specA); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Install(specB); err != nil {
+		t.Fatal(err)
+	}
+	ra, rb := a.installed.fams[0].route, b.installed.fams[0].route
+	if ra.Mark == rb.Mark || ra.Table == rb.Table || !ra.ours() || !rb.ours() {
+		t.Fatalf("instances on ports %d and %d got routes %v and %v; want their own mark and table each", specA.Port, specB.Port, ra, rb)
+	}
+	if !strings.Contains(fake.Dump(), "--set-xmark "+markMatch(rb.Mark, udpMarkMask)) {
+		t.Errorf("the second instance's rules do not use its mark %#x:\n%s", rb.Mark, fake.Dump())
+	}
+	// Healing reinstalls with the same choice while the other is there.
+	if err := b.Install(specB); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.installed.fams[0].route; got != rb {
+		t.Errorf("reinstalled with %v, want %v again", got, rb)
+	}
+	for _, fw := range []*Firewall{a, b} {
+		if err := fw.Remove(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fake.Dump(); got != "" {
+		t.Errorf("after both removed:\n%s", got)
 	}
 }

@@ -150,3 +150,63 @@ func FuzzServeMark(f *testing.F) {
 		}
 	})
 }
+
+func transparentOf(t *testing.T, fd int) bool {
+	t.Helper()
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	if domain == unix.AF_INET6 {
+		v, err = unix.GetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT)
+	} else {
+		v, err = unix.GetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v != 0
+}
+
+// TestTransparentPeer: the child makes the caller's UDP sockets transparent,
+// and refuses a TCP socket and one another uid created.
+func TestTransparentPeer(t *testing.T) {
+	requireRootForMark(t)
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Fatalf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	req := func(fd int) *markRequest {
+		return &markRequest{PID: os.Getpid(), FD: fd, Ino: inode(t, fd), Transparent: true}
+	}
+	for _, domain := range []int{unix.AF_INET, unix.AF_INET6} {
+		fd := newSocket(t, domain, unix.SOCK_DGRAM)
+		if err := transparentPeer(pidfd, req(fd), os.Getuid()); err != nil || !transparentOf(t, fd) {
+			t.Errorf("domain %d: transparentPeer: %v, transparent %v; want it set", domain, err, transparentOf(t, fd))
+		}
+	}
+	tcp := newSocket(t, unix.AF_INET, unix.SOCK_STREAM)
+	if err := transparentPeer(pidfd, req(tcp), os.Getuid()); err == nil || transparentOf(t, tcp) {
+		t.Errorf("a TCP socket was made transparent (err %v)", err)
+	}
+	other := newSocket(t, unix.AF_INET, unix.SOCK_DGRAM)
+	if err := transparentPeer(pidfd, req(other), os.Getuid()+1); err == nil || transparentOf(t, other) {
+		t.Errorf("a socket of another uid was made transparent (err %v)", err)
+	}
+}
+
+// TestHelperTransparent: the root child makes a UDP socket of its parent
+// transparent, as it does for an unprivileged client through sudo.
+func TestHelperTransparent(t *testing.T) {
+	requireRootForMark(t)
+	h, stderr := startTestHelper(t)
+	fd := newSocket(t, unix.AF_INET, unix.SOCK_DGRAM)
+	if err := h.remoteSocketOp(context.Background(), fd, true); err != nil {
+		t.Fatalf("remoteSocketOp: %v\n%s", err, stderr)
+	}
+	if !transparentOf(t, fd) {
+		t.Error("socket not transparent after the child's answer")
+	}
+}

@@ -107,6 +107,14 @@ type Spec struct {
 	// VMs), through PREROUTING. REDIRECT sends those to the address they
 	// arrived on, so the listeners must accept on it (0.0.0.0 and [::]).
 	Gateway bool `json:"gateway,omitempty"`
+	// UDPPort, when set, also captures UDP to the all-ports Include targets
+	// of this host's own applications: marked in mangle OUTPUT, routed back
+	// in by an ip rule, and handed by TPROXY to the client's transparent
+	// socket on 127.0.0.1:UDPPort or [::1]:UDPPort (see udp.go).
+	UDPPort uint16 `json:"udp_port,omitempty"`
+	// udpIdx, when set, is the UDP mark and table index Install chose
+	// because the one udpIndex derives was another instance's.
+	udpIdx uint32
 }
 
 // Validate reports the first thing in s that cannot become rules.
@@ -164,10 +172,14 @@ func (r Rule) String() string {
 //  3. excludes return;
 //  4. local destinations return, so the host's own services stay reachable;
 //  5. includes redirect, most specific first.
+//
+// With UDPPort, each family that has all-ports Include targets also gets the
+// mangle chains of planUDP, after its nat chain.
 func Plan(spec Spec) []Rule {
 	var rules []Rule
 	for _, fam := range families {
 		rules = append(rules, planFamily(spec, fam)...)
+		rules = append(rules, planUDP(spec, fam)...)
 	}
 	return rules
 }
@@ -211,14 +223,7 @@ func planFamily(spec Spec, fam Family) []Rule {
 	}
 	add("-m", "addrtype", "--dst-type", "LOCAL", "-j", "RETURN")
 
-	// Longer prefixes first, and at equal length a port-limited target before
-	// an all-ports one, so the first matching rule is the most specific.
-	slices.SortStableFunc(include, func(a, b Target) int {
-		if c := cmp.Compare(b.Prefix.Bits(), a.Prefix.Bits()); c != 0 {
-			return c
-		}
-		return cmp.Compare(boolRank(!a.AllPorts()), boolRank(!b.AllPorts()))
-	})
+	sortSpecific(include)
 	for _, t := range include {
 		args := match(t)
 		if t.AllPorts() {
@@ -229,6 +234,18 @@ func planFamily(spec Spec, fam Family) []Rule {
 		add(append(args, "-j", "REDIRECT", "--to-ports", strconv.Itoa(int(spec.Port)))...)
 	}
 	return rules
+}
+
+// sortSpecific sorts longer prefixes first, and at equal length a
+// port-limited target before an all-ports one, so the first matching rule is
+// the most specific.
+func sortSpecific(ts []Target) {
+	slices.SortStableFunc(ts, func(a, b Target) int {
+		if c := cmp.Compare(b.Prefix.Bits(), a.Prefix.Bits()); c != 0 {
+			return c
+		}
+		return cmp.Compare(boolRank(!a.AllPorts()), boolRank(!b.AllPorts()))
+	})
 }
 
 // boolRank orders true before false.

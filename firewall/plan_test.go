@@ -137,13 +137,52 @@ iptables -t nat -A K8STUNNEL-7 -d 10.0.0.2/32 -p tcp -m tcp --dport 5353 -j REDI
 iptables -t nat -A K8STUNNEL-7 -m addrtype --dst-type LOCAL -j RETURN
 `,
 		},
+		{
+			name: "udp: mangle chains for all-ports targets, dns and local never marked",
+			spec: Spec{
+				Port:    12300,
+				UDPPort: 12301,
+				Include: targets(t, "10.96.0.0/12", "10.244.0.0/16", "10.0.0.1:80", "fd00::/8"),
+				Exclude: targets(t, "10.96.0.1"),
+				DNS:     []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:53")},
+				DNSPort: 5300,
+			},
+			want: `
+iptables -t nat -A K8STUNNEL-12300 -m mark --mark 0x10000000/0x10000000 -j RETURN
+iptables -t nat -A K8STUNNEL-12300 -d 10.96.0.10/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 5300
+iptables -t nat -A K8STUNNEL-12300 -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 5300
+iptables -t nat -A K8STUNNEL-12300 -d 10.96.0.1/32 -j RETURN
+iptables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t nat -A K8STUNNEL-12300 -d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 12300
+iptables -t nat -A K8STUNNEL-12300 -d 10.244.0.0/16 -p tcp -j REDIRECT --to-ports 12300
+iptables -t nat -A K8STUNNEL-12300 -d 10.96.0.0/12 -p tcp -j REDIRECT --to-ports 12300
+iptables -t mangle -A K8STUNNEL-12300 -m mark --mark 0x10000000/0x10000000 -j RETURN
+iptables -t mangle -A K8STUNNEL-12300 -d 10.96.0.10/32 -p udp -m udp --dport 53 -j RETURN
+iptables -t mangle -A K8STUNNEL-12300 -d 10.96.0.1/32 -j RETURN
+iptables -t mangle -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
+iptables -t mangle -A K8STUNNEL-12300 -m addrtype --dst-type BROADCAST -j RETURN
+iptables -t mangle -A K8STUNNEL-12300 -m addrtype --dst-type MULTICAST -j RETURN
+iptables -t mangle -A K8STUNNEL-12300 -d 10.244.0.0/16 -p udp -j MARK --set-xmark @M
+iptables -t mangle -A K8STUNNEL-12300 -d 10.96.0.0/12 -p udp -j MARK --set-xmark @M
+iptables -t mangle -A K8STUNNEL-12300-T -p udp -m mark --mark @M -j TPROXY --on-port 12301 --on-ip 127.0.0.1 --tproxy-mark @M
+ip6tables -t nat -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
+ip6tables -t nat -A K8STUNNEL-12300 -d fd00::/8 -p tcp -j REDIRECT --to-ports 12300
+ip6tables -t mangle -A K8STUNNEL-12300 -m mark --mark 0x10000000/0x10000000 -j RETURN
+ip6tables -t mangle -A K8STUNNEL-12300 -m addrtype --dst-type LOCAL -j RETURN
+ip6tables -t mangle -A K8STUNNEL-12300 -m addrtype --dst-type MULTICAST -j RETURN
+ip6tables -t mangle -A K8STUNNEL-12300 -d fd00::/8 -p udp -j MARK --set-xmark @M
+ip6tables -t mangle -A K8STUNNEL-12300-T -p udp -m mark --mark @M -j TPROXY --on-port 12301 --on-ip ::1 --tproxy-mark @M
+`,
+		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if err := tt.spec.Validate(); err != nil {
 				t.Fatalf("Validate: %v", err)
 			}
 			got := planText(Plan(tt.spec))
-			if want := strings.TrimPrefix(tt.want, "\n"); got != want {
+			want := strings.TrimPrefix(tt.want, "\n")
+			want = strings.ReplaceAll(want, "@M", markMatch(UDPMark(tt.spec), udpMarkMask))
+			if got != want {
 				t.Errorf("Plan =\n%s\nwant\n%s", got, want)
 			}
 		})

@@ -25,16 +25,35 @@ type Runner interface {
 	// Family returns the tables of fam, or an error wrapping
 	// ErrFamilyUnavailable when that family's iptables cannot be used.
 	Family(fam Family) (Tables, error)
+	// Routes returns the routing of fam, for the UDP capture.
+	Routes(fam Family) (Routes, error)
 }
 
 // NewRunner returns the Runner backed by the iptables binaries on PATH.
 // A family is probed on first use; a failed probe is retried next time, since
 // a missing kernel module may be loaded later.
-func NewRunner() Runner { return &iptablesRunner{tables: map[Family]Tables{}} }
+func NewRunner() Runner {
+	return &iptablesRunner{tables: map[Family]Tables{}, routes: map[Family]Routes{}}
+}
 
 type iptablesRunner struct {
 	mu     sync.Mutex
 	tables map[Family]Tables
+	routes map[Family]Routes
+}
+
+func (r *iptablesRunner) Routes(fam Family) (Routes, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rt, ok := r.routes[fam]; ok {
+		return rt, nil
+	}
+	rt, err := newRoutes(fam)
+	if err != nil {
+		return nil, err
+	}
+	r.routes[fam] = rt
+	return rt, nil
 }
 
 func (r *iptablesRunner) Family(fam Family) (Tables, error) {

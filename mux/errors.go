@@ -26,6 +26,8 @@ var (
 	ErrStrayStreams = errors.New("the other end opened streams it should not have")
 	// ErrBadExpose means an expose request names an entry past MaxExposes.
 	ErrBadExpose = errors.New("bad expose entry")
+	// ErrNoUDP means the helper is too old to carry UDP.
+	ErrNoUDP = errors.New("the helper on the node cannot carry UDP (an older k8stunnel)")
 	// ErrBadStatus means the helper answered a connect request with an unknown status.
 	ErrBadStatus = errors.New("unknown status")
 

@@ -30,6 +30,8 @@ type Hello struct {
 	Discover bool `json:"discover,omitempty"`
 	// Names says the helper takes connect-by-name requests (helper to client).
 	Names bool `json:"names,omitempty"`
+	// UDP says the helper takes UDP flows (kindUDP; helper to client).
+	UDP bool `json:"udp,omitempty"`
 	// Facts is what the helper found on the node (helper to client).
 	Facts *Facts `json:"facts,omitempty"`
 	// Expose asks the helper to listen on the node and carry what it

@@ -25,7 +25,7 @@ const (
 	// kindConnectName asks the helper to resolve a name with the node's
 	// resolver, dial it and relay; sent only to a helper whose hello has Names.
 	kindConnectName streamKind = 3
-	// 4 is kindExpose, in expose.go.
+	// 4 is kindExpose, in expose.go; 5 is kindUDP, in udp.go.
 )
 
 // Status is the helper's answer to a connect request.
@@ -62,15 +62,16 @@ func (s Status) String() string {
 // Request is the header a stream opens with.
 type Request struct {
 	kind streamKind
-	// Dst is the original destination, for kindConnect.
+	// Dst is the original destination, for kindConnect and kindUDP.
 	Dst netip.AddrPort
 	// Host and Port are the destination of kindConnectName.
 	Host string
 	Port uint16
 	// StreamID names the stream to abort, for kindReset.
 	streamID uint32
-	// Entry is the index of the expose (-R) in the client's hello, and Src
-	// the pod's address, for kindExpose.
+	// Entry is the index of the expose (-R) in the client's hello, for
+	// kindExpose. Src is the pod's address there, and the laptop
+	// application's for kindUDP.
 	Entry int
 	Src   netip.AddrPort
 }
@@ -87,7 +88,7 @@ func (r Request) Target() string {
 const maxNameLen = 253
 
 // maxRequestLen is the longest encoded request: version, kind, name length,
-// a name, port.
+// a name, port (longer than kindUDP's two IPv6 addresses and ports).
 const maxRequestLen = 3 + maxNameLen + 2
 
 // ValidName reports whether s is a host name the helper may be asked to
@@ -124,6 +125,7 @@ func ValidName(s string) bool {
 //	reset:   version(1) kind(1) streamID(4, big endian)
 //	name:    version(1) kind(1) namelen(1: 1..253) name port(2, big endian)
 //	expose:  version(1) kind(1) entry(1) addrlen(1: 4 or 16) addr port(2, big endian)
+//	udp:     version(1) kind(1) src as addrlen addr port, then dst the same way
 func appendRequest(b []byte, r Request) ([]byte, error) {
 	b = append(b, protocolVersion, byte(r.kind))
 	switch r.kind {
@@ -140,6 +142,8 @@ func appendRequest(b []byte, r Request) ([]byte, error) {
 		b = binary.BigEndian.AppendUint16(b, r.Port)
 	case kindExpose:
 		return appendExpose(b, r)
+	case kindUDP:
+		return appendUDP(b, r)
 	default:
 		return nil, errBadKind
 	}
@@ -197,6 +201,10 @@ func readRequest(rd io.Reader) (Request, error) {
 		r.Port = binary.BigEndian.Uint16(buf[n:])
 	case kindExpose:
 		if err := readExpose(rd, &r); err != nil {
+			return Request{}, err
+		}
+	case kindUDP:
+		if err := readUDP(rd, &r); err != nil {
 			return Request{}, err
 		}
 	default:

@@ -177,6 +177,8 @@ func FuzzReadRequest(f *testing.F) {
 		{kind: kindReset, streamID: 7},
 		{kind: kindConnectName, Host: "web.default.svc.cluster.local", Port: 80},
 		{kind: kindExpose, Entry: 3, Src: netip.MustParseAddrPort("10.244.1.10:40000")},
+		{kind: kindUDP, Src: netip.MustParseAddrPort("10.0.0.1:5353"), Dst: netip.MustParseAddrPort("10.96.0.10:53")},
+		{kind: kindUDP, Src: netip.MustParseAddrPort("[fd00::1]:1"), Dst: netip.MustParseAddrPort("[fd00:96::a]:53")},
 	} {
 		b, _ := appendRequest(nil, r)
 		f.Add(b)

@@ -217,7 +217,7 @@ func (s *Session) open(req Request, addr streamAddr) (*Stream, error) {
 func (s *Session) Serve(ctx context.Context, handle func(Request, *Stream)) error {
 	var accept func(Request) bool
 	if handle != nil {
-		accept = func(r Request) bool { return r.kind == kindConnect || r.kind == kindConnectName }
+		accept = func(r Request) bool { return r.kind == kindConnect || r.kind == kindConnectName || r.kind == kindUDP }
 	}
 	return s.serve(ctx, accept, handle)
 }

@@ -3,7 +3,7 @@
 # is all there already. Needs root only when something is missing. Go itself is expected at /usr/local/go.
 set -euo pipefail
 
-packages=(openssh-server openssh-client iptables iproute2 curl procps sudo passwd dnsmasq-base postgresql "$@")
+packages=(openssh-server openssh-client iptables iproute2 curl procps sudo passwd dnsmasq-base postgresql iperf3 bind9-dnsutils "$@")
 
 missing=()
 for p in "${packages[@]}"; do

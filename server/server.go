@@ -45,7 +45,7 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 	}
 	var exp *exposer
 	sess, err := mux.NewServer(rwc, func(h mux.Hello) mux.Hello {
-		resp := mux.Hello{Program: cfg.Program, Names: true}
+		resp := mux.Hello{Program: cfg.Program, Names: true, UDP: true}
 		if h.Discover && cfg.Discover != nil {
 			resp.Facts = cfg.Discover()
 		}
@@ -72,12 +72,17 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 	// Serve has begun to wait; the tracker turns it away instead.
 	var work tracker
 	exp.serve(ctx, cfg, sess, &work)
+	var udp udpFlows
 	err = sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
 		if !work.enter() {
 			st.Close()
 			return
 		}
 		defer work.done()
+		if req.IsUDP() {
+			udp.handle(ctx, cfg, req, st)
+			return
+		}
 		handle(ctx, cfg, req, st)
 	})
 	exp.close()

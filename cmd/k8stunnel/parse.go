@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -184,6 +185,8 @@ type tunnelFlags struct {
 	clusterDNS, clusterDomain                string
 	dnsSearch                                []string
 	channels, maxConns                       int
+	noUDP                                    bool
+	udpIdle                                  time.Duration
 	socks, httpProxy                         string
 	exposes                                  []string
 	sshuttle                                 sshuttleFlags
@@ -219,6 +222,9 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringVar(&f.helperFile, "helper", "", "upload this k8stunnel build `FILE` to the node (default: this one, or k8stunnel-linux-ARCH next to it for a node unlike this machine)")
 	fs.IntVar(&f.channels, "channels", 1, "spread connections over `N` SSH channels (helps on long, fast links)")
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
+	fs.BoolVar(&f.noUDP, "no-udp", false, "forward TCP only (by default UDP to the CIDRs goes through the tunnel too)")
+	fs.DurationVar(&f.udpIdle, "udp-idle", client.DefaultUDPIdle, "end a UDP flow after `DURATION` without a datagram")
+	fs.MarkHidden("udp-idle")
 	fs.BoolVarP(&inv.daemon, "daemon", "D", false, "detach once the tunnel is up (exits non-zero if it cannot come up)")
 	fs.StringVar(&inv.pidfile, "pidfile", "", "write the process ID to `FILE` once the tunnel is up")
 	fs.StringVar(&inv.logFile, "log-file", "", "append logs to `FILE` (with --daemon default: syslog, else a file k8stunnel status names)")
@@ -349,6 +355,8 @@ func engineConfig(f tunnelFlags, include, exclude []firewall.Target, dns *dnspro
 		DNS:       dns,
 		Channels:  f.channels,
 		MaxConns:  f.maxConns,
+		UDP:       !f.noUDP,
+		UDPIdle:   f.udpIdle,
 		SOCKS:     f.socks,
 		HTTPProxy: f.httpProxy,
 		Program:   "k8stunnel " + version,

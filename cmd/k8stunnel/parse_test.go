@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/k8stunnel/k8stunnel/client"
 	"github.com/k8stunnel/k8stunnel/dnsproxy"
@@ -115,6 +116,9 @@ func TestParseTunnel(t *testing.T) {
 		{"flags after CIDRs", []string{"10.96.0.0/12", "-r", "node1", "--channels", "2"},
 			func(inv *invocation) { inv.cfg.Channels = 2 }},
 		{"-- ends flags", []string{"-r", "node1", "--", "10.96.0.0/12"}, func(*invocation) {}},
+		{"no udp", []string{"-r", "node1", "--no-udp", "10.96.0.0/12"}, func(inv *invocation) { inv.cfg.UDP = false }},
+		{"udp idle", []string{"-r", "node1", "--udp-idle", "2s", "10.96.0.0/12"},
+			func(inv *invocation) { inv.cfg.UDPIdle = 2 * time.Second }},
 		{"jump hosts", []string{"-J", "me@bastion,gw:2222", "-r", "node1", "10.96.0.0/12"},
 			func(inv *invocation) { inv.transport.SSH.ProxyJump = "me@bastion,gw:2222" }},
 	} {
@@ -128,6 +132,7 @@ func TestParseTunnel(t *testing.T) {
 			want.cfg.Include = targets(t, "10.96.0.0/12")
 			want.cfg.Channels = 1
 			want.cfg.MaxConns = client.DefaultMaxConns
+			want.cfg.UDP, want.cfg.UDPIdle = true, client.DefaultUDPIdle
 			want.cfg.Program = "k8stunnel " + version
 			tc.want(&want)
 			if !reflect.DeepEqual(got, want) {

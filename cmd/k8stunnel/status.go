@@ -41,6 +41,9 @@ func statusOf(s client.Stats, logDest string, now time.Time) control.Status {
 	if s.DNS != nil {
 		st.DNS = &control.DNS{Queries: s.DNS.Queries, Failures: s.DNS.Failures}
 	}
+	if u := s.UDP; u != nil {
+		st.UDP = &control.UDP{FlowsActive: u.FlowsActive, FlowsTotal: u.FlowsTotal, Dropped: u.Dropped, Oversize: u.Oversize}
+	}
 	for _, x := range s.Expose {
 		st.Expose = append(st.Expose, control.Expose{Spec: x.Spec, Node: x.At, Connections: x.Connections})
 	}
@@ -108,6 +111,9 @@ func writeStatus(w io.Writer, all []control.Status, now time.Time) {
 		fmt.Fprintf(w, "  traffic      %s sent, %s received\n", bytesString(st.BytesSent), bytesString(st.BytesReceived))
 		if st.DNS != nil {
 			fmt.Fprintf(w, "  dns          %d queries, %d failed\n", st.DNS.Queries, st.DNS.Failures)
+		}
+		if u := st.UDP; u != nil {
+			fmt.Fprintf(w, "  udp          %d flows active, %d total, %d datagrams dropped, %d oversize\n", u.FlowsActive, u.FlowsTotal, u.Dropped, u.Oversize)
 		}
 		for _, x := range st.Expose {
 			fmt.Fprintf(w, "  exposing     -R %s at %s, %d connections\n", p(x.Spec), p(orDash(x.Node)), x.Connections)

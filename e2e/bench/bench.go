@@ -63,6 +63,9 @@ func (b *bench) prepare() error {
 	if err := echo.waitOutput(readyLine, 10*time.Second); err != nil {
 		return err
 	}
+	if err := b.startUDPEcho(); err != nil {
+		return err
+	}
 	relay, err := startProc(b.lab.Node, b.self, "delay", "-listen", net.JoinHostPort(e2e.NodeAddr, strconv.Itoa(delayPort)),
 		"-to", "127.0.0.1:22", "-delay", oneWayDelay.String())
 	if err != nil {
@@ -82,7 +85,7 @@ func (b *bench) prepare() error {
 
 func (b *bench) runAll() {
 	for _, m := range modes {
-		if !b.cfg.mode(m) || !(b.cfg.section("bulk") || b.cfg.section("rate") || b.cfg.section("hold")) {
+		if !b.cfg.mode(m) || !(b.cfg.section("bulk") || b.cfg.section("rate") || b.cfg.section("hold") || (b.cfg.section("udp") && udpMode(m))) {
 			continue
 		}
 		logf("%s: starting (load %s)", m, loadAvg())
@@ -132,6 +135,9 @@ func (b *bench) measure(m string, t *tunnel) {
 	if b.cfg.section("hold") {
 		h, err := b.hold(t, echoPort[m])
 		b.res.setHold(m, h, err)
+	}
+	if b.cfg.section("udp") && udpMode(m) {
+		b.measureUDP(m, t)
 	}
 }
 

@@ -9,7 +9,8 @@
 //     and the CPU time the tunnel's processes (client, ssh, sshd, helper; not iperf3) spent per GB moved;
 //   - new connections per second and p50/p99 latency: 16 clients doing connect, 32-byte echo, close;
 //   - connections held open and still echoing, stepped up to 10 000, and the client's RSS per held connection;
-//   - bulk throughput with 50 ms RTT on the path to the node: a userspace delay relay in front of sshd.
+//   - bulk throughput with 50 ms RTT on the path to the node: a userspace delay relay in front of sshd;
+//   - UDP (direct and k8stunnel only): echo round trip p50/p99, and iperf3 -u loss at 50 and 200 Mbit/s.
 //
 // The ways: direct (a route via the node: no tunnel, no crypto, the ceiling), openssh (`ssh -N -L` port forwards:
 // one SSH channel per connection, OpenSSH's own crypto and windows), sshuttle (the Debian package, nat method, same
@@ -71,7 +72,7 @@ func run() error {
 	flag.DurationVar(&cfg.rate, "rate", 4*time.Second, "length of each connection-rate run")
 	flag.StringVar(&cfg.steps, "steps", "1000,2000,5000,10000", "held-connection steps")
 	flag.IntVar(&cfg.channels, "channels", 4, "k8stunnel --channels (and iperf3 -P) for the many-channel 50 ms RTT run")
-	flag.StringVar(&only, "only", "", "run only these sections: bulk,rate,hold,rtt (default all)")
+	flag.StringVar(&only, "only", "", "run only these sections: bulk,rate,hold,rtt,udp (default all)")
 	flag.StringVar(&modes, "modes", "", "run only these modes: direct,openssh,sshuttle,k8stunnel (default all)")
 	flag.Parse()
 	cfg.only = set(only)

@@ -97,6 +97,10 @@ func newResults(cfg config) *results {
 		{ID: "rss_per_conn", Title: "client RSS per held connection", Unit: "KiB", Better: "lower"},
 		{ID: "rtt_up", Title: "bulk laptop→pod, 50 ms RTT", Unit: "Mbit/s", Better: "higher"},
 		{ID: "rtt_down", Title: "bulk pod→laptop, 50 ms RTT", Unit: "Mbit/s", Better: "higher"},
+		{ID: "udp_p50", Title: "UDP echo round trip p50", Unit: "ms", Better: "lower"},
+		{ID: "udp_p99", Title: "UDP echo round trip p99", Unit: "ms", Better: "lower"},
+		{ID: "udp_loss_50", Title: "iperf3 -u 50 Mbit/s loss", Unit: "%", Better: "lower"},
+		{ID: "udp_loss_200", Title: "iperf3 -u 200 Mbit/s loss", Unit: "%", Better: "lower"},
 	} {
 		m.Values, m.Errors = map[string]float64{}, map[string]string{}
 		r.Metrics = append(r.Metrics, &m)
@@ -242,7 +246,7 @@ func (r *results) cell(m *metric, mode string) string {
 		return "-"
 	}
 	switch {
-	case m.Unit == "ms" || m.Unit == "KiB" || m.Unit == "CPU-s/GB":
+	case m.Unit == "ms" || m.Unit == "KiB" || m.Unit == "CPU-s/GB" || m.Unit == "%":
 		return fmt.Sprintf("%.2f", v)
 	case m.ID == "held" && m.Errors[mode] != "":
 		return fmt.Sprintf("%.0f (died)", v)

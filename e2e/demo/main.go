@@ -113,6 +113,19 @@ func run() error {
 		return err
 	}
 
+	// UDP goes through the tunnel too: dig asks the pod's DNS server (dnsmasq, as the e2e DNS lab runs it) directly.
+	dns, err := lab.StartDNS()
+	if err != nil {
+		return err
+	}
+	defer dns.Close()
+	fmt.Printf("\n$ ip netns exec %s dig +short @%s %s    # UDP\n", lab.Laptop.Name, e2e.ClusterDNSPodAddr, e2e.ServiceName)
+	out, err = lab.Laptop.Output(ctx, "dig", "+short", "+tries=1", "+time=5", "@"+e2e.ClusterDNSPodAddr, e2e.ServiceName)
+	fmt.Print(out)
+	if err != nil {
+		return err
+	}
+
 	fmt.Printf("\n$ ip netns exec %s k8stunnel status\n", lab.Laptop.Name)
 	out, err = lab.Laptop.Output(ctx, *bin, "status")
 	fmt.Print(out)

@@ -41,6 +41,7 @@ type Status struct {
 	Forward           []string  `json:"forward"` // CIDRs captured
 	Port              uint16    `json:"port"`    // where redirected connections arrive
 	DNS               *DNS      `json:"dns,omitempty"`
+	UDP               *UDP      `json:"udp,omitempty"`
 	Expose            []Expose  `json:"expose,omitempty"` // -R entries
 	Log               string    `json:"log,omitempty"`    // where the instance logs, when not a terminal
 }
@@ -50,6 +51,14 @@ type Expose struct {
 	Spec        string `json:"spec"` // as given: [BIND:]PORT:HOST:HOSTPORT
 	Node        string `json:"node"` // IP:port the node listens on; empty before the first link
 	Connections int64  `json:"connections"`
+}
+
+// UDP counts the UDP capture's flows and the datagrams it dropped.
+type UDP struct {
+	FlowsActive int64 `json:"flows_active"`
+	FlowsTotal  int64 `json:"flows_total"`
+	Dropped     int64 `json:"dropped"`
+	Oversize    int64 `json:"oversize"`
 }
 
 // DNS counts the DNS proxy's work, with --dns.
