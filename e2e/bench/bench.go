@@ -82,7 +82,7 @@ func (b *bench) prepare() error {
 
 func (b *bench) runAll() {
 	for _, m := range modes {
-		if !b.cfg.mode(m) || !(b.cfg.section("bulk") || b.cfg.section("rate") || b.cfg.section("hold")) {
+		if !b.cfg.mode(m) || !(b.cfg.section("bulk") || b.cfg.section("rate") || b.cfg.section("rr") || b.cfg.section("hold")) {
 			continue
 		}
 		logf("%s: starting (load %s)", m, loadAvg())
@@ -128,6 +128,12 @@ func (b *bench) measure(m string, t *tunnel) {
 	if b.cfg.section("rate") {
 		r, err := b.rate(t, echoPort[m])
 		b.res.setRate(m, r, err)
+	}
+	if b.cfg.section("rr") {
+		for _, clients := range []int{1, 50} {
+			r, err := b.rr(t, echoPort[m], clients)
+			b.res.setRR(m, clients, r, err)
+		}
 	}
 	if b.cfg.section("hold") {
 		h, err := b.hold(t, echoPort[m])
@@ -431,6 +437,27 @@ func (b *bench) rate(t *tunnel, podPort int) (rateResult, error) {
 		r.Errors, cpu1.since(cpu0, float64(r.Conns)/1000))
 	if r.Conns == 0 {
 		return r, fmt.Errorf("no connection succeeded: %s", r.Err)
+	}
+	return r, nil
+}
+
+// rr runs the request/response client through t with clients warm connections.
+func (b *bench) rr(t *tunnel, podPort, clients int) (rrResult, error) {
+	var r rrResult
+	cpu0 := b.tunnelCPU()
+	out, err := runOutput(b.lab.Laptop, b.cfg.rate+30*time.Second, b.self, "rr", "-addr", t.addr(podPort),
+		"-c", strconv.Itoa(clients), "-d", b.cfg.rate.String())
+	cpu1 := b.tunnelCPU()
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return r, err
+	}
+	logf("  %s: %d clients, %.0f round trips/s, p50 %.3f ms, p99 %.3f ms; CPU µs per round trip: %s", t.name, clients,
+		r.Rate, r.P50ms, r.P99ms, cpu1.since(cpu0, float64(r.Trips)/1e6))
+	if r.Err != "" {
+		return r, fmt.Errorf("rr: %s", r.Err)
 	}
 	return r, nil
 }

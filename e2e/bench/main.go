@@ -71,7 +71,7 @@ func run() error {
 	flag.DurationVar(&cfg.rate, "rate", 4*time.Second, "length of each connection-rate run")
 	flag.StringVar(&cfg.steps, "steps", "1000,2000,5000,10000", "held-connection steps")
 	flag.IntVar(&cfg.channels, "channels", 4, "k8stunnel --channels (and iperf3 -P) for the many-channel 50 ms RTT run")
-	flag.StringVar(&only, "only", "", "run only these sections: bulk,rate,hold,rtt (default all)")
+	flag.StringVar(&only, "only", "", "run only these sections: bulk,rate,rr,hold,rtt (default all)")
 	flag.StringVar(&modes, "modes", "", "run only these modes: direct,openssh,sshuttle,k8stunnel (default all)")
 	flag.Parse()
 	cfg.only = set(only)

@@ -93,6 +93,11 @@ func newResults(cfg config) *results {
 		{ID: "conn_rate", Title: "new connections (16 clients)", Unit: "conn/s", Better: "higher"},
 		{ID: "conn_p50", Title: "connect+echo+close p50", Unit: "ms", Better: "lower"},
 		{ID: "conn_p99", Title: "connect+echo+close p99", Unit: "ms", Better: "lower"},
+		{ID: "rr1_rate", Title: "request/response, 1 warm connection", Unit: "trips/s", Better: "higher"},
+		{ID: "rr1_p50", Title: "request/response, 1 connection, p50", Unit: "ms", Better: "lower"},
+		{ID: "rr1_p99", Title: "request/response, 1 connection, p99", Unit: "ms", Better: "lower"},
+		{ID: "rr50_rate", Title: "request/response, 50 warm connections", Unit: "trips/s", Better: "higher"},
+		{ID: "rr50_p99", Title: "request/response, 50 connections, p99", Unit: "ms", Better: "lower"},
 		{ID: "held", Title: "connections held open and echoing", Unit: "conns", Better: "higher"},
 		{ID: "rss_per_conn", Title: "client RSS per held connection", Unit: "KiB", Better: "lower"},
 		{ID: "rtt_up", Title: "bulk laptop→pod, 50 ms RTT", Unit: "Mbit/s", Better: "higher"},
@@ -131,6 +136,23 @@ func (r *results) setRate(mode string, rr rateResult, err error) {
 	r.set("conn_rate", mode, rr.Rate, nil)
 	r.set("conn_p50", mode, rr.P50ms, nil)
 	r.set("conn_p99", mode, rr.P99ms, nil)
+}
+
+func (r *results) setRR(mode string, clients int, rr rrResult, err error) {
+	id := fmt.Sprintf("rr%d_", clients)
+	if err != nil {
+		for _, f := range []string{"rate", "p50", "p99"} {
+			if _, ok := r.byID[id+f]; ok {
+				r.set(id+f, mode, 0, err)
+			}
+		}
+		return
+	}
+	r.set(id+"rate", mode, rr.Rate, nil)
+	if _, ok := r.byID[id+"p50"]; ok {
+		r.set(id+"p50", mode, rr.P50ms, nil)
+	}
+	r.set(id+"p99", mode, rr.P99ms, nil)
 }
 
 func (r *results) setHold(mode string, h holdResult, err error) {

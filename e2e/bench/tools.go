@@ -30,6 +30,7 @@ var tools = map[string]func(args []string) error{
 	"delay": toolDelay,
 	"rate":  toolRate,
 	"hold":  toolHold,
+	"rr":    toolRR,
 }
 
 // toolEcho echoes every connection on each listen address until killed.
@@ -214,6 +215,94 @@ func toolRate(args []string) error {
 	elapsed := time.Since(start)
 	slices.Sort(lat)
 	r := rateResult{Conns: len(lat), Errors: errs, Rate: float64(len(lat)) / elapsed.Seconds(), Err: firstErr}
+	if len(lat) > 0 {
+		r.P50ms = ms(lat[len(lat)/2])
+		r.P99ms = ms(lat[len(lat)*99/100])
+	}
+	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// rrResult is what `bench rr` prints: request/response round trips on warm connections.
+type rrResult struct {
+	Clients int     `json:"clients"`
+	Trips   int     `json:"trips"`
+	Rate    float64 `json:"rate"`
+	P50ms   float64 `json:"p50_ms"`
+	P99ms   float64 `json:"p99_ms"`
+	Err     string  `json:"first_error,omitempty"`
+}
+
+// toolRR opens -c connections, sends one message on each to warm it up, then for -d each client sends -size bytes
+// and reads the echo back, again and again: what a developer's requests on a kept-alive connection feel.
+func toolRR(args []string) error {
+	fs := flag.NewFlagSet("rr", flag.ContinueOnError)
+	addr := fs.String("addr", "", "echo server address")
+	clients := fs.Int("c", 1, "parallel clients, one connection each")
+	dur := fs.Duration("d", 4*time.Second, "how long to run")
+	size := fs.Int("size", 64, "message size in bytes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	conns := make([]net.Conn, *clients)
+	msg := make([]byte, *size)
+	for i := range msg {
+		msg[i] = byte('a' + i%26)
+	}
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", *addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+			return err
+		}
+		conns[i] = c
+	}
+	var (
+		mu       sync.Mutex
+		lat      []time.Duration
+		firstErr string
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	end := start.Add(*dur)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := make([]time.Duration, 0, 1<<16)
+			buf := make([]byte, len(msg))
+			c.SetDeadline(end.Add(5 * time.Second))
+			var err error
+			for t0 := time.Now(); t0.Before(end); t0 = time.Now() {
+				if _, err = c.Write(msg); err == nil {
+					_, err = io.ReadFull(c, buf)
+				}
+				if err == nil && string(buf) != string(msg) {
+					err = errors.New("echo differs")
+				}
+				if err != nil {
+					break
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			if err != nil && firstErr == "" {
+				firstErr = err.Error()
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	r := rrResult{Clients: *clients, Trips: len(lat), Rate: float64(len(lat)) / elapsed.Seconds(), Err: firstErr}
 	if len(lat) > 0 {
 		r.P50ms = ms(lat[len(lat)/2])
 		r.P99ms = ms(lat[len(lat)*99/100])
