@@ -49,7 +49,7 @@ type results struct {
 		RateClients int     `json:"rate_clients"`
 		HoldSteps   string  `json:"hold_steps"`
 		RTTms       int     `json:"rtt_ms"`
-		Channels    int     `json:"channels"`
+		Parallel    int     `json:"parallel"`
 		Cipher      string  `json:"cipher"`
 		OpenSSH     string  `json:"openssh"`
 		Sshuttle    string  `json:"sshuttle"`
@@ -77,7 +77,7 @@ func newResults(cfg config) *results {
 	}
 	s := &r.Settings
 	s.BulkSeconds, s.RateSeconds, s.RateClients = cfg.bulk.Seconds(), cfg.rate.Seconds(), 16
-	s.HoldSteps, s.RTTms, s.Channels = cfg.steps, int(2*oneWayDelay/time.Millisecond), cfg.channels
+	s.HoldSteps, s.RTTms, s.Parallel = cfg.steps, int(2*oneWayDelay/time.Millisecond), cfg.parallel
 	s.Cipher = "aes128-gcm@openssh.com"
 	if out, err := exec.Command("ssh", "-V").CombinedOutput(); err == nil {
 		s.OpenSSH = strings.TrimSpace(string(out))
@@ -220,9 +220,9 @@ func (r *results) printTable(w io.Writer) {
 		for i, k := range variants {
 			title := m.Title
 			if k != "k8stunnel" {
-				title += " (" + strings.TrimPrefix(k, "k8stunnel ") + " channels)"
+				title += " (" + strings.TrimPrefix(k, "k8stunnel ×") + " parallel)"
 			} else if len(variants) > 1 {
-				title += " (1 channel)"
+				title += " (1 stream)"
 			}
 			cells := []string{title, m.Unit}
 			for _, c := range columns[:3] {
