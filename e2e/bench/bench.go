@@ -395,6 +395,35 @@ func (b *bench) tunnelCPU() cpuTimes {
 	return t
 }
 
+// tunnelSwitches counts, by command name, the times the threads of the tunnel's processes (as tunnelCPU picks
+// them) went to sleep: each is a wakeup later, which is what a round trip mostly costs on a busy machine.
+func (b *bench) tunnelSwitches() map[string]int {
+	sw := map[string]int{}
+	for _, ns := range []*e2e.Netns{b.lab.Laptop, b.lab.Node, b.lab.Pod} {
+		pids, _ := ns.Pids()
+		for _, pid := range pids {
+			comm := procComm(pid)
+			if comm == "" || comm == "iperf3" || comm == b.selfComm() {
+				continue
+			}
+			tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			for _, task := range tasks {
+				st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+				if err != nil {
+					continue
+				}
+				for _, line := range strings.Split(string(st), "\n") {
+					if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+						n, _ := strconv.Atoi(strings.TrimSpace(v))
+						sw[comm] += n
+					}
+				}
+			}
+		}
+	}
+	return sw
+}
+
 // selfComm is the kernel's name for this program, which also runs the echo server and the delay relay: they are
 // the lab's furniture, not the tunnel.
 func (b *bench) selfComm() string {
@@ -451,18 +480,25 @@ func (b *bench) rate(t *tunnel, podPort int) (rateResult, error) {
 // rr runs the request/response client through t with clients warm connections.
 func (b *bench) rr(t *tunnel, podPort, clients int) (rrResult, error) {
 	var r rrResult
-	cpu0 := b.tunnelCPU()
+	cpu0, sw0 := b.tunnelCPU(), b.tunnelSwitches()
 	out, err := runOutput(b.lab.Laptop, b.cfg.rate+30*time.Second, b.self, "rr", "-addr", t.addr(podPort),
 		"-c", strconv.Itoa(clients), "-d", b.cfg.rate.String())
-	cpu1 := b.tunnelCPU()
+	cpu1, sw1 := b.tunnelCPU(), b.tunnelSwitches()
 	if err != nil {
 		return r, err
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
 		return r, err
 	}
-	logf("  %s: %d clients, %.0f round trips/s, p50 %.3f ms, p99 %.3f ms; CPU µs per round trip: %s", t.name, clients,
-		r.Rate, r.P50ms, r.P99ms, cpu1.since(cpu0, float64(r.Trips)/1e6))
+	var sw []string
+	for comm, n := range sw1 {
+		if n -= sw0[comm]; n > 0 {
+			sw = append(sw, fmt.Sprintf("%s %.1f", comm, float64(n)/float64(max(r.Trips, 1))))
+		}
+	}
+	sort.Strings(sw)
+	logf("  %s: %d clients, %.0f round trips/s, p50 %.3f ms, p99 %.3f ms; CPU µs per round trip: %s; sleeps per round trip: %s",
+		t.name, clients, r.Rate, r.P50ms, r.P99ms, cpu1.since(cpu0, float64(r.Trips)/1e6), strings.Join(sw, ", "))
 	if r.Err != "" {
 		return r, fmt.Errorf("rr: %s", r.Err)
 	}
