@@ -930,11 +930,14 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 // One SSH channel moves at most its window per round trip: 2 MiB in
 // x/crypto/ssh and in OpenSSH, so ~335 Mbit/s at 50 ms whatever runs on top.
 // By default a link gets enough channels for their windows together to cover
-// autoRate at the round trip measured when it connects. Up to ~13 ms one
-// channel covers it: a LAN gets one helper and pays nothing for more.
+// autoRate, about what one channel moves on a LAN, at the round trip measured
+// when it connects. Below ~8 ms one channel covers it: a LAN gets one helper
+// and pays nothing for more. Connections go to the channel with the fewest
+// streams, so with a spare channel or two a few parallel transfers (and an
+// idle control connection beside them, as iperf3 and FTP have) each get one.
 const (
 	sshWindow       = 2 << 20
-	autoRate        = 1.25e9 / 8 // bytes per second
+	autoRate        = 2e9 / 8 // bytes per second
 	maxAutoChannels = 8
 )
 

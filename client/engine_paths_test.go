@@ -682,7 +682,7 @@ func TestEngineChannelsSpread(t *testing.T) {
 }
 
 // By default a link gets as many channels as its round trip needs for the
-// SSH windows (2 MiB each) to carry 1.25 Gbit/s together: one on a LAN.
+// SSH windows (2 MiB each) to carry 2 Gbit/s together: one on a LAN.
 func TestChannelsFor(t *testing.T) {
 	for _, tc := range []struct {
 		rtt  time.Duration
@@ -690,9 +690,10 @@ func TestChannelsFor(t *testing.T) {
 	}{
 		{0, 1}, // not measured
 		{200 * time.Microsecond, 1},
-		{10 * time.Millisecond, 1},
-		{20 * time.Millisecond, 2},
-		{50 * time.Millisecond, 4},
+		{8 * time.Millisecond, 1},
+		{10 * time.Millisecond, 2},
+		{20 * time.Millisecond, 3},
+		{50 * time.Millisecond, 6},
 		{100 * time.Millisecond, 8},
 		{2 * time.Second, 8},
 	} {
@@ -708,7 +709,7 @@ func TestEngineChannelsByRTT(t *testing.T) {
 	for _, tc := range []struct {
 		rtt  time.Duration
 		want int
-	}{{time.Millisecond, 1}, {50 * time.Millisecond, 4}} {
+	}{{time.Millisecond, 1}, {50 * time.Millisecond, 6}} {
 		tr := &transporttest.Transport{RTT: tc.rtt}
 		e := startEngine(t, Config{}, tr, echoTarget(t))
 		for i := range tc.want {

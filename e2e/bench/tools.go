@@ -119,22 +119,53 @@ type chunk struct {
 	due time.Time
 }
 
-// delayQueue bounds what one direction holds: 2048 reads of at most 64 KiB.
-const delayQueue = 2048
+// delayBytes bounds what one direction holds, by bytes and not by reads: a bound of 2048 reads capped the relay
+// near 1 Gbit/s once reads got small (2048 × ~1.5 KiB is about what 1 Gbit/s has in flight over 25 ms).
+const delayBytes = 64 << 20
 
-var delayBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+// byteBudget is how many bytes a direction may still queue.
+type byteBudget struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	used int
+	dead bool
+}
+
+func (b *byteBudget) take(n int) {
+	b.mu.Lock()
+	for b.used > 0 && b.used+n > delayBytes && !b.dead {
+		b.cond.Wait()
+	}
+	b.used += n
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) give(n int) {
+	b.mu.Lock()
+	b.used -= n
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) kill() {
+	b.mu.Lock()
+	b.dead = true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
 
 func delayed(dst, src *net.TCPConn, delay time.Duration) {
-	q := make(chan chunk, delayQueue)
+	q := make(chan chunk, 1<<16)
+	budget := &byteBudget{}
+	budget.cond = sync.NewCond(&budget.mu)
 	go func() {
 		defer close(q)
+		buf := make([]byte, 64<<10)
 		for {
-			buf := delayBufs.Get().(*[64 << 10]byte)
-			n, err := src.Read(buf[:])
+			n, err := src.Read(buf)
 			if n > 0 {
-				q <- chunk{b: buf[:n], due: time.Now().Add(delay)}
-			} else {
-				delayBufs.Put(buf)
+				budget.take(n)
+				q <- chunk{b: append([]byte(nil), buf[:n]...), due: time.Now().Add(delay)}
 			}
 			if err != nil {
 				return
@@ -146,8 +177,9 @@ func delayed(dst, src *net.TCPConn, delay time.Duration) {
 			time.Sleep(wait)
 		}
 		_, err := dst.Write(c.b)
-		delayBufs.Put((*[64 << 10]byte)(c.b[:64<<10]))
+		budget.give(len(c.b))
 		if err != nil {
+			budget.kill()
 			src.Close()
 			for range q {
 			}
