@@ -26,11 +26,11 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 	// One P, as in the helper. A round trip hands each message between
 	// goroutines (the relay, yamux's send loop, x/crypto's reader); with a
 	// second P every hand-off wakes another thread that spins looking for
-	// work. Measured on 2 cores, 64-byte request/response: ~1950 → ~2600
-	// round trips/s, the client's CPU per round trip ~140 → ~85 µs, and bulk
-	// the same speed for 3-10% less CPU per GB. One core encrypts several
-	// Gbit/s, as OpenSSH's single-threaded ssh does. GOMAXPROCS set in the
-	// environment still wins.
+	// work. Measured on 2 cores, 64-byte request/response (medians of 5):
+	// ~1950 → ~2600 round trips/s, the client's sleeps per round trip 7.3 →
+	// 4.2 and its CPU ~180 → ~135 µs; bulk the same speed for 2-10% less CPU
+	// per GB. One core encrypts several Gbit/s, as OpenSSH's single-threaded
+	// ssh does. GOMAXPROCS set in the environment still wins.
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
