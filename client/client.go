@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -77,7 +78,8 @@ type Config struct {
 	// client's own.
 	DNS *dnsproxy.Config
 	// Channels is how many channels of the link (each with its own helper)
-	// carry the streams; 0 means 1.
+	// carry the streams; 0 means as many as the link's round trip needs
+	// (see channelsFor): one on a LAN.
 	Channels int
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
@@ -196,8 +198,8 @@ func New(cfg Config) (*Client, error) {
 	if len(cfg.Expose) > mux.MaxExposes {
 		return nil, fmt.Errorf("at most %d -R per tunnel", mux.MaxExposes)
 	}
-	if cfg.Channels <= 0 {
-		cfg.Channels = 1
+	if cfg.Channels < 0 {
+		cfg.Channels = 0
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
@@ -912,7 +914,8 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 	// Closing the link unblocks every step below when time is up.
 	stop := context.AfterFunc(sctx, func() { tl.Close() })
 	defer stop()
-	for i := 0; i < c.cfg.Channels; i++ {
+	n := max(c.cfg.Channels, 1)
+	for i := 0; i < n; i++ {
 		ch, err := tl.Open(sctx)
 		if err != nil {
 			tl.Close()
@@ -934,6 +937,14 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 		}
 		ch.Started()
 		l.sessions = append(l.sessions, sess)
+		if i == 0 && c.cfg.Channels == 0 {
+			// The link's first keepalive went out with the connection and
+			// came back while the helper started.
+			n = channelsFor(rttOf(tl))
+			if n > 1 {
+				c.log.Debug("long link: more channels", "rtt", rttOf(tl), "channels", n)
+			}
+		}
 		if i == 0 {
 			l.facts = sess.Peer.Facts
 			if err := c.checkExposed(sess.Peer.Exposed, l.target); err != nil {
@@ -962,6 +973,34 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 		}
 	}()
 	return l, nil
+}
+
+// One SSH channel moves at most its window per round trip: 2 MiB in
+// x/crypto/ssh and in OpenSSH, so ~335 Mbit/s at 50 ms whatever runs on top.
+// By default a link gets enough channels for their windows together to cover
+// autoRate, about what one channel moves on a LAN, at the round trip measured
+// when it connects. Below ~8 ms one channel covers it: a LAN gets one helper
+// and pays nothing for more. Connections go to the channel with the fewest
+// streams, so with a spare channel or two a few parallel transfers (and an
+// idle control connection beside them, as iperf3 and FTP have) each get one.
+const (
+	sshWindow       = 2 << 20
+	autoRate        = 2e9 / 8 // bytes per second
+	maxAutoChannels = 8
+)
+
+// channelsFor is how many channels a link whose round trip is rtt gets by
+// default; 0, not measured, gives one.
+func channelsFor(rtt time.Duration) int {
+	n := int(math.Ceil(rtt.Seconds() * autoRate / sshWindow))
+	return max(1, min(n, maxAutoChannels))
+}
+
+func rttOf(tl transport.Link) time.Duration {
+	if r, ok := tl.(transport.RTTReporter); ok {
+		return r.RTT()
+	}
+	return 0
 }
 
 func targetsString(ts []firewall.Target) string {

@@ -317,7 +317,7 @@ func TestNewValidates(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeListeners(c)
-	if c.cfg.Channels != 1 || c.cfg.MaxConns != DefaultMaxConns || c.log == nil || c.Port() == 0 {
+	if c.cfg.Channels != 0 || c.cfg.MaxConns != DefaultMaxConns || c.log == nil || c.Port() == 0 {
 		t.Errorf("defaults: channels %d, max conns %d, port %d", c.cfg.Channels, c.cfg.MaxConns, c.Port())
 	}
 }
@@ -679,6 +679,55 @@ func TestEngineChannelsSpread(t *testing.T) {
 		t.Errorf("streams per session: %d and %d, want one each", ss[0].NumStreams(), ss[1].NumStreams())
 	}
 	e.shutdown(t)
+}
+
+// By default a link gets as many channels as its round trip needs for the
+// SSH windows (2 MiB each) to carry 2 Gbit/s together: one on a LAN.
+func TestChannelsFor(t *testing.T) {
+	for _, tc := range []struct {
+		rtt  time.Duration
+		want int
+	}{
+		{0, 1}, // not measured
+		{200 * time.Microsecond, 1},
+		{8 * time.Millisecond, 1},
+		{10 * time.Millisecond, 2},
+		{20 * time.Millisecond, 3},
+		{50 * time.Millisecond, 6},
+		{100 * time.Millisecond, 8},
+		{2 * time.Second, 8},
+	} {
+		if got := channelsFor(tc.rtt); got != tc.want {
+			t.Errorf("channelsFor(%v) = %d, want %d", tc.rtt, got, tc.want)
+		}
+	}
+}
+
+// Without Channels set, a link whose round trip is long opens more channels
+// and spreads connections over them; a short one opens one.
+func TestEngineChannelsByRTT(t *testing.T) {
+	for _, tc := range []struct {
+		rtt  time.Duration
+		want int
+	}{{time.Millisecond, 1}, {50 * time.Millisecond, 6}} {
+		tr := &transporttest.Transport{RTT: tc.rtt}
+		e := startEngine(t, Config{}, tr, echoTarget(t))
+		for i := range tc.want {
+			echo(t, e.dial(t), strconv.Itoa(i))
+		}
+		if got := tr.Links()[0].Opens(); got != tc.want {
+			t.Errorf("rtt %v: %d channels opened, want %d", tc.rtt, got, tc.want)
+		}
+		e.c.mu.Lock()
+		ss := e.c.links.sessions
+		e.c.mu.Unlock()
+		for i, s := range ss {
+			if s.NumStreams() != 1 {
+				t.Errorf("rtt %v: session %d carries %d streams, want 1", tc.rtt, i, s.NumStreams())
+			}
+		}
+		e.shutdown(t)
+	}
 }
 
 // A helper that never answers the handshake fails the first connect.

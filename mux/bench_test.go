@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -166,6 +168,118 @@ func newRelayPath(tb testing.TB, tr transport) relayPath {
 	}
 	go Relay(NetConn(local), st)
 	return relayPath{app: app, target: target}
+}
+
+// newEchoPaths is n application connections relayed through one session pair to an echo server, as the client and
+// the helper relay them in production: app ⇄ relay ⇄ client session ⇄ helper session ⇄ relay ⇄ echo.
+func newEchoPaths(tb testing.TB, tr transport, n int) []*net.TCPConn {
+	tb.Helper()
+	log := slog.New(slog.DiscardHandler)
+	cconn, sconn := tr(tb)
+	srvc := make(chan *Session, 1)
+	go func() {
+		s, err := NewServer(sconn, func(Hello) Hello { return Hello{} }, log)
+		if err != nil {
+			tb.Error(err)
+		}
+		srvc <- s
+	}()
+	client, err := NewClient(cconn, Hello{}, log)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	server := <-srvc
+	if server == nil {
+		tb.FailNow()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(func() { cancel(); client.Close(); server.Close() })
+
+	echo, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, onlyReader{c})
+			}()
+		}
+	}()
+	go server.Serve(ctx, func(_ Request, st *Stream) {
+		st.WriteStatus(StatusOK)
+		c, err := net.Dial("tcp", echo.Addr().String())
+		if err != nil {
+			st.Abort()
+			return
+		}
+		Relay(NetConn(c), st)
+	})
+	apps := make([]*net.TCPConn, n)
+	for i := range apps {
+		app, local := tcpPair(tb)
+		st, err := client.Dial(netip.MustParseAddrPort("192.0.2.1:80"))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		go Relay(NetConn(local), st)
+		apps[i] = app
+	}
+	return apps
+}
+
+// BenchmarkPingPong is request/response on warm connections: each op is one 64-byte message sent and its echo
+// read back, on one connection, and spread over 50 connections that each do the same.
+func BenchmarkPingPong(b *testing.B) {
+	for _, tr := range transports {
+		for _, conns := range []int{1, 50} {
+			b.Run(fmt.Sprintf("%s/conns=%d", tr.name, conns), func(b *testing.B) {
+				apps := newEchoPaths(b, tr.make, conns)
+				// One warm-up round trip each: the streams are open and their relays running.
+				for _, c := range apps {
+					if err := pingPong(c, make([]byte, 64)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				var next atomic.Int64
+				errc := make(chan error, conns)
+				b.ResetTimer()
+				for _, c := range apps {
+					go func() {
+						buf := make([]byte, 64)
+						for next.Add(1) <= int64(b.N) {
+							if err := pingPong(c, buf); err != nil {
+								errc <- err
+								return
+							}
+						}
+						errc <- nil
+					}()
+				}
+				for range apps {
+					if err := <-errc; err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rt/s")
+			})
+		}
+	}
+}
+
+func pingPong(c net.Conn, buf []byte) error {
+	if _, err := c.Write(buf); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, buf)
+	return err
 }
 
 const benchChunk = 128 << 10 // iperf3's default write size

@@ -130,7 +130,6 @@ func TestParseTunnel(t *testing.T) {
 			want := invocation{cmd: cmdTunnel}
 			want.transport.SSH.Remote = "node1"
 			want.cfg.Include = targets(t, "10.96.0.0/12")
-			want.cfg.Channels = 1
 			want.cfg.MaxConns = client.DefaultMaxConns
 			want.cfg.UDP, want.cfg.UDPIdle = true, client.DefaultUDPIdle
 			want.cfg.Program = "k8stunnel " + version

@@ -166,7 +166,7 @@ func sshCmdConflicts(fs *pflag.FlagSet, sshCmd string, channels int) error {
 			return usagef("-e runs the command for SSH: give --%s's setting to the command (e.g. -e 'ssh -i KEY'), not to k8stunnel", name)
 		}
 	}
-	if channels != 1 {
+	if fs.Changed("channels") && channels != 1 {
 		return usagef("-e carries one channel: each more would be another login; drop --channels")
 	}
 	return nil

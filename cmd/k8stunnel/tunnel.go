@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 
@@ -22,6 +23,17 @@ func runTunnel(ctx context.Context, inv invocation, args []string, stderr io.Wri
 	// is the client's main garbage. A higher GC target trades a few MB of heap
 	// for about 15% less CPU per byte downloaded.
 	debug.SetGCPercent(400)
+	// One P, as in the helper. A round trip hands each message between
+	// goroutines (the relay, yamux's send loop, x/crypto's reader); with a
+	// second P every hand-off wakes another thread that spins looking for
+	// work. Measured on 2 cores, 64-byte request/response (medians of 5):
+	// ~1950 → ~2600 round trips/s, the client's sleeps per round trip 7.3 →
+	// 4.2 and its CPU ~180 → ~135 µs; bulk the same speed for 2-10% less CPU
+	// per GB. One core encrypts several Gbit/s, as OpenSSH's single-threaded
+	// ssh does. GOMAXPROCS set in the environment still wins.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	child := openDaemonChild()
 	if err := addTargetFiles(&inv); err != nil {
 		return err

@@ -85,11 +85,11 @@ func (b *bench) prepare() error {
 
 func (b *bench) runAll() {
 	for _, m := range modes {
-		if !b.cfg.mode(m) || !(b.cfg.section("bulk") || b.cfg.section("rate") || b.cfg.section("hold") || (b.cfg.section("udp") && udpMode(m))) {
+		if !b.cfg.mode(m) || !(b.cfg.section("bulk") || b.cfg.section("rate") || b.cfg.section("rr") || b.cfg.section("hold") || (b.cfg.section("udp") && udpMode(m))) {
 			continue
 		}
 		logf("%s: starting (load %s)", m, loadAvg())
-		t, err := b.start(m, false, 1)
+		t, err := b.start(m, false, 0)
 		if err != nil {
 			b.res.fail(m, "setup", err)
 			continue
@@ -100,7 +100,7 @@ func (b *bench) runAll() {
 	if !b.cfg.section("rtt") {
 		return
 	}
-	for _, m := range rttModes(b.cfg.channels) {
+	for _, m := range rttModes(b.cfg.parallel) {
 		if !b.cfg.mode(m.base) {
 			continue
 		}
@@ -132,6 +132,15 @@ func (b *bench) measure(m string, t *tunnel) {
 		r, err := b.rate(t, echoPort[m])
 		b.res.setRate(m, r, err)
 	}
+	if b.cfg.section("rr") {
+		for _, clients := range []int{1, 50} {
+			r, err := b.rr(t, echoPort[m], clients)
+			b.res.setRR(m, clients, r, err)
+		}
+		if b.cfg.strace && m != "direct" {
+			b.straceRR(t, echoPort[m])
+		}
+	}
 	if b.cfg.section("hold") {
 		h, err := b.hold(t, echoPort[m])
 		b.res.setHold(m, h, err)
@@ -147,16 +156,18 @@ var modes = []string{"direct", "openssh", "sshuttle", "k8stunnel"}
 type rttMode struct {
 	name     string // as shown
 	base     string // which tunnel
-	channels int    // k8stunnel --channels
+	channels int    // k8stunnel --channels; 0 leaves the default
 	parallel int    // iperf3 -P
 }
 
+// rttModes are the runs over the delayed path: one stream through each tunnel, and n parallel streams through
+// k8stunnel with its default flags, which choose the channels by the round trip.
 func rttModes(n int) []rttMode {
 	return []rttMode{
 		{"openssh", "openssh", 1, 1},
 		{"sshuttle", "sshuttle", 1, 1},
-		{"k8stunnel", "k8stunnel", 1, 1},
-		{fmt.Sprintf("k8stunnel ×%d", n), "k8stunnel", n, n},
+		{"k8stunnel", "k8stunnel", 0, 1},
+		{fmt.Sprintf("k8stunnel ×%d", n), "k8stunnel", 0, n},
 	}
 }
 
@@ -252,8 +263,10 @@ func (b *bench) start(mode string, delayed bool, channels int) (*tunnel, error) 
 		if delayed {
 			remote += ":" + strconv.Itoa(delayPort)
 		}
-		args := []string{"-r", remote, "-i", b.lab.Identity, "--known-hosts", kh, "-F", "/dev/null",
-			"--channels", strconv.Itoa(channels)}
+		args := []string{"-r", remote, "-i", b.lab.Identity, "--known-hosts", kh, "-F", "/dev/null"}
+		if channels > 0 {
+			args = append(args, "--channels", strconv.Itoa(channels))
+		}
 		c, err := b.lab.StartClient(append(args, cidrs...)...)
 		if err != nil {
 			return nil, err
@@ -388,6 +401,35 @@ func (b *bench) tunnelCPU() cpuTimes {
 	return t
 }
 
+// tunnelSwitches counts, by command name, the times the threads of the tunnel's processes (as tunnelCPU picks
+// them) went to sleep: each is a wakeup later, which is what a round trip mostly costs on a busy machine.
+func (b *bench) tunnelSwitches() map[string]int {
+	sw := map[string]int{}
+	for _, ns := range []*e2e.Netns{b.lab.Laptop, b.lab.Node, b.lab.Pod} {
+		pids, _ := ns.Pids()
+		for _, pid := range pids {
+			comm := procComm(pid)
+			if comm == "" || comm == "iperf3" || comm == b.selfComm() {
+				continue
+			}
+			tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			for _, task := range tasks {
+				st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+				if err != nil {
+					continue
+				}
+				for _, line := range strings.Split(string(st), "\n") {
+					if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+						n, _ := strconv.Atoi(strings.TrimSpace(v))
+						sw[comm] += n
+					}
+				}
+			}
+		}
+	}
+	return sw
+}
+
 // selfComm is the kernel's name for this program, which also runs the echo server and the delay relay: they are
 // the lab's furniture, not the tunnel.
 func (b *bench) selfComm() string {
@@ -439,6 +481,134 @@ func (b *bench) rate(t *tunnel, podPort int) (rateResult, error) {
 		return r, fmt.Errorf("no connection succeeded: %s", r.Err)
 	}
 	return r, nil
+}
+
+// rr runs the request/response client through t with clients warm connections.
+func (b *bench) rr(t *tunnel, podPort, clients int) (rrResult, error) {
+	var r rrResult
+	cpu0, sw0 := b.tunnelCPU(), b.tunnelSwitches()
+	out, err := runOutput(b.lab.Laptop, b.cfg.rate+30*time.Second, b.self, "rr", "-addr", t.addr(podPort),
+		"-c", strconv.Itoa(clients), "-d", b.cfg.rate.String())
+	cpu1, sw1 := b.tunnelCPU(), b.tunnelSwitches()
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return r, err
+	}
+	var sw []string
+	for comm, n := range sw1 {
+		if n -= sw0[comm]; n > 0 {
+			sw = append(sw, fmt.Sprintf("%s %.1f", comm, float64(n)/float64(max(r.Trips, 1))))
+		}
+	}
+	sort.Strings(sw)
+	logf("  %s: %d clients, %.0f round trips/s, p50 %.3f ms, p99 %.3f ms; CPU µs per round trip: %s; sleeps per round trip: %s",
+		t.name, clients, r.Rate, r.P50ms, r.P99ms, cpu1.since(cpu0, float64(r.Trips)/1e6), strings.Join(sw, ", "))
+	if r.Err != "" {
+		return r, fmt.Errorf("rr: %s", r.Err)
+	}
+	return r, nil
+}
+
+// straceRR counts the system calls per round trip of the tunnel's processes (the laptop side and every process on
+// the node but the lab's own) during a one-connection request/response run under strace -c. strace slows each call
+// down many times, so the run's rate means nothing; the counts per round trip are the figure.
+func (b *bench) straceRR(t *tunnel, podPort int) {
+	pids := map[int]string{}
+	if t.pid != 0 {
+		pids[t.pid] = "laptop"
+		if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", t.pid, t.pid)); err == nil {
+			for _, f := range strings.Fields(string(kids)) { // sshuttle's ssh
+				pid, _ := strconv.Atoi(f)
+				pids[pid] = "laptop"
+			}
+		}
+	}
+	nodePids, _ := b.lab.Node.Pids()
+	for _, pid := range nodePids {
+		if comm := procComm(pid); comm != "" && comm != b.selfComm() {
+			pids[pid] = "node"
+		}
+	}
+	type traced struct {
+		pid  int
+		file string
+		p    *proc
+	}
+	var ts []traced
+	for pid := range pids {
+		file := fmt.Sprintf("%s/strace-%d", b.lab.Dir, pid)
+		p, err := startProc(b.lab.Laptop, "strace", "-c", "-f", "-o", file, "-p", strconv.Itoa(pid))
+		if err != nil {
+			logf("  strace: %v", err)
+			continue
+		}
+		if err := p.waitOutput("attached", 10*time.Second); err != nil {
+			logf("  strace: %v", err)
+		}
+		ts = append(ts, traced{pid, file, p})
+	}
+	out, err := runOutput(b.lab.Laptop, 30*time.Second, b.self, "rr", "-addr", t.addr(podPort), "-c", "1", "-d", "2s")
+	for _, tr := range ts {
+		tr.p.cmd.Process.Signal(syscall.SIGINT)
+		<-tr.p.done
+	}
+	var r rrResult
+	if err == nil {
+		err = json.Unmarshal(out, &r)
+	}
+	if err != nil || r.Trips == 0 {
+		logf("  strace run failed: %v", err)
+		return
+	}
+	for _, tr := range ts {
+		data, err := os.ReadFile(tr.file)
+		if err != nil {
+			continue
+		}
+		calls := straceCalls(string(data))
+		total := calls["total"]
+		delete(calls, "total")
+		var top []string
+		for name, n := range calls {
+			if n*10 >= r.Trips {
+				top = append(top, fmt.Sprintf("%s %.1f", name, float64(n)/float64(r.Trips)))
+			}
+		}
+		sort.Strings(top)
+		if total > 0 {
+			logf("  %s %s (%s): %.1f syscalls per round trip: %s", t.name, pids[tr.pid], procComm(tr.pid), float64(total)/float64(r.Trips), strings.Join(top, ", "))
+		}
+	}
+}
+
+// straceCalls reads the calls column of strace -c's table, by syscall name and "total".
+func straceCalls(table string) map[string]int {
+	calls := map[string]int{}
+	for _, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		if _, err := strconv.ParseFloat(f[0], 64); err != nil {
+			continue
+		}
+		n, err := strconv.Atoi(f[3])
+		if err != nil {
+			continue
+		}
+		calls[f[len(f)-1]] = n
+	}
+	return calls
+}
+
+func procComm(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // holdResult is the held-connections figure for one mode.

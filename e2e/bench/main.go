@@ -55,7 +55,8 @@ type config struct {
 	bulk     time.Duration
 	rate     time.Duration
 	steps    string
-	channels int
+	parallel int
+	strace   bool
 	only     map[string]bool
 	modes    map[string]bool
 }
@@ -71,8 +72,9 @@ func run() error {
 	flag.DurationVar(&cfg.bulk, "bulk", 10*time.Second, "length of each iperf3 run")
 	flag.DurationVar(&cfg.rate, "rate", 4*time.Second, "length of each connection-rate run")
 	flag.StringVar(&cfg.steps, "steps", "1000,2000,5000,10000", "held-connection steps")
-	flag.IntVar(&cfg.channels, "channels", 4, "k8stunnel --channels (and iperf3 -P) for the many-channel 50 ms RTT run")
-	flag.StringVar(&only, "only", "", "run only these sections: bulk,rate,hold,rtt,udp (default all)")
+	flag.IntVar(&cfg.parallel, "parallel", 4, "iperf3 -P for the parallel 50 ms RTT run (k8stunnel with default flags)")
+	flag.BoolVar(&cfg.strace, "strace", false, "also count each tunnel's system calls per request/response round trip (strace -c)")
+	flag.StringVar(&only, "only", "", "run only these sections: bulk,rate,rr,hold,rtt,udp (default all)")
 	flag.StringVar(&modes, "modes", "", "run only these modes: direct,openssh,sshuttle,k8stunnel (default all)")
 	flag.Parse()
 	cfg.only = set(only)

@@ -43,7 +43,7 @@ for ax, m in zip(axes.flat, metrics):
     names, values, bar_colors = [], [], []
     for k in order:
         if k in m["values"]:
-            names.append(k.replace("k8stunnel ×", "k8stunnel\n×") + (" ch" if "×" in k else ""))
+            names.append(k.replace("k8stunnel ×", "k8stunnel\n×") + (" streams" if "×" in k else ""))
             values.append(m["values"][k])
             bar_colors.append(k8s_color if k.startswith("k8stunnel") else colors[k])
         elif k in m.get("errors", {}):

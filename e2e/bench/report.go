@@ -49,7 +49,7 @@ type results struct {
 		RateClients int     `json:"rate_clients"`
 		HoldSteps   string  `json:"hold_steps"`
 		RTTms       int     `json:"rtt_ms"`
-		Channels    int     `json:"channels"`
+		Parallel    int     `json:"parallel"`
 		Cipher      string  `json:"cipher"`
 		OpenSSH     string  `json:"openssh"`
 		Sshuttle    string  `json:"sshuttle"`
@@ -77,7 +77,7 @@ func newResults(cfg config) *results {
 	}
 	s := &r.Settings
 	s.BulkSeconds, s.RateSeconds, s.RateClients = cfg.bulk.Seconds(), cfg.rate.Seconds(), 16
-	s.HoldSteps, s.RTTms, s.Channels = cfg.steps, int(2*oneWayDelay/time.Millisecond), cfg.channels
+	s.HoldSteps, s.RTTms, s.Parallel = cfg.steps, int(2*oneWayDelay/time.Millisecond), cfg.parallel
 	s.Cipher = "aes128-gcm@openssh.com"
 	if out, err := exec.Command("ssh", "-V").CombinedOutput(); err == nil {
 		s.OpenSSH = strings.TrimSpace(string(out))
@@ -93,6 +93,11 @@ func newResults(cfg config) *results {
 		{ID: "conn_rate", Title: "new connections (16 clients)", Unit: "conn/s", Better: "higher"},
 		{ID: "conn_p50", Title: "connect+echo+close p50", Unit: "ms", Better: "lower"},
 		{ID: "conn_p99", Title: "connect+echo+close p99", Unit: "ms", Better: "lower"},
+		{ID: "rr1_rate", Title: "request/response, 1 warm connection", Unit: "trips/s", Better: "higher"},
+		{ID: "rr1_p50", Title: "request/response, 1 connection, p50", Unit: "ms", Better: "lower"},
+		{ID: "rr1_p99", Title: "request/response, 1 connection, p99", Unit: "ms", Better: "lower"},
+		{ID: "rr50_rate", Title: "request/response, 50 warm connections", Unit: "trips/s", Better: "higher"},
+		{ID: "rr50_p99", Title: "request/response, 50 connections, p99", Unit: "ms", Better: "lower"},
 		{ID: "held", Title: "connections held open and echoing", Unit: "conns", Better: "higher"},
 		{ID: "rss_per_conn", Title: "client RSS per held connection", Unit: "KiB", Better: "lower"},
 		{ID: "rtt_up", Title: "bulk laptop→pod, 50 ms RTT", Unit: "Mbit/s", Better: "higher"},
@@ -135,6 +140,23 @@ func (r *results) setRate(mode string, rr rateResult, err error) {
 	r.set("conn_rate", mode, rr.Rate, nil)
 	r.set("conn_p50", mode, rr.P50ms, nil)
 	r.set("conn_p99", mode, rr.P99ms, nil)
+}
+
+func (r *results) setRR(mode string, clients int, rr rrResult, err error) {
+	id := fmt.Sprintf("rr%d_", clients)
+	if err != nil {
+		for _, f := range []string{"rate", "p50", "p99"} {
+			if _, ok := r.byID[id+f]; ok {
+				r.set(id+f, mode, 0, err)
+			}
+		}
+		return
+	}
+	r.set(id+"rate", mode, rr.Rate, nil)
+	if _, ok := r.byID[id+"p50"]; ok {
+		r.set(id+"p50", mode, rr.P50ms, nil)
+	}
+	r.set(id+"p99", mode, rr.P99ms, nil)
 }
 
 func (r *results) setHold(mode string, h holdResult, err error) {
@@ -202,9 +224,9 @@ func (r *results) printTable(w io.Writer) {
 		for i, k := range variants {
 			title := m.Title
 			if k != "k8stunnel" {
-				title += " (" + strings.TrimPrefix(k, "k8stunnel ") + " channels)"
+				title += " (" + strings.TrimPrefix(k, "k8stunnel ×") + " parallel)"
 			} else if len(variants) > 1 {
-				title += " (1 channel)"
+				title += " (1 stream)"
 			}
 			cells := []string{title, m.Unit}
 			for _, c := range columns[:3] {

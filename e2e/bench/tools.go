@@ -30,6 +30,7 @@ var tools = map[string]func(args []string) error{
 	"delay": toolDelay,
 	"rate":  toolRate,
 	"hold":  toolHold,
+	"rr":    toolRR,
 }
 
 // toolEcho echoes every connection on each listen address until killed.
@@ -118,22 +119,53 @@ type chunk struct {
 	due time.Time
 }
 
-// delayQueue bounds what one direction holds: 2048 reads of at most 64 KiB.
-const delayQueue = 2048
+// delayBytes bounds what one direction holds, by bytes and not by reads: a bound of 2048 reads capped the relay
+// near 1 Gbit/s once reads got small (2048 × ~1.5 KiB is about what 1 Gbit/s has in flight over 25 ms).
+const delayBytes = 64 << 20
 
-var delayBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+// byteBudget is how many bytes a direction may still queue.
+type byteBudget struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	used int
+	dead bool
+}
+
+func (b *byteBudget) take(n int) {
+	b.mu.Lock()
+	for b.used > 0 && b.used+n > delayBytes && !b.dead {
+		b.cond.Wait()
+	}
+	b.used += n
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) give(n int) {
+	b.mu.Lock()
+	b.used -= n
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) kill() {
+	b.mu.Lock()
+	b.dead = true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
 
 func delayed(dst, src *net.TCPConn, delay time.Duration) {
-	q := make(chan chunk, delayQueue)
+	q := make(chan chunk, 1<<16)
+	budget := &byteBudget{}
+	budget.cond = sync.NewCond(&budget.mu)
 	go func() {
 		defer close(q)
+		buf := make([]byte, 64<<10)
 		for {
-			buf := delayBufs.Get().(*[64 << 10]byte)
-			n, err := src.Read(buf[:])
+			n, err := src.Read(buf)
 			if n > 0 {
-				q <- chunk{b: buf[:n], due: time.Now().Add(delay)}
-			} else {
-				delayBufs.Put(buf)
+				budget.take(n)
+				q <- chunk{b: append([]byte(nil), buf[:n]...), due: time.Now().Add(delay)}
 			}
 			if err != nil {
 				return
@@ -145,8 +177,9 @@ func delayed(dst, src *net.TCPConn, delay time.Duration) {
 			time.Sleep(wait)
 		}
 		_, err := dst.Write(c.b)
-		delayBufs.Put((*[64 << 10]byte)(c.b[:64<<10]))
+		budget.give(len(c.b))
 		if err != nil {
+			budget.kill()
 			src.Close()
 			for range q {
 			}
@@ -214,6 +247,94 @@ func toolRate(args []string) error {
 	elapsed := time.Since(start)
 	slices.Sort(lat)
 	r := rateResult{Conns: len(lat), Errors: errs, Rate: float64(len(lat)) / elapsed.Seconds(), Err: firstErr}
+	if len(lat) > 0 {
+		r.P50ms = ms(lat[len(lat)/2])
+		r.P99ms = ms(lat[len(lat)*99/100])
+	}
+	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// rrResult is what `bench rr` prints: request/response round trips on warm connections.
+type rrResult struct {
+	Clients int     `json:"clients"`
+	Trips   int     `json:"trips"`
+	Rate    float64 `json:"rate"`
+	P50ms   float64 `json:"p50_ms"`
+	P99ms   float64 `json:"p99_ms"`
+	Err     string  `json:"first_error,omitempty"`
+}
+
+// toolRR opens -c connections, sends one message on each to warm it up, then for -d each client sends -size bytes
+// and reads the echo back, again and again: what a developer's requests on a kept-alive connection feel.
+func toolRR(args []string) error {
+	fs := flag.NewFlagSet("rr", flag.ContinueOnError)
+	addr := fs.String("addr", "", "echo server address")
+	clients := fs.Int("c", 1, "parallel clients, one connection each")
+	dur := fs.Duration("d", 4*time.Second, "how long to run")
+	size := fs.Int("size", 64, "message size in bytes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	conns := make([]net.Conn, *clients)
+	msg := make([]byte, *size)
+	for i := range msg {
+		msg[i] = byte('a' + i%26)
+	}
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", *addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+			return err
+		}
+		conns[i] = c
+	}
+	var (
+		mu       sync.Mutex
+		lat      []time.Duration
+		firstErr string
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	end := start.Add(*dur)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := make([]time.Duration, 0, 1<<16)
+			buf := make([]byte, len(msg))
+			c.SetDeadline(end.Add(5 * time.Second))
+			var err error
+			for t0 := time.Now(); t0.Before(end); t0 = time.Now() {
+				if _, err = c.Write(msg); err == nil {
+					_, err = io.ReadFull(c, buf)
+				}
+				if err == nil && string(buf) != string(msg) {
+					err = errors.New("echo differs")
+				}
+				if err != nil {
+					break
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			if err != nil && firstErr == "" {
+				firstErr = err.Error()
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	r := rrResult{Clients: *clients, Trips: len(lat), Rate: float64(len(lat)) / elapsed.Seconds(), Err: firstErr}
 	if len(lat) > 0 {
 		r.P50ms = ms(lat[len(lat)/2])
 		r.P99ms = ms(lat[len(lat)*99/100])

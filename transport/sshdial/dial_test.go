@@ -255,6 +255,27 @@ func TestKeepaliveTimeout(t *testing.T) {
 	}
 }
 
+// The first keepalive goes out at once, not after an interval: the client
+// sizes a link's channels by its round trip while the first helper starts.
+func TestKeepaliveFirstAtOnce(t *testing.T) {
+	sshtest.Env(t)
+	signer, _ := sshtest.Key(t)
+	seen := make(chan string, 10)
+	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey(), Keepalives: seen})
+	c := sshtest.Client(t, srv, signer)
+
+	rtts := make(chan time.Duration, 1)
+	go Keepalive(t.Context(), c, time.Hour, time.Minute, func(d time.Duration) { rtts <- d })
+	select {
+	case d := <-rtts:
+		if d <= 0 {
+			t.Errorf("round trip %v, want > 0", d)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no keepalive answered within 30 s; the first waited for the interval (1 h)")
+	}
+}
+
 func TestKeepaliveStopsWithContext(t *testing.T) {
 	sshtest.Env(t)
 	signer, _ := sshtest.Key(t)

@@ -24,11 +24,15 @@ func Keepalive(ctx context.Context, c *ssh.Client, interval, timeout time.Durati
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
+	// The first goes out at once: its round trip is what the client sizes
+	// the link's channels by, before the helper has started.
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
 		}
 
 		reply := make(chan error, 1)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/k8stunnel/k8stunnel/transport"
 )
@@ -24,6 +25,9 @@ type Transport struct {
 	// ServerAt, when set, is what the link made at attempt reports instead,
 	// as when the node's name resolves anew on a reconnect.
 	ServerAt func(attempt int) netip.Addr
+	// RTT is what links report as their round trip (transport.RTTReporter);
+	// 0 means not measured.
+	RTT time.Duration
 	// Fail, when set, is asked before each Connect (attempt counts from 1);
 	// an error it returns is what Connect returns.
 	Fail func(attempt int) error
@@ -115,6 +119,9 @@ func (l *Link) Opens() int {
 	defer l.mu.Unlock()
 	return l.opens
 }
+
+// RTT is the Transport's RTT.
+func (l *Link) RTT() time.Duration { return l.t.RTT }
 
 func (l *Link) Remote() string        { return "test@" + l.server.String() + ":22" }
 func (l *Link) Server() netip.Addr    { return l.server }
