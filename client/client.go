@@ -916,6 +916,13 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 	defer stop()
 	n := max(c.cfg.Channels, 1)
 	for i := 0; i < n; i++ {
+		if i == 1 && c.cfg.Channels == 0 {
+			// Chosen by the round trip, the others are a speed-up, not a
+			// need: the link goes on with those that come up.
+			l.sessions = append(l.sessions, c.moreChannels(sctx, tl, n-1)...)
+			c.log.Debug("long link: more channels", "rtt", rttOf(tl), "wanted", n, "channels", len(l.sessions))
+			break
+		}
 		ch, err := tl.Open(sctx)
 		if err != nil {
 			tl.Close()
@@ -941,9 +948,6 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 			// The link's first keepalive went out with the connection and
 			// came back while the helper started.
 			n = channelsFor(rttOf(tl))
-			if n > 1 {
-				c.log.Debug("long link: more channels", "rtt", rttOf(tl), "channels", n)
-			}
 		}
 		if i == 0 {
 			l.facts = sess.Peer.Facts
@@ -973,6 +977,45 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 		}
 	}()
 	return l, nil
+}
+
+// extraChannelsTimeout bounds the wait for the channels a link's round trip
+// asks for beyond its first.
+const extraChannelsTimeout = 2 * time.Second
+
+// moreChannels opens up to n more channels for a link at once. One that
+// fails or is not up within extraChannelsTimeout is left out: a round trip
+// measured on a busy machine can make a LAN look long, and a reconnect must
+// not then fail for want of helpers it never needed.
+func (c *Client) moreChannels(ctx context.Context, tl transport.Link, n int) []*mux.Session {
+	ctx, cancel := context.WithTimeout(ctx, extraChannelsTimeout)
+	defer cancel()
+	got := make([]*mux.Session, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ch, err := tl.Open(ctx)
+			if err != nil {
+				c.log.Debug("extra channel not opened", "err", err)
+				return
+			}
+			stop := context.AfterFunc(ctx, func() { ch.Close() })
+			sess, err := mux.NewClient(ch, mux.Hello{Program: c.cfg.Program}, c.log)
+			if !stop() || err != nil {
+				if err == nil {
+					sess.Close()
+					err = context.Cause(ctx)
+				}
+				ch.Close()
+				c.log.Debug("extra channel not started", "err", ch.Explain(err))
+				return
+			}
+			ch.Started()
+			got[i] = sess
+		})
+	}
+	wg.Wait()
+	return slices.DeleteFunc(got, func(s *mux.Session) bool { return s == nil })
 }
 
 // One SSH channel moves at most its window per round trip: 2 MiB in

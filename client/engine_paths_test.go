@@ -730,6 +730,47 @@ func TestEngineChannelsByRTT(t *testing.T) {
 	}
 }
 
+// The channels a long round trip asks for beyond the first are a speed-up:
+// when their helpers fail or never answer (a busy node, a round trip
+// inflated by load on a LAN), the link comes up with the channels it has,
+// in about extraChannelsTimeout, instead of failing the attempt.
+func TestEngineExtraChannelsBestEffort(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra func(ctx context.Context, rwc io.ReadWriteCloser)
+	}{
+		{"refused", func(_ context.Context, rwc io.ReadWriteCloser) { rwc.Close() }},
+		{"silent", func(ctx context.Context, rwc io.ReadWriteCloser) { <-ctx.Done() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var opened atomic.Int32
+			tr := &transporttest.Transport{RTT: 50 * time.Millisecond, Serve: func(ctx context.Context, rwc io.ReadWriteCloser) {
+				if opened.Add(1) == 1 {
+					server.Serve(ctx, rwc, server.Config{Program: "test server"})
+					return
+				}
+				tc.extra(ctx, rwc)
+			}}
+			start := time.Now()
+			e := startEngine(t, Config{}, tr, echoTarget(t))
+			if d := time.Since(start); d > 3*extraChannelsTimeout {
+				t.Errorf("ready after %v, want about %v", d, extraChannelsTimeout)
+			}
+			echo(t, e.dial(t), "one channel is enough")
+			e.c.mu.Lock()
+			n := len(e.c.links.sessions)
+			e.c.mu.Unlock()
+			if n != 1 {
+				t.Errorf("%d sessions, want the 1 that came up", n)
+			}
+			if got := tr.Links()[0].Opens(); got != 6 {
+				t.Errorf("%d channels opened, want 6 (the first and 5 tried)", got)
+			}
+			e.shutdown(t)
+		})
+	}
+}
+
 // A helper that never answers the handshake fails the first connect.
 func TestEngineHelperDoesNotStart(t *testing.T) {
 	tr := &transporttest.Transport{Serve: func(_ context.Context, rwc io.ReadWriteCloser) { rwc.Close() }}
