@@ -852,27 +852,51 @@ type link struct {
 	tl       transport.Link
 	target   string
 	server   netip.Addr
-	sessions []*mux.Session
-	facts    *mux.Facts // what the helper found on the node, if asked
+	sessions atomic.Pointer[[]*mux.Session] // grows after connect; read on every dial
+	facts    *mux.Facts                     // what the helper found on the node, if asked
 	done     chan struct{}
 
 	once    sync.Once
 	mu      sync.Mutex
+	closed  bool // guarded by mu: add turns sessions away
 	lastErr error
 	next    atomic.Uint32
 }
 
-func (l *link) pick() (*mux.Session, int) {
-	if len(l.sessions) == 1 {
-		return l.sessions[0], 0
+// channels is the link's sessions, one per channel; the first is the one
+// whose helper answered the hello's facts and exposes.
+func (l *link) channels() []*mux.Session {
+	if p := l.sessions.Load(); p != nil {
+		return *p
 	}
-	best := int(l.next.Add(1)) % len(l.sessions)
-	for i, s := range l.sessions {
-		if s.NumStreams() < l.sessions[best].NumStreams() {
+	return nil
+}
+
+// add gives the link another session; false once the link is closed, and
+// then the caller still owns s.
+func (l *link) add(s *mux.Session) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	ss := append(slices.Clone(l.channels()), s)
+	l.sessions.Store(&ss)
+	return true
+}
+
+func (l *link) pick() (*mux.Session, int) {
+	ss := l.channels()
+	if len(ss) == 1 {
+		return ss[0], 0
+	}
+	best := int(l.next.Add(1)) % len(ss)
+	for i, s := range ss {
+		if s.NumStreams() < ss[best].NumStreams() {
 			best = i
 		}
 	}
-	return l.sessions[best], best
+	return ss[best], best
 }
 
 func (l *link) fail(err error) {
@@ -892,7 +916,10 @@ func (l *link) err() error {
 
 func (l *link) close() {
 	l.once.Do(func() {
-		for _, s := range l.sessions {
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+		for _, s := range l.channels() {
 			s.Close()
 		}
 		l.tl.Close()
@@ -916,13 +943,6 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 	defer stop()
 	n := max(c.cfg.Channels, 1)
 	for i := 0; i < n; i++ {
-		if i == 1 && c.cfg.Channels == 0 {
-			// Chosen by the round trip, the others are a speed-up, not a
-			// need: the link goes on with those that come up.
-			l.sessions = append(l.sessions, c.moreChannels(sctx, tl, n-1)...)
-			c.log.Debug("long link: more channels", "rtt", rttOf(tl), "wanted", n, "channels", len(l.sessions))
-			break
-		}
 		ch, err := tl.Open(sctx)
 		if err != nil {
 			tl.Close()
@@ -943,12 +963,7 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 			return nil, fmt.Errorf("starting the helper on the node: %w", err)
 		}
 		ch.Started()
-		l.sessions = append(l.sessions, sess)
-		if i == 0 && c.cfg.Channels == 0 {
-			// The link's first keepalive went out with the connection and
-			// came back while the helper started.
-			n = channelsFor(rttOf(tl))
-		}
+		l.add(sess)
 		if i == 0 {
 			l.facts = sess.Peer.Facts
 			if err := c.checkExposed(sess.Peer.Exposed, l.target); err != nil {
@@ -961,13 +976,16 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 	if !stop() {
 		return nil, fmt.Errorf("connecting to %s: no answer in %v", l.target, setup)
 	}
-	for i, s := range l.sessions {
-		go func() {
-			// The helper opens streams to reset ours, and with -R to carry
-			// pods' connections back; any other is refused.
-			c.serveSession(ctx, s, i == 0)
-			l.fail(mux.ErrSessionLost)
-		}()
+	for i, s := range l.channels() {
+		c.serve(ctx, l, s, i == 0)
+	}
+	if c.cfg.Channels == 0 {
+		// The link's first keepalive went out with the connection and came
+		// back while the helper started. The channels a long round trip asks
+		// for are a speed-up, not a need: the link is up without them.
+		if more := channelsFor(rttOf(tl)) - 1; more > 0 {
+			c.wg.Go(func() { c.grow(ctx, l, more) })
+		}
 	}
 	go func() {
 		select {
@@ -979,22 +997,40 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 	return l, nil
 }
 
+// serve runs the helper's side of session s of link l: the helper opens
+// streams to reset ours, and with -R (first only) to carry pods' connections
+// back; any other is refused. The link fails when any of its sessions ends.
+func (c *Client) serve(ctx context.Context, l *link, s *mux.Session, first bool) {
+	go func() {
+		c.serveSession(ctx, s, first)
+		l.fail(mux.ErrSessionLost)
+	}()
+}
+
 // extraChannelsTimeout bounds the wait for the channels a link's round trip
 // asks for beyond its first.
-const extraChannelsTimeout = 2 * time.Second
+const extraChannelsTimeout = 10 * time.Second
 
-// moreChannels opens up to n more channels for a link at once. One that
-// fails or is not up within extraChannelsTimeout is left out: a round trip
-// measured on a busy machine can make a LAN look long, and a reconnect must
-// not then fail for want of helpers it never needed.
-func (c *Client) moreChannels(ctx context.Context, tl transport.Link, n int) []*mux.Session {
-	ctx, cancel := context.WithTimeout(ctx, extraChannelsTimeout)
+// grow opens n more channels for link l, all at once, and adds each that
+// comes up within extraChannelsTimeout. One that fails is left out: a round
+// trip measured on a busy machine can make a LAN look long, and nothing must
+// then wait or fail for helpers the link never needed.
+func (c *Client) grow(runCtx context.Context, l *link, n int) {
+	ctx, cancel := context.WithTimeout(runCtx, extraChannelsTimeout)
 	defer cancel()
-	got := make([]*mux.Session, n)
+	go func() {
+		// The link's end stops the growth too.
+		select {
+		case <-l.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var added atomic.Int32
 	var wg sync.WaitGroup
-	for i := range n {
+	for range n {
 		wg.Go(func() {
-			ch, err := tl.Open(ctx)
+			ch, err := l.tl.Open(ctx)
 			if err != nil {
 				c.log.Debug("extra channel not opened", "err", err)
 				return
@@ -1011,11 +1047,16 @@ func (c *Client) moreChannels(ctx context.Context, tl transport.Link, n int) []*
 				return
 			}
 			ch.Started()
-			got[i] = sess
+			if !l.add(sess) {
+				sess.Close()
+				return
+			}
+			added.Add(1)
+			c.serve(runCtx, l, sess, false)
 		})
 	}
 	wg.Wait()
-	return slices.DeleteFunc(got, func(s *mux.Session) bool { return s == nil })
+	c.log.Debug("long link: more channels", "rtt", rttOf(l.tl), "wanted", n+1, "channels", 1+added.Load())
 }
 
 // One SSH channel moves at most its window per round trip: 2 MiB in
