@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -476,4 +478,82 @@ func TestUDPInstancesTakeOwnMarks(t *testing.T) {
 	if got := fake.Dump(); got != "" {
 		t.Errorf("after both removed:\n%s", got)
 	}
+}
+
+// TestUDPInstancesStartingTogether: two instances installing at the same time
+// (two root children, each with its own Firewall) still get their own mark.
+// The first is held right after it chose its mark, before its TPROXY chain
+// exists; the second then runs, and without the install lock it chose the
+// same mark, since it saw nothing in use.
+func TestUDPInstancesStartingTogether(t *testing.T) {
+	specA := Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
+	specB := specA
+	for specB.Port = 1; udpIndex(specB) != udpIndex(specA) || specB.Port == specA.Port; specB.Port++ {
+	}
+	specB.UDPPort = specB.Port
+	lock := filepath.Join(t.TempDir(), "lock")
+	blocked := make(chan struct{})
+	bDone := make(chan error, 1)
+	var once sync.Once
+	fake := &Fake{}
+	b := New(fake, testLogger(t))
+	a := New(newChainHook{Runner: fake, hook: func(chain string) {
+		if chain != UDPChainName(specA) {
+			return
+		}
+		once.Do(func() {
+			go func() { bDone <- b.Install(specB) }()
+			select {
+			case err := <-bDone:
+				bDone <- err // B went all the way while A was half done
+			case <-blocked:
+			}
+		})
+	}}, testLogger(t))
+	for _, fw := range []*Firewall{a, b} {
+		fw.lockPath = lock
+	}
+	b.lockWaiting = func() { close(blocked) }
+	if err := a.Install(specA); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-bDone; err != nil {
+		t.Fatal(err)
+	}
+	ra, rb := a.installed.fams[0].route, b.installed.fams[0].route
+	if ra.Mark == rb.Mark || ra.Table == rb.Table {
+		t.Fatalf("instances installing together got routes %v and %v; want their own mark and table each", ra, rb)
+	}
+	for _, fw := range []*Firewall{a, b} {
+		if err := fw.Remove(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fake.Dump(); got != "" {
+		t.Errorf("after both removed:\n%s", got)
+	}
+}
+
+// newChainHook is a Runner whose Tables call hook before creating a chain.
+type newChainHook struct {
+	Runner
+	hook func(chain string)
+}
+
+func (r newChainHook) Family(fam Family) (Tables, error) {
+	t, err := r.Runner.Family(fam)
+	if err != nil {
+		return nil, err
+	}
+	return hookTables{Tables: t, hook: r.hook}, nil
+}
+
+type hookTables struct {
+	Tables
+	hook func(chain string)
+}
+
+func (t hookTables) NewChain(table, chain string) error {
+	t.hook(chain)
+	return t.Tables.NewChain(table, chain)
 }
