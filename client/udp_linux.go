@@ -119,6 +119,8 @@ func (c *Client) udpTransparent(ctx context.Context, fw Firewall) error {
 // datagrams of flows, each with its original destination.
 func (c *Client) udpLoop(ctx context.Context, ln *net.UDPConn) {
 	defer c.wg.Done()
+	self := ln.LocalAddr().(*net.UDPAddr).AddrPort()
+	self = netip.AddrPortFrom(self.Addr().Unmap(), self.Port())
 	buf := make([]byte, 1<<16)
 	oob := make([]byte, 256)
 	for {
@@ -137,6 +139,13 @@ func (c *Client) udpLoop(ctx context.Context, ln *net.UDPConn) {
 		dst, ok := origDstFromOOB(oob[:oobn])
 		if !ok {
 			c.log.Debug("dropping a datagram without its original destination", "src", src)
+			continue
+		}
+		if dst == self {
+			// Sent to the socket itself, not handed to it by a rule: no
+			// flow, as handle resets a TCP connection to the listener.
+			c.udp.dropped.Add(1)
+			c.log.Debug("dropping a datagram that was not captured", "src", src)
 			continue
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
