@@ -557,3 +557,16 @@ func (t hookTables) NewChain(table, chain string) error {
 	t.hook(chain)
 	return t.Tables.NewChain(table, chain)
 }
+
+// TestInstallLockMissingDir: without the lock's directory (no /run), Install
+// still installs.
+func TestInstallLockMissingDir(t *testing.T) {
+	fw := New(&Fake{}, testLogger(t))
+	fw.lockPath = filepath.Join(t.TempDir(), "missing", "lock")
+	if err := fw.Install(Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(); err != nil {
+		t.Fatal(err)
+	}
+}
