@@ -292,7 +292,7 @@ func (f *Firewall) removeLocked() error {
 }
 
 // Check reports whether the chains, their jumps and the UDP capture's ip
-// rule are still exactly as Install left them; something else flushing the nat table (iptables -t nat
+// rule and route are still exactly as Install left them; something else flushing the nat table (iptables -t nat
 // -F, a firewall manager reloading) makes it false. With nothing installed,
 // there is nothing to differ and Check is true.
 func (f *Firewall) Check() (ok bool, err error) {
@@ -325,11 +325,11 @@ func (f *Firewall) Check() (ok bool, err error) {
 			}
 		}
 		if fi.routes != nil {
-			rules, err := fi.routes.List()
+			ok, err := fi.routes.Present(fi.route)
 			if err != nil {
-				return false, fmt.Errorf("listing %s ip rules: %w", fi.fam, err)
+				return false, fmt.Errorf("checking %s UDP route: %w", fi.fam, err)
 			}
-			if !slices.Contains(rules, fi.route) {
+			if !ok {
 				return false, nil
 			}
 		}

@@ -381,6 +381,22 @@ ip -6 route add local ::/0 dev lo table TABLE
 	if ok, err := fw.Check(); ok || err != nil {
 		t.Fatalf("Check with the IPv6 ip rule gone = %v, %v; want false", ok, err)
 	}
+	// The rule alone, its table emptied (ip route flush table, a network
+	// manager dropping routes it did not make): marked datagrams would leave
+	// by the default route.
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	fake.FlushTable(IPv4, UDPTable(spec))
+	if ok, err := fw.Check(); ok || err != nil {
+		t.Fatalf("Check with the IPv4 UDP table flushed = %v, %v; want false", ok, err)
+	}
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Dump(); got != want {
+		t.Fatalf("after reinstalling over a flushed table:\n%s\nwant\n%s", got, want)
+	}
 	for range 2 {
 		if err := fw.Remove(); err != nil {
 			t.Fatal(err)
