@@ -178,7 +178,14 @@ func origDstFromOOB(oob []byte) (netip.AddrPort, bool) {
 // flowSocket is the flow's own socket: transparent, bound to the original
 // destination and connected to the application. Replies leave it from the
 // destination's address and port; the flow's next datagrams arrive on it.
-// Several flows to one destination share its address, hence SO_REUSEADDR.
+// Several flows to one destination share its address, hence SO_REUSEPORT,
+// and not SO_REUSEADDR: the kernel lets a socket join a SO_REUSEPORT address
+// only when the same uid holds it, and connected sockets are matched on the
+// peer, not balanced. With SO_REUSEADDR any local user could bind her own
+// socket there (IP_FREEBIND needs no privilege) and connect it to the same
+// application: TPROXY would then find hers first and, as it is not
+// transparent, drop the flow's datagrams (and a plain lookup would hand them
+// to her).
 func (c *Client) flowSocket(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	fw := c.fwNow.Load()
 	if fw == nil {
@@ -194,7 +201,7 @@ func (c *Client) flowSocket(ctx context.Context, src, dst netip.AddrPort) (net.C
 			var serr error
 			err := rc.Control(func(fd uintptr) {
 				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpRcvBuf) // best effort
-				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr == nil {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr == nil {
 					serr = (*fw).TransparentSocket(ctx, int(fd))
 				}
 			})
