@@ -301,17 +301,7 @@ func TestUDP(t *testing.T) {
 			t.Fatal(err)
 		}
 		<-c.Exited()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			after := iptablesSave(t, lab)
-			if after == before {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("5s after kill -9 the laptop's rules or routes still differ\nbefore:\n%s\nafter:\n%s", before, after)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitRulesBack(t, lab, before, "kill -9")
 		expectNoTunnel(t, lab)
 	})
 	assertRootNamespaceUntouched(t)

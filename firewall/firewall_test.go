@@ -455,15 +455,22 @@ func TestCleanupRacesAnotherRemover(t *testing.T) {
 	}
 }
 
+// collidingSpecs are two instances' specs whose chain names hash to the same
+// UDP mark.
+func collidingSpecs(t *testing.T) (a, b Spec) {
+	a = Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
+	b = a
+	for b.Port = 1; udpIndex(b) != udpIndex(a) || b.Port == a.Port; b.Port++ {
+	}
+	b.UDPPort = b.Port
+	return a, b
+}
+
 // TestUDPInstancesTakeOwnMarks: two instances whose chain names hash to the
 // same UDP mark still get different marks and tables, or each would take the
 // other's datagrams.
 func TestUDPInstancesTakeOwnMarks(t *testing.T) {
-	specA := Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
-	specB := specA
-	for specB.Port = 1; udpIndex(specB) != udpIndex(specA) || specB.Port == specA.Port; specB.Port++ {
-	}
-	specB.UDPPort = specB.Port
+	specA, specB := collidingSpecs(t)
 	fake := &Fake{}
 	a, b := New(fake, testLogger(t)), New(fake, testLogger(t))
 	if err := a.Install(specA); err != nil {
@@ -502,11 +509,7 @@ func TestUDPInstancesTakeOwnMarks(t *testing.T) {
 // exists; the second then runs, and without the install lock it chose the
 // same mark, since it saw nothing in use.
 func TestUDPInstancesStartingTogether(t *testing.T) {
-	specA := Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
-	specB := specA
-	for specB.Port = 1; udpIndex(specB) != udpIndex(specA) || specB.Port == specA.Port; specB.Port++ {
-	}
-	specB.UDPPort = specB.Port
+	specA, specB := collidingSpecs(t)
 	lock := filepath.Join(t.TempDir(), "lock")
 	blocked := make(chan struct{})
 	bDone := make(chan error, 1)
