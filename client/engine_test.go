@@ -57,6 +57,8 @@ type fakeFirewall struct {
 	installs []firewall.Spec
 	closed   bool
 	marked   int
+	// transparent counts TransparentSocket's sockets.
+	transparent int
 }
 
 func (f *fakeFirewall) Install(_ context.Context, s firewall.Spec) error {
@@ -77,8 +79,14 @@ func (f *fakeFirewall) MarkSocket(context.Context, int) error {
 	return nil
 }
 
-// TransparentSocket does nothing: no rules capture UDP here.
-func (f *fakeFirewall) TransparentSocket(context.Context, int) error { return nil }
+// TransparentSocket counts the sockets it is given: no rules capture UDP
+// here.
+func (f *fakeFirewall) TransparentSocket(context.Context, int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.transparent++
+	return nil
+}
 
 func (f *fakeFirewall) Close() error {
 	f.mu.Lock()

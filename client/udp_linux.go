@@ -119,6 +119,8 @@ func (c *Client) udpTransparent(ctx context.Context, fw Firewall) error {
 // datagrams of flows, each with its original destination.
 func (c *Client) udpLoop(ctx context.Context, ln *net.UDPConn) {
 	defer c.wg.Done()
+	self := ln.LocalAddr().(*net.UDPAddr).AddrPort()
+	self = netip.AddrPortFrom(self.Addr().Unmap(), self.Port())
 	buf := make([]byte, 1<<16)
 	oob := make([]byte, 256)
 	for {
@@ -137,6 +139,13 @@ func (c *Client) udpLoop(ctx context.Context, ln *net.UDPConn) {
 		dst, ok := origDstFromOOB(oob[:oobn])
 		if !ok {
 			c.log.Debug("dropping a datagram without its original destination", "src", src)
+			continue
+		}
+		if dst == self {
+			// Sent to the socket itself, not handed to it by a rule: no
+			// flow, as handle resets a TCP connection to the listener.
+			c.udp.dropped.Add(1)
+			c.log.Debug("dropping a datagram that was not captured", "src", src)
 			continue
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
@@ -169,7 +178,14 @@ func origDstFromOOB(oob []byte) (netip.AddrPort, bool) {
 // flowSocket is the flow's own socket: transparent, bound to the original
 // destination and connected to the application. Replies leave it from the
 // destination's address and port; the flow's next datagrams arrive on it.
-// Several flows to one destination share its address, hence SO_REUSEADDR.
+// Several flows to one destination share its address, hence SO_REUSEPORT,
+// and not SO_REUSEADDR: the kernel lets a socket join a SO_REUSEPORT address
+// only when the same uid holds it, and connected sockets are matched on the
+// peer, not balanced. With SO_REUSEADDR any local user could bind her own
+// socket there (IP_FREEBIND needs no privilege) and connect it to the same
+// application: TPROXY would then find hers first and, as it is not
+// transparent, drop the flow's datagrams (and a plain lookup would hand them
+// to her).
 func (c *Client) flowSocket(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	fw := c.fwNow.Load()
 	if fw == nil {
@@ -185,7 +201,7 @@ func (c *Client) flowSocket(ctx context.Context, src, dst netip.AddrPort) (net.C
 			var serr error
 			err := rc.Control(func(fd uintptr) {
 				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpRcvBuf) // best effort
-				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr == nil {
+				if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr == nil {
 					serr = (*fw).TransparentSocket(ctx, int(fd))
 				}
 			})

@@ -135,3 +135,34 @@ func TestUDPFlows(t *testing.T) {
 		t.Errorf("UDP stats %+v, want 3 flows in all", st)
 	}
 }
+
+// TestUDPCaptureSocketItself: a datagram sent straight to the capture
+// socket, not handed to it by the firewall, has the socket's own address as
+// its destination. It starts no flow: no socket is asked of the root child,
+// and it is counted as dropped, as a TCP connection to the listener itself
+// is reset.
+func TestUDPCaptureSocketItself(t *testing.T) {
+	e := startEngine(t, Config{UDP: true}, &transporttest.Transport{}, echoTarget(t))
+	defer e.shutdown(t)
+	e.fw.mu.Lock()
+	port := e.fw.installs[0].UDPPort
+	before := e.fw.transparent
+	e.fw.mu.Unlock()
+	a := newUDPApp(t)
+	if _, err := a.app.WriteToUDPAddrPort([]byte("hi"), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.c.Stats().UDP.Dropped == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("UDP stats %+v 10s after a datagram to the capture socket, want it dropped", e.c.Stats().UDP)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.fw.mu.Lock()
+	asked := e.fw.transparent - before
+	e.fw.mu.Unlock()
+	if st := e.c.Stats().UDP; asked != 0 || st.FlowsTotal != 0 {
+		t.Errorf("a datagram to the capture socket itself: %d sockets made transparent, stats %+v; want none and no flow", asked, st)
+	}
+}

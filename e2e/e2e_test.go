@@ -487,6 +487,22 @@ func TestReconnect(t *testing.T) {
 	}
 }
 
+// waitRulesBack waits up to 5s for the laptop's rules and routes to be before again, after what happened.
+func waitRulesBack(t *testing.T, lab *Lab, before, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		after := iptablesSave(t, lab)
+		if after == before {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5s after %s the laptop's rules or routes still differ\nbefore:\n%s\nafter:\n%s", what, before, after)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestKilled: a client killed outright must not leave the laptop broken.
 func TestKilled(t *testing.T) {
 	lab := newLab(t)
@@ -499,18 +515,7 @@ func TestKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 		<-c.Exited()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			after := iptablesSave(t, lab)
-			if after == before {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("5s after SIGKILL of the client the laptop's rules still differ\nbefore:\n%s\nafter:\n%s",
-					before, after)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitRulesBack(t, lab, before, "SIGKILL of the client")
 		expectGone(t, lab)
 	})
 

@@ -386,11 +386,11 @@ func (u *User) WriteSSHFiles(files map[string]string) error {
 	return nil
 }
 
-// PublicCopy copies the file at src into a new directory under the temp dir that any user may enter and read,
-// and returns the copy's path and a func that removes the directory. A normal user cannot run the test's own
-// build: it lives in a directory only root may enter.
+// PublicCopy copies the file at src into a new directory under publicRoot that any user may enter and read, and
+// returns the copy's path and a func that removes the directory. A normal user cannot run the test's own build: it
+// lives in a directory only root may enter.
 func PublicCopy(src string) (path string, remove func(), err error) {
-	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-pub-", namePrefix, os.Getpid()))
+	dir, err := os.MkdirTemp(publicRoot, fmt.Sprintf("%s%d-pub-", namePrefix, os.Getpid()))
 	if err != nil {
 		return "", nil, err
 	}
@@ -406,6 +406,10 @@ func PublicCopy(src string) (path string, remove func(), err error) {
 	}
 	return path, remove, nil
 }
+
+// publicRoot holds PublicCopy's directories: not the temp dir, since k8stunnel sudoers refuses an executable under a
+// directory that others may write into, sticky or not.
+const publicRoot = "/var/lib"
 
 // UserHome makes a home directory owned by uid:gid with the given files copied into ~/.ssh (name → source path),
 // mode 0600, as OpenSSH wants them.

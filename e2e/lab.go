@@ -471,7 +471,8 @@ func RemoveLeftovers() ([]string, error) {
 		removed = append(removed, "netns "+ns.Name)
 	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), namePrefix+"*"))
-	for _, d := range dirs {
+	pub, _ := filepath.Glob(filepath.Join(publicRoot, namePrefix+"*"))
+	for _, d := range append(dirs, pub...) {
 		if !stale(filepath.Base(d)) {
 			continue
 		}

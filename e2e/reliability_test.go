@@ -251,10 +251,11 @@ func TestRulesRewritten(t *testing.T) {
 	}
 	chain := strings.Fields(strings.TrimPrefix(ours[0], ":"))[0]
 	// The UDP capture's ip rule: "32765:	from all fwmark 0x3000000/0xf000000 lookup 27451".
-	var udpRule []string
+	var udpRule, udpTable []string
 	for _, line := range strings.Split(installed, "\n") {
 		if f := strings.Fields(line); len(f) == 7 && f[3] == "fwmark" && f[5] == "lookup" {
 			udpRule = []string{"rule", "del", "fwmark", f[4], "lookup", f[6]}
+			udpTable = []string{"route", "flush", "table", f[6]}
 		}
 	}
 	if udpRule == nil {
@@ -274,6 +275,8 @@ func TestRulesRewritten(t *testing.T) {
 		{"chain emptied", "", []string{"-t", "nat", "-F", chain}, true},
 		{"iptables -t mangle -F", "", []string{"-t", "mangle", "-F"}, false},
 		{"ip rule of the UDP capture deleted", "ip", udpRule, true},
+		// The rule alone sends marked datagrams out by the default route.
+		{"routing table of the UDP capture flushed", "ip", udpTable, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

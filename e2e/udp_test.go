@@ -190,6 +190,58 @@ func TestUDP(t *testing.T) {
 		echoDatagrams(t, pc, echo4, 3)
 	})
 
+	// Each flow holds one socket at each end, bound to (laptop) or connected to (node) the destination, and no
+	// other descriptor; once idle, all of them go.
+	t.Run("many flows: one socket each end, all gone once idle", func(t *testing.T) {
+		const flows = 300
+		udpSockets := func(ns *Netns, filter string) int {
+			out, err := ns.Output(context.Background(), "ss", "-Huan", filter, echo4.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(strings.Fields(out)) / 5 // State Recv-Q Send-Q Local Peer
+		}
+		fds := func() int {
+			entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", c.Pid()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(entries)
+		}
+		waitGone := func(what string) {
+			deadline := time.Now().Add(udpIdleInLab + 10*time.Second)
+			for udpSockets(lab.Laptop, "src") != 0 || udpSockets(lab.Node, "dst") != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %d flow sockets in the laptop, %d in the node %v after the last datagram", what,
+						udpSockets(lab.Laptop, "src"), udpSockets(lab.Node, "dst"), udpIdleInLab+10*time.Second)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		waitGone("before")
+		base := fds()
+		var pcs []*net.UDPConn
+		for range flows {
+			pc := laptopUDP(t, lab, "udp4")
+			echoDatagrams(t, pc, echo4, 1)
+			pcs = append(pcs, pc)
+		}
+		if l, n := udpSockets(lab.Laptop, "src"), udpSockets(lab.Node, "dst"); l != flows || n != flows {
+			t.Errorf("%d flows: %d sockets bound to %v in the laptop and %d connected to it in the node, want %d each",
+				flows, l, echo4, n, flows)
+		}
+		if got := fds() - base; got != flows {
+			t.Errorf("%d flows: the client holds %d more descriptors, want %d", flows, got, flows)
+		}
+		waitGone("idle")
+		if got := fds(); got != base {
+			t.Errorf("all flows expired: the client holds %d descriptors, %d before", got, base)
+		}
+		for _, pc := range pcs {
+			pc.Close()
+		}
+	})
+
 	t.Run("nothing left after exit", func(t *testing.T) {
 		stopClient(t, c)
 		if after := iptablesSave(t, lab); after != before {
@@ -249,17 +301,7 @@ func TestUDP(t *testing.T) {
 			t.Fatal(err)
 		}
 		<-c.Exited()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			after := iptablesSave(t, lab)
-			if after == before {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("5s after kill -9 the laptop's rules or routes still differ\nbefore:\n%s\nafter:\n%s", before, after)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitRulesBack(t, lab, before, "kill -9")
 		expectNoTunnel(t, lab)
 	})
 	assertRootNamespaceUntouched(t)

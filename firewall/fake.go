@@ -26,6 +26,9 @@ type Fake struct {
 	mu     sync.Mutex
 	chains map[fakeKey][]string // user chains always have an entry
 	routes map[Family][]LocalRoute
+	// flushed are the routes whose table FlushTable emptied: the ip rule
+	// stays, the route is gone.
+	flushed map[Family][]LocalRoute
 }
 
 type fakeKey struct {
@@ -71,6 +74,9 @@ func (r fakeRoutes) Add(lr LocalRoute) error {
 	if !slices.Contains(r.f.routes[r.fam], lr) {
 		r.f.routes[r.fam] = append(r.f.routes[r.fam], lr)
 	}
+	if r.f.flushed != nil {
+		r.f.flushed[r.fam] = slices.DeleteFunc(r.f.flushed[r.fam], func(have LocalRoute) bool { return have.Table == lr.Table })
+	}
 	return nil
 }
 
@@ -78,7 +84,27 @@ func (r fakeRoutes) Delete(lr LocalRoute) error {
 	r.f.mu.Lock()
 	defer r.f.mu.Unlock()
 	r.f.routes[r.fam] = slices.DeleteFunc(r.f.routes[r.fam], func(have LocalRoute) bool { return have == lr })
+	if r.f.flushed != nil {
+		r.f.flushed[r.fam] = slices.DeleteFunc(r.f.flushed[r.fam], func(have LocalRoute) bool { return have.Table == lr.Table })
+	}
 	return nil
+}
+
+func (r fakeRoutes) Present(lr LocalRoute) (bool, error) {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	return slices.Contains(r.f.routes[r.fam], lr) && !slices.ContainsFunc(r.f.flushed[r.fam], func(have LocalRoute) bool { return have.Table == lr.Table }), nil
+}
+
+// FlushTable empties routing table table of fam, as `ip route flush table`
+// does: the ip rules that look it up stay.
+func (f *Fake) FlushTable(fam Family, table uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.flushed == nil {
+		f.flushed = map[Family][]LocalRoute{}
+	}
+	f.flushed[fam] = append(f.flushed[fam], LocalRoute{Table: table})
 }
 
 func (r fakeRoutes) List() ([]LocalRoute, error) {
@@ -140,7 +166,10 @@ func (f *Fake) Dump() string {
 			if fam == IPv6 {
 				dst = "::/0"
 			}
-			fmt.Fprintf(&b, "ip -%d rule add %s\nip -%d route add local %s dev lo table %d\n", fam, r, fam, dst, r.Table)
+			fmt.Fprintf(&b, "ip -%d rule add %s\n", fam, r)
+			if !slices.ContainsFunc(f.flushed[fam], func(have LocalRoute) bool { return have.Table == r.Table }) {
+				fmt.Fprintf(&b, "ip -%d route add local %s dev lo table %d\n", fam, dst, r.Table)
+			}
 		}
 	}
 	return b.String()

@@ -36,6 +36,11 @@ type Firewall struct {
 	// healEvery is how often ServeHelper checks the installed rules; a field
 	// so tests can make it fast.
 	healEvery time.Duration
+	// lockPath, when set, is the file whose flock serialises Install with
+	// other processes' (installLock); lockWaiting is called when another
+	// holds it, for tests.
+	lockPath    string
+	lockWaiting func()
 
 	mu        sync.Mutex
 	installed *installation // nil when nothing is installed
@@ -91,8 +96,20 @@ func New(r Runner, log *slog.Logger) *Firewall {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Firewall{runner: r, log: log, healEvery: time.Second}
+	f := &Firewall{runner: r, log: log, healEvery: time.Second}
+	if _, real := r.(*iptablesRunner); real {
+		f.lockPath = installLock
+	}
+	return f
 }
+
+// installLock is the file every k8stunnel's root child locks while it
+// installs. The UDP capture picks its mark and routing table by looking at
+// what other instances installed (freeUDPIndex): two instances starting at
+// once would otherwise both see the same index free, and then take each
+// other's datagrams, and the first to stop would delete the other's route.
+// /run is root's alone, so no user can hold the lock or plant the file.
+const installLock = "/run/k8stunnel-firewall.lock"
 
 // Install replaces whatever this Firewall installed before with spec's
 // rules. It first removes a stale chain of the same name (left by a run
@@ -105,6 +122,13 @@ func (f *Firewall) Install(spec Spec) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.lockPath != "" {
+		unlock, err := lockFile(f.lockPath, f.lockWaiting)
+		if err != nil {
+			return fmt.Errorf("installing rules: %w", err)
+		}
+		defer unlock()
+	}
 
 	if err := f.removeLocked(); err != nil {
 		return err
@@ -268,7 +292,7 @@ func (f *Firewall) removeLocked() error {
 }
 
 // Check reports whether the chains, their jumps and the UDP capture's ip
-// rule are still exactly as Install left them; something else flushing the nat table (iptables -t nat
+// rule and route are still exactly as Install left them; something else flushing the nat table (iptables -t nat
 // -F, a firewall manager reloading) makes it false. With nothing installed,
 // there is nothing to differ and Check is true.
 func (f *Firewall) Check() (ok bool, err error) {
@@ -301,11 +325,11 @@ func (f *Firewall) Check() (ok bool, err error) {
 			}
 		}
 		if fi.routes != nil {
-			rules, err := fi.routes.List()
+			ok, err := fi.routes.Present(fi.route)
 			if err != nil {
-				return false, fmt.Errorf("listing %s ip rules: %w", fi.fam, err)
+				return false, fmt.Errorf("checking %s UDP route: %w", fi.fam, err)
 			}
-			if !slices.Contains(rules, fi.route) {
+			if !ok {
 				return false, nil
 			}
 		}

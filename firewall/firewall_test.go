@@ -4,8 +4,10 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -379,6 +381,22 @@ ip -6 route add local ::/0 dev lo table TABLE
 	if ok, err := fw.Check(); ok || err != nil {
 		t.Fatalf("Check with the IPv6 ip rule gone = %v, %v; want false", ok, err)
 	}
+	// The rule alone, its table emptied (ip route flush table, a network
+	// manager dropping routes it did not make): marked datagrams would leave
+	// by the default route.
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	fake.FlushTable(IPv4, UDPTable(spec))
+	if ok, err := fw.Check(); ok || err != nil {
+		t.Fatalf("Check with the IPv4 UDP table flushed = %v, %v; want false", ok, err)
+	}
+	if err := fw.Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Dump(); got != want {
+		t.Fatalf("after reinstalling over a flushed table:\n%s\nwant\n%s", got, want)
+	}
 	for range 2 {
 		if err := fw.Remove(); err != nil {
 			t.Fatal(err)
@@ -437,15 +455,22 @@ func TestCleanupRacesAnotherRemover(t *testing.T) {
 	}
 }
 
+// collidingSpecs are two instances' specs whose chain names hash to the same
+// UDP mark.
+func collidingSpecs(t *testing.T) (a, b Spec) {
+	a = Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
+	b = a
+	for b.Port = 1; udpIndex(b) != udpIndex(a) || b.Port == a.Port; b.Port++ {
+	}
+	b.UDPPort = b.Port
+	return a, b
+}
+
 // TestUDPInstancesTakeOwnMarks: two instances whose chain names hash to the
 // same UDP mark still get different marks and tables, or each would take the
 // other's datagrams.
 func TestUDPInstancesTakeOwnMarks(t *testing.T) {
-	specA := Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}
-	specB := specA
-	for specB.Port = 1; udpIndex(specB) != udpIndex(specA) || specB.Port == specA.Port; specB.Port++ {
-	}
-	specB.UDPPort = specB.Port
+	specA, specB := collidingSpecs(t)
 	fake := &Fake{}
 	a, b := New(fake, testLogger(t)), New(fake, testLogger(t))
 	if err := a.Install(specA); err != nil {
@@ -475,5 +500,92 @@ func TestUDPInstancesTakeOwnMarks(t *testing.T) {
 	}
 	if got := fake.Dump(); got != "" {
 		t.Errorf("after both removed:\n%s", got)
+	}
+}
+
+// TestUDPInstancesStartingTogether: two instances installing at the same time
+// (two root children, each with its own Firewall) still get their own mark.
+// The first is held right after it chose its mark, before its TPROXY chain
+// exists; the second then runs, and without the install lock it chose the
+// same mark, since it saw nothing in use.
+func TestUDPInstancesStartingTogether(t *testing.T) {
+	specA, specB := collidingSpecs(t)
+	lock := filepath.Join(t.TempDir(), "lock")
+	blocked := make(chan struct{})
+	bDone := make(chan error, 1)
+	var once sync.Once
+	fake := &Fake{}
+	b := New(fake, testLogger(t))
+	a := New(newChainHook{Runner: fake, hook: func(chain string) {
+		if chain != UDPChainName(specA) {
+			return
+		}
+		once.Do(func() {
+			go func() { bDone <- b.Install(specB) }()
+			select {
+			case err := <-bDone:
+				bDone <- err // B went all the way while A was half done
+			case <-blocked:
+			}
+		})
+	}}, testLogger(t))
+	for _, fw := range []*Firewall{a, b} {
+		fw.lockPath = lock
+	}
+	b.lockWaiting = func() { close(blocked) }
+	if err := a.Install(specA); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-bDone; err != nil {
+		t.Fatal(err)
+	}
+	ra, rb := a.installed.fams[0].route, b.installed.fams[0].route
+	if ra.Mark == rb.Mark || ra.Table == rb.Table {
+		t.Fatalf("instances installing together got routes %v and %v; want their own mark and table each", ra, rb)
+	}
+	for _, fw := range []*Firewall{a, b} {
+		if err := fw.Remove(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fake.Dump(); got != "" {
+		t.Errorf("after both removed:\n%s", got)
+	}
+}
+
+// newChainHook is a Runner whose Tables call hook before creating a chain.
+type newChainHook struct {
+	Runner
+	hook func(chain string)
+}
+
+func (r newChainHook) Family(fam Family) (Tables, error) {
+	t, err := r.Runner.Family(fam)
+	if err != nil {
+		return nil, err
+	}
+	return hookTables{Tables: t, hook: r.hook}, nil
+}
+
+type hookTables struct {
+	Tables
+	hook func(chain string)
+}
+
+func (t hookTables) NewChain(table, chain string) error {
+	t.hook(chain)
+	return t.Tables.NewChain(table, chain)
+}
+
+// TestInstallLockMissingDir: without the lock's directory (no /run), Install
+// still installs.
+func TestInstallLockMissingDir(t *testing.T) {
+	fw := New(&Fake{}, testLogger(t))
+	fw.lockPath = filepath.Join(t.TempDir(), "missing", "lock")
+	if err := fw.Install(Spec{Port: 12300, UDPPort: 12300, Include: targets(t, "10.96.0.0/12")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Remove(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -142,6 +142,8 @@ func FuzzServeMark(f *testing.F) {
 	f.Add(`{"op":"mark","mark":{"pid":-1,"fd":-1}}`)
 	f.Add(`{"op":"mark","mark":null}`)
 	f.Add(`{"op":"mark","mark":{"pid":0,"fd":3,"ino":18446744073709551615}}`)
+	f.Add(`{"op":"mark","mark":{"pid":1,"fd":0,"ino":0,"transparent":true}}`)
+	f.Add(`{"op":"mark","mark":{"pid":-1,"fd":3,"transparent":1}}`)
 	fw := New(&Fake{}, nil)
 	f.Fuzz(func(t *testing.T, line string) {
 		_, reply := serveRequest(fw, []byte(line), nil)
@@ -194,6 +196,21 @@ func TestTransparentPeer(t *testing.T) {
 	other := newSocket(t, unix.AF_INET, unix.SOCK_DGRAM)
 	if err := transparentPeer(pidfd, req(other), os.Getuid()+1); err == nil || transparentOf(t, other) {
 		t.Errorf("a socket of another uid was made transparent (err %v)", err)
+	}
+	// A raw socket would send anything from anywhere; a Unix datagram
+	// socket is not IP at all.
+	for _, s := range []struct {
+		name                  string
+		domain, typ, protocol int
+	}{{"raw UDP", unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP}, {"unix datagram", unix.AF_UNIX, unix.SOCK_DGRAM, 0}} {
+		fd, err := unix.Socket(s.domain, s.typ|unix.SOCK_CLOEXEC, s.protocol)
+		if err != nil {
+			t.Fatalf("%s socket: %v", s.name, err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := transparentPeer(pidfd, req(fd), os.Getuid()); err == nil {
+			t.Errorf("a %s socket was made transparent", s.name)
+		}
 	}
 }
 

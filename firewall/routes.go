@@ -32,6 +32,10 @@ type Routes interface {
 	Delete(r LocalRoute) error
 	// List returns the fwmark rules there are, whoever made them.
 	List() ([]LocalRoute, error)
+	// Present reports whether the rule is there and its table still has a
+	// route: a rule alone sends marked packets on to the next rule, and out
+	// by the default route.
+	Present(r LocalRoute) (bool, error)
 }
 
 // ours reports whether r is one the UDP capture of some instance makes,
@@ -118,6 +122,20 @@ func (ir *ipRoutes) flush(table uint32) error {
 		}
 	}
 	return err
+}
+
+func (ir *ipRoutes) Present(r LocalRoute) (bool, error) {
+	ir.mu.Lock()
+	defer ir.mu.Unlock()
+	rules, err := ir.list()
+	if err != nil || !slices.Contains(rules, r) {
+		return false, err
+	}
+	out, err := ir.run("route", "show", "table", strconv.FormatUint(uint64(r.Table), 10))
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(out) != "", nil
 }
 
 func (ir *ipRoutes) List() ([]LocalRoute, error) {

@@ -176,3 +176,34 @@ func FuzzNextFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestDatagramRelayStalledPeer: a peer that never reads fills the stream's
+// window, and the relay's write to it blocks. Ending the flow (Close, or
+// the idle timer) still returns Run at once, with nothing counted as queued.
+func TestDatagramRelayStalledPeer(t *testing.T) {
+	st, _, pc, app := udpPair(t)
+	var stats DatagramStats
+	r := NewDatagramRelay(pc, st, 0, &stats)
+	done := make(chan error, 1)
+	go func() { done <- r.Run() }()
+	// Until the queue behind the stream's window overflows: the relay is
+	// stuck in Write.
+	payload := make([]byte, 8000)
+	for stats.Dropped.Load() == 0 {
+		if _, err := app.WriteTo(payload, pc.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run after Close = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after Close with the peer not reading")
+	}
+	if q := stats.queued.Load(); q != 0 {
+		t.Errorf("%d bytes still counted as queued after Run returned", q)
+	}
+}

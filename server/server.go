@@ -96,20 +96,8 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 // resolves with the node's resolver, as a pod's would be), and relays.
 func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 	dst := req.Target()
-	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	c, err := cfg.Dial(dctx, "tcp", dst)
-	cancel()
-	if err != nil {
-		status := mux.DialStatus(err)
-		cfg.Log.Debug("dial failed", "dst", dst, "err", err)
-		st.WriteStatus(status)
-		st.Close()
-		return
-	}
-	if err := st.WriteStatus(mux.StatusOK); err != nil {
-		c.Close()
-		st.Abort()
-		st.Close()
+	c, ok := dialFor(ctx, cfg, st, "tcp", dst)
+	if !ok {
 		return
 	}
 	// A relay whose stream side is done waits on the target alone, and a
@@ -118,6 +106,28 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 	if err := mux.Relay(mux.NetConn(c), st); err != nil {
 		cfg.Log.Debug("relay ended", "dst", dst, "err", err)
 	}
+}
+
+// dialFor dials dst for the stream st and tells the client how that went.
+// When it fails, or the client cannot be told, st is closed and ok is false;
+// otherwise the caller owns c and st.
+func dialFor(ctx context.Context, cfg Config, st *mux.Stream, network, dst string) (c net.Conn, ok bool) {
+	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	c, err := cfg.Dial(dctx, network, dst)
+	cancel()
+	if err != nil {
+		cfg.Log.Debug("dial failed", "network", network, "dst", dst, "err", err)
+		st.WriteStatus(mux.DialStatus(err))
+		st.Close()
+		return nil, false
+	}
+	if err := st.WriteStatus(mux.StatusOK); err != nil {
+		c.Close()
+		st.Abort()
+		st.Close()
+		return nil, false
+	}
+	return c, true
 }
 
 // Stdio is the helper's end of the SSH session: stdin and stdout, the pipes

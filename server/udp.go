@@ -36,19 +36,8 @@ func (u *udpFlows) handle(ctx context.Context, cfg Config, req mux.Request, st *
 		return
 	}
 	defer u.active.Add(-1)
-	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	c, err := cfg.Dial(dctx, "udp", req.Dst.String())
-	cancel()
-	if err != nil {
-		cfg.Log.Debug("udp dial failed", "dst", req.Dst, "err", err)
-		st.WriteStatus(mux.DialStatus(err))
-		st.Close()
-		return
-	}
-	if err := st.WriteStatus(mux.StatusOK); err != nil {
-		c.Close()
-		st.Abort()
-		st.Close()
+	c, ok := dialFor(ctx, cfg, st, "udp", req.Dst.String())
+	if !ok {
 		return
 	}
 	if uc, ok := c.(*net.UDPConn); ok {

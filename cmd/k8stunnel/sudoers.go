@@ -44,7 +44,7 @@ func parseSudoers(args []string) (invocation, error) {
 // The firewall part only installs rules that redirect to the calling client's own sockets (firewall.Caller), so the
 // line gives no shell and no way at other users' traffic, as long as only root can change the executable.
 func runSudoers(name string, stdout, stderr io.Writer) error {
-	exe, err := os.Executable() // what the client passes to sudo, resolved the same way
+	exe, err := executable() // what the client passes to sudo, resolved the same way
 	if err != nil {
 		return fmt.Errorf("finding my own executable: %w", err)
 	}
@@ -91,17 +91,23 @@ func invokingUser() (string, error) {
 	return u.Username, nil
 }
 
+// executable is os.Executable; tests point it at a file only root may change.
+var executable = os.Executable
+
 var (
 	// sudoersName and sudoersPath accept no character sudoers gives a meaning to (',', ':', '=', '\', '#', '!',
 	// spaces, ...), so the line needs no escaping and cannot be made to say more than it seems to.
 	sudoersName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
 	sudoersPath = regexp.MustCompile(`^/[A-Za-z0-9_./+-]*$`)
+	// sudoersAlias is how sudoers spells an alias, and ALL: a user with such a name would be read as every user, or as
+	// whoever the alias lists.
+	sudoersAlias = regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)
 )
 
 // sudoersLine is the rule for user to run exe's firewall part as root: an absolute path and its one exact argument,
 // which sudo matches as the whole command line.
 func sudoersLine(user, exe string) (string, error) {
-	if !sudoersName.MatchString(user) {
+	if !sudoersName.MatchString(user) || sudoersAlias.MatchString(user) {
 		return "", fmt.Errorf("user name %q has characters a sudoers line would need to escape; write the line by hand", user)
 	}
 	if !filepath.IsAbs(exe) || filepath.Clean(exe) != exe || !sudoersPath.MatchString(exe) {
@@ -118,18 +124,17 @@ type owner struct {
 }
 
 // onlyRootWrites checks that nobody but root can replace path: it and every directory above it are owned by root
-// and not writable by group or others. A world-writable directory with the sticky bit (/tmp) is fine: there only
-// the owner of an entry, root here, may rename or remove it. Otherwise whoever can write there could swap the
-// executable and run anything as root through the sudoers line.
+// and not writable by group or others. Otherwise whoever can write there could swap the executable and run anything
+// as root through the sudoers line. A world-writable directory with the sticky bit (/tmp) is refused too: there no
+// one else may rename root's file, but the line outlives it, and once the file is gone (a reboot, a cleaner of /tmp)
+// anyone may create one of that name.
 func onlyRootWrites(path string, stat func(string) (owner, error)) error {
-	child := true // path itself: no sticky exception
 	for p := path; ; p = filepath.Dir(p) {
 		o, err := stat(p)
 		if err != nil {
 			return fmt.Errorf("checking who may change %s: %w", path, err)
 		}
-		sticky := !child && o.mode&fs.ModeSticky != 0
-		if o.uid != 0 || (o.mode.Perm()&0o022 != 0 && !sticky) {
+		if o.uid != 0 || o.mode.Perm()&0o022 != 0 {
 			return &tui.HintError{
 				Err: fmt.Errorf("%s can be changed by others than root (owner uid %d, mode %v): a sudoers line for %s would let them run anything as root",
 					p, o.uid, o.mode, path),
@@ -139,6 +144,5 @@ func onlyRootWrites(path string, stat func(string) (owner, error)) error {
 		if p == "/" {
 			return nil
 		}
-		child = false
 	}
 }

@@ -28,6 +28,10 @@ func TestSudoersLine(t *testing.T) {
 		{"alice", "k8stunnel"},
 		{"alice", "/opt/../bin/sh"},
 		{"alice", "/opt/k8stunnel\n" + "alice ALL=(ALL) NOPASSWD: ALL"},
+		// sudoers reads an upper-case name as an alias, ALL as every user.
+		{"ALL", "/usr/local/bin/k8stunnel"},
+		{"ADMINS", "/usr/local/bin/k8stunnel"},
+		{"A_1", "/usr/local/bin/k8stunnel"},
 	} {
 		if line, err := sudoersLine(tc.user, tc.exe); err == nil {
 			t.Errorf("sudoersLine(%q, %q) = %q, want an error", tc.user, tc.exe, line)
@@ -54,7 +58,8 @@ func TestOnlyRootWrites(t *testing.T) {
 		wantBad string // the path the error names, "" for no error
 	}{
 		{"all root", nil, ""},
-		{"sticky world-writable dir", map[string]owner{"/opt": {0, fs.ModeDir | fs.ModeSticky | 0o777}}, ""},
+		// Root's file there cannot be swapped, but once it is gone anyone may create one of its name.
+		{"sticky world-writable dir", map[string]owner{"/opt": {0, fs.ModeDir | fs.ModeSticky | 0o777}}, "/opt"},
 		{"file of a user", map[string]owner{"/opt/k8stunnel": {1000, 0o755}}, "/opt/k8stunnel"},
 		{"group-writable file", map[string]owner{"/opt/k8stunnel": {0, 0o775}}, "/opt/k8stunnel"},
 		{"sticky file is still the file", map[string]owner{"/opt/k8stunnel": {0, fs.ModeSticky | 0o777}}, "/opt/k8stunnel"},
@@ -93,23 +98,48 @@ func TestOnlyRootWrites(t *testing.T) {
 	}
 }
 
-// TestSudoersCommand runs `k8stunnel sudoers` from the test binary: as root (its build dir is root's), it prints the
-// line for the user named; as another user it refuses, since that user could replace the binary. Usage errors exit 2.
+// TestSudoersCommand runs `k8stunnel sudoers`: for an executable only root may change (the shell's, as root) it
+// prints the line for the user named; for one in a directory others may write into (the test binary's own as
+// another user; as root, a sticky world-writable one such as /tmp) it refuses. Usage errors exit 2.
 func TestSudoersCommand(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	code := run(t.Context(), []string{"sudoers", "--user", "nobody"}, &stdout, &stderr)
 	if os.Geteuid() == 0 {
-		want := "# nobody may run the firewall part of k8stunnel (" + exe + ") as root without a password, nothing else.\n" +
-			"nobody ALL=(root) NOPASSWD: " + exe + " firewall\n"
+		sh, err := filepath.EvalSymlinks("/bin/sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { executable = os.Executable })
+		executable = func() (string, error) { return sh, nil }
+		code := run(t.Context(), []string{"sudoers", "--user", "nobody"}, &stdout, &stderr)
+		want := "# nobody may run the firewall part of k8stunnel (" + sh + ") as root without a password, nothing else.\n" +
+			"nobody ALL=(root) NOPASSWD: " + sh + " firewall\n"
 		if code != 0 || stdout.String() != want || !strings.Contains(stderr.String(), "sudo visudo -cf") {
 			t.Errorf("sudoers --user nobody: exit %d, stdout:\n%s\nstderr %q; want exit 0, stdout:\n%s", code, &stdout, &stderr, want)
 		}
-	} else if code != 1 || stdout.Len() != 0 || !strings.Contains(stderr.String(), "a sudoers line for "+exe+" would let them run anything as root") {
-		t.Errorf("sudoers from a binary its user owns: exit %d, stdout %q, stderr %q; want exit 1 saying it is not safe", code, &stdout, &stderr)
+
+		// Root's own file in a sticky world-writable directory: the line would outlive the file.
+		dir := filepath.Join(t.TempDir(), "sticky")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o777|fs.ModeSticky); err != nil {
+			t.Fatal(err)
+		}
+		exe = filepath.Join(dir, "k8stunnel")
+		if err := os.WriteFile(exe, nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		executable = func() (string, error) { return exe, nil }
+	}
+	stdout.Reset()
+	stderr.Reset()
+	code := run(t.Context(), []string{"sudoers", "--user", "nobody"}, &stdout, &stderr)
+	if code != 1 || stdout.Len() != 0 || !strings.Contains(stderr.String(), "a sudoers line for "+exe+" would let them run anything as root") {
+		t.Errorf("sudoers for %s: exit %d, stdout %q, stderr %q; want exit 1 saying it is not safe", exe, code, &stdout, &stderr)
 	}
 	for _, args := range [][]string{{"sudoers", "x"}, {"sudoers", "--bogus"}} {
 		stderr.Reset()
