@@ -84,11 +84,14 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 		case big == nil && n == len(buf):
 			big = bufPool.Get().(*[]byte)
 			buf = *big
+			if s, ok := src.(*Stream); ok {
+				s.busy()
+			}
 		case big != nil && n < smallBuf:
 			bufPool.Put(big)
 			big, buf = nil, small
 			if s, ok := src.(*Stream); ok {
-				s.shrink()
+				s.quiet()
 			}
 		}
 	}
