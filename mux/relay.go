@@ -24,8 +24,10 @@ const (
 	// thousands of quiet connections must not pin a large buffer each.
 	smallBuf = 1 << 10
 	// bigBuf is used while data flows. A yamux frame is this plus a 12-byte
-	// header, which makes exactly four 32 KiB SSH packets.
-	bigBuf = 128<<10 - yamuxHeaderLen
+	// header, which makes exactly eight 32 KiB SSH packets. Against 128 KiB
+	// it took 5 % off the client's CPU per GB and 10 % off the helper's
+	// (bench -only bulk, median of 5): half the reads, frames and writes.
+	bigBuf = 256<<10 - yamuxHeaderLen
 )
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
@@ -84,11 +86,14 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 		case big == nil && n == len(buf):
 			big = bufPool.Get().(*[]byte)
 			buf = *big
+			if s, ok := src.(*Stream); ok {
+				s.busy()
+			}
 		case big != nil && n < smallBuf:
 			bufPool.Put(big)
 			big, buf = nil, small
 			if s, ok := src.(*Stream); ok {
-				s.shrink()
+				s.quiet()
 			}
 		}
 	}

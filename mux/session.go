@@ -385,6 +385,11 @@ type Stream struct {
 	// yamux checks a deadline only when it has to wait, so a past deadline
 	// with data buffered, or window to spare, would not stop a Read or Write.
 	rdl, wdl atomic.Int64
+
+	// shrinkTimer and isQuiet drop the receive buffer of a stream that has
+	// gone quiet after bulk data; see quiet.
+	shrinkTimer *time.Timer
+	isQuiet     atomic.Bool
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -644,8 +649,34 @@ func (c *Stream) resetByPeer() {
 	c.kill()
 }
 
-// shrink drops the receive buffer when it is empty, so idle streams stay small.
-func (c *Stream) shrink() { c.s.Shrink() }
+// shrinkAfter is how long a stream that carried bulk data must stay quiet
+// before yamux's receive buffer, grown to as much as the window, is dropped.
+const shrinkAfter = 100 * time.Millisecond
+
+// quiet says the stream's reader went back to small reads: the receive
+// buffer is dropped, when empty, if the stream is still quiet after
+// shrinkAfter, so idle streams stay small. Not at once: a bulk transfer has
+// a short read now and then, and yamux regrows a dropped buffer from one
+// frame by doubling, copying and allocating up to the window each time (in
+// BenchmarkRelay over TCP about one byte allocated per byte moved).
+// quiet and busy are called by the stream's one reader.
+func (c *Stream) quiet() {
+	c.isQuiet.Store(true)
+	if c.shrinkTimer == nil {
+		c.shrinkTimer = time.AfterFunc(shrinkAfter, c.shrinkIfQuiet)
+		return
+	}
+	c.shrinkTimer.Reset(shrinkAfter)
+}
+
+// busy says the stream's reader is moving bulk data again.
+func (c *Stream) busy() { c.isQuiet.Store(false) }
+
+func (c *Stream) shrinkIfQuiet() {
+	if c.isQuiet.Load() {
+		c.s.Shrink()
+	}
+}
 
 // DialError is what the helper reported when it could not reach the destination.
 type DialError struct{ Status Status }

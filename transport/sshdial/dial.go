@@ -5,7 +5,6 @@
 package sshdial
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -148,7 +147,7 @@ func (dl *Dialer) login(ctx context.Context, rc *sshResolved, depth int) (_ *ssh
 		HostKeyCallback:   hk.check,
 		HostKeyAlgorithms: hk.algorithms,
 	}
-	sc, chans, reqs, err := ssh.NewClientConn(readAhead(conn), hk.addr, ccfg)
+	sc, chans, reqs, err := ssh.NewClientConn(packetConn(conn), hk.addr, ccfg)
 	if !stop() {
 		if err == nil {
 			sc.Close()
@@ -526,15 +525,3 @@ func (l *sshLazySigner) SignWithAlgorithm(rand io.Reader, data []byte, algorithm
 	}
 	return s.Sign(rand, data)
 }
-
-// readAhead gives x/crypto/ssh a connection that reads as much as the socket
-// holds: x/crypto reads through a 4 KiB buffer, which is two read syscalls
-// per 32 KiB packet, each waking this process once more.
-func readAhead(c net.Conn) net.Conn { return bufConn{c, bufio.NewReaderSize(c, 256<<10)} }
-
-type bufConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c bufConn) Read(b []byte) (int, error) { return c.r.Read(b) }
