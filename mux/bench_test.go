@@ -128,12 +128,9 @@ func sshTransport(tb testing.TB) (io.ReadWriteCloser, io.ReadWriteCloser) {
 	return ch, r.ch
 }
 
-// relayPath is an application connection relayed through a session pair to a target connection.
-type relayPath struct {
-	app, target *net.TCPConn
-}
-
-func newRelayPath(tb testing.TB, tr transport) relayPath {
+// newSessionPair is a client and a server session over tr, closed when tb
+// ends, and a context that ends then too.
+func newSessionPair(tb testing.TB, tr transport) (context.Context, *Session, *Session) {
 	tb.Helper()
 	log := slog.New(slog.DiscardHandler)
 	cconn, sconn := tr(tb)
@@ -155,6 +152,17 @@ func newRelayPath(tb testing.TB, tr transport) relayPath {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(func() { cancel(); client.Close(); server.Close() })
+	return ctx, client, server
+}
+
+// relayPath is an application connection relayed through a session pair to a target connection.
+type relayPath struct {
+	app, target *net.TCPConn
+}
+
+func newRelayPath(tb testing.TB, tr transport) relayPath {
+	tb.Helper()
+	ctx, client, server := newSessionPair(tb, tr)
 
 	app, local := tcpPair(tb)
 	remote, target := tcpPair(tb)
@@ -174,26 +182,7 @@ func newRelayPath(tb testing.TB, tr transport) relayPath {
 // the helper relay them in production: app ⇄ relay ⇄ client session ⇄ helper session ⇄ relay ⇄ echo.
 func newEchoPaths(tb testing.TB, tr transport, n int) []*net.TCPConn {
 	tb.Helper()
-	log := slog.New(slog.DiscardHandler)
-	cconn, sconn := tr(tb)
-	srvc := make(chan *Session, 1)
-	go func() {
-		s, err := NewServer(sconn, func(Hello) Hello { return Hello{} }, log)
-		if err != nil {
-			tb.Error(err)
-		}
-		srvc <- s
-	}()
-	client, err := NewClient(cconn, Hello{}, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	server := <-srvc
-	if server == nil {
-		tb.FailNow()
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	tb.Cleanup(func() { cancel(); client.Close(); server.Close() })
+	ctx, client, server := newSessionPair(tb, tr)
 
 	echo, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
