@@ -982,9 +982,16 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 	if c.cfg.Channels == 0 {
 		// The link's first keepalive went out with the connection and came
 		// back while the helper started. The channels a long round trip asks
-		// for are a speed-up, not a need: the link is up without them.
+		// for are a speed-up, not a need: the link is up without them. The
+		// first connect waits for them (the user is waiting for the tunnel
+		// anyway, and a transfer started at once should find them); a
+		// reconnect does not: traffic is waiting.
 		if more := channelsFor(rttOf(tl)) - 1; more > 0 {
-			c.wg.Go(func() { c.grow(ctx, l, more) })
+			if setup == firstConnectTimeout {
+				c.grow(ctx, l, more)
+			} else {
+				c.wg.Go(func() { c.grow(ctx, l, more) })
+			}
 		}
 	}
 	go func() {
@@ -1008,8 +1015,8 @@ func (c *Client) serve(ctx context.Context, l *link, s *mux.Session, first bool)
 }
 
 // extraChannelsTimeout bounds the wait for the channels a link's round trip
-// asks for beyond its first.
-const extraChannelsTimeout = 10 * time.Second
+// asks for beyond its first; a variable for tests.
+var extraChannelsTimeout = 10 * time.Second
 
 // grow opens n more channels for link l, all at once, and adds each that
 // comes up within extraChannelsTimeout. One that fails is left out: a round

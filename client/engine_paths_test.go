@@ -747,10 +747,11 @@ func TestEngineChannelsByRTT(t *testing.T) {
 }
 
 // The channels a long round trip asks for beyond the first are a speed-up:
-// the link is up as soon as its first helper answers, and when the others
-// fail or never answer (a busy node, a round trip inflated by load on a
-// LAN), it goes on with the channels it has instead of failing the attempt.
+// when they fail or never answer (a busy node, a round trip inflated by load
+// on a LAN), the link goes on with the channels it has instead of failing
+// the attempt; a reconnect does not wait for them at all.
 func TestEngineExtraChannelsBestEffort(t *testing.T) {
+	defer func(d time.Duration) { extraChannelsTimeout = d }(extraChannelsTimeout)
 	for _, tc := range []struct {
 		name  string
 		extra func(ctx context.Context, rwc io.ReadWriteCloser)
@@ -759,9 +760,17 @@ func TestEngineExtraChannelsBestEffort(t *testing.T) {
 		{"silent", func(ctx context.Context, rwc io.ReadWriteCloser) { <-ctx.Done() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var opened atomic.Int32
+			extraChannelsTimeout = 300 * time.Millisecond
+			// The first channel of each link (ctx is the link's life) has a
+			// helper that answers.
+			var mu sync.Mutex
+			opened := map[context.Context]int{}
 			tr := &transporttest.Transport{RTT: 50 * time.Millisecond, Serve: func(ctx context.Context, rwc io.ReadWriteCloser) {
-				if opened.Add(1) == 1 {
+				mu.Lock()
+				opened[ctx]++
+				first := opened[ctx] == 1
+				mu.Unlock()
+				if first {
 					server.Serve(ctx, rwc, server.Config{Program: "test server"})
 					return
 				}
@@ -777,6 +786,13 @@ func TestEngineExtraChannelsBestEffort(t *testing.T) {
 			if st := e.c.Stats(); st.Reconnects != 0 {
 				t.Errorf("%d reconnects, want none", st.Reconnects)
 			}
+
+			// A reconnect is up with its first channel, before the others
+			// have had their time.
+			extraChannelsTimeout = time.Hour
+			tr.Links()[0].Kill(errors.New("link lost"))
+			waitFor(t, "a new link", func() bool { return len(tr.Links()) == 2 && len(e.sessions()) == 1 })
+			echo(t, e.dial(t), "after the reconnect")
 			e.shutdown(t)
 		})
 	}
