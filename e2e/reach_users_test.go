@@ -247,19 +247,7 @@ func TestReach(t *testing.T) {
 		}
 		c := startAsUser(t, lab, bob, AsUser(bob.Name, bob.Name, pub, "-r", "root@"+NodeAddr, ServiceCIDR))
 		httpGet(t, lab, "http://"+ServiceIP+"/")
-		procs, err := Procs(lab.Laptop)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fw []Proc
-		for _, p := range procs {
-			if isFirewallChild(p, pub) {
-				fw = append(fw, p)
-			}
-		}
-		if len(fw) != 1 || fw[0].UID != 0 {
-			t.Errorf("want one firewall child running as root, have %v (laptop processes: %v)", fw, procs)
-		}
+		rootFirewallChild(t, lab, pub)
 		stopClient(t, c)
 	})
 }
@@ -282,22 +270,20 @@ func addUser(t *testing.T, password string) *User {
 // startClientEnv starts the test's k8stunnel with env added to its environment and waits until it is ready.
 func startClientEnv(t *testing.T, lab *Lab, env []string, args ...string) *Client {
 	t.Helper()
-	c, err := StartClientCmd(lab, func(cmd *exec.Cmd) { cmd.Env = withEnv(cmd.Env, env...) }, binary, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	watchClient(t, c)
-	if err := c.WaitReady(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return startReady(t, lab, func(cmd *exec.Cmd) { cmd.Env = withEnv(cmd.Env, env...) }, binary, args...)
 }
 
 // startAsUser runs argv (from AsUser) in the laptop with u's login environment and waits until it is ready.
 func startAsUser(t *testing.T, lab *Lab, u *User, argv []string) *Client {
 	t.Helper()
 	env := UserEnv(u.Name, u.Home, "/usr/local/bin:/usr/bin:/bin")
-	c, err := StartClientCmd(lab, func(cmd *exec.Cmd) { cmd.Env = env }, argv[0], argv[1:]...)
+	return startReady(t, lab, func(cmd *exec.Cmd) { cmd.Env = env }, argv[0], argv[1:]...)
+}
+
+// startReady runs name in the laptop, customized, and waits until it is ready.
+func startReady(t *testing.T, lab *Lab, customize func(*exec.Cmd), name string, args ...string) *Client {
+	t.Helper()
+	c, err := StartClientCmd(lab, customize, name, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

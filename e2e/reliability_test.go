@@ -485,15 +485,32 @@ func isFirewallChild(p Proc, exe string) bool {
 	return p.Exe == exe && len(p.Args) == 2 && p.Args[1] == "firewall"
 }
 
-// checkSplit checks a running tunnel started by nobody: it works (TCP and UDP), the client (pid) runs pub as nobody
-// and one firewall child runs as root. It returns the firewall child.
+// rootFirewallChild returns the one firewall child of exe in the laptop, which must run as root.
+func rootFirewallChild(t *testing.T, lab *Lab, exe string) Proc {
+	t.Helper()
+	procs, err := Procs(lab.Laptop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fw []Proc
+	for _, p := range procs {
+		if isFirewallChild(p, exe) {
+			fw = append(fw, p)
+		}
+	}
+	if len(fw) != 1 || fw[0].UID != 0 {
+		t.Fatalf("want one firewall child running as root, have %v (laptop processes: %v)", fw, procs)
+	}
+	return fw[0]
+}
+
 // setupSplit prepares a run of k8stunnel by nobody with only its firewall part run as root, through sudo: a copy of
 // the binary nobody can run, a sudoers entry for exactly its firewall subcommand, and a home holding the lab's key
 // and known_hosts where OpenSSH would look (no -i, no --known-hosts). It returns the copy and nobody's environment.
 func setupSplit(t *testing.T, lab *Lab) (pub string, env []string) {
 	t.Helper()
 	if _, err := exec.LookPath("sudo"); err != nil {
-		t.Skip("sudo is not installed; install the test dependencies with: sudo scripts/deps.sh")
+		t.Fatal("sudo is not installed; install the test dependencies with: sudo scripts/deps.sh")
 	}
 	pub, removePub, err := PublicCopy(binary)
 	if err != nil {
@@ -517,6 +534,8 @@ func setupSplit(t *testing.T, lab *Lab) (pub string, env []string) {
 	return pub, UserEnv("nobody", home, "/usr/local/bin:/usr/bin:/bin")
 }
 
+// checkSplit checks a running tunnel started by nobody: it works (TCP and UDP), the client (pid) runs pub as nobody
+// and one firewall child runs as root. It returns the firewall child.
 func checkSplit(t *testing.T, lab *Lab, pub string, pid int) Proc {
 	t.Helper()
 	httpGet(t, lab, "http://"+ServiceIP+"/")
@@ -529,21 +548,9 @@ func checkSplit(t *testing.T, lab *Lab, pub string, pid int) Proc {
 	if client.UID != 65534 || client.Exe != pub {
 		t.Errorf("the client is %v (exe %s), want it running %s as nobody (65534)", client, client.Exe, pub)
 	}
-	procs, err := Procs(lab.Laptop)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fw []Proc
-	for _, p := range procs {
-		if isFirewallChild(p, pub) {
-			fw = append(fw, p)
-		}
-	}
-	if len(fw) != 1 || fw[0].UID != 0 {
-		t.Fatalf("want one firewall child running as root, have %v (laptop processes: %v)", fw, procs)
-	}
-	t.Logf("client: %v; firewall child: %v", client, fw[0])
-	return fw[0]
+	fw := rootFirewallChild(t, lab, pub)
+	t.Logf("client: %v; firewall child: %v", client, fw)
+	return fw
 }
 
 // TestBackgroundJob: `k8stunnel ... &` from an interactive shell, and --daemon.
