@@ -333,22 +333,8 @@ func iperfUDP(lab *Lab, rate string, d time.Duration) (float64, error) {
 	}()
 	out, err := lab.Laptop.Output(ctx, "iperf3", "-u", "-b", rate, "-t", strconv.Itoa(int(d.Seconds())), "-J",
 		"-w", "2M", "--connect-timeout", "5000", "-c", PodAddr, "-p", "5201")
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			Sum struct {
-				LostPercent float64 `json:"lost_percent"`
-				Packets     int64   `json:"packets"`
-			} `json:"sum"`
-		} `json:"end"`
-	}
-	if jerr := json.Unmarshal([]byte(out), &r); jerr != nil {
-		return 0, fmt.Errorf("iperf3 -u: %v, %v: %s", err, jerr, out)
-	}
-	if r.Error != "" || r.End.Sum.Packets == 0 {
-		return 0, fmt.Errorf("iperf3 -u: %q (%v): %s", r.Error, err, out)
-	}
-	return r.End.Sum.LostPercent, nil
+	lost, _, err := IperfUDPResult([]byte(out), err)
+	return lost, err
 }
 
 // expectNoTunnel is expectGone for a lab whose laptop also runs the DNS lab's resolver: no k8stunnel process may be

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -113,24 +112,10 @@ func (b *bench) iperfUDP(t *tunnel, rate string) (float64, error) {
 	args := []string{"-u", "-b", rate, "-w", "2M", "-c", host, "-p", port, "-t", strconv.Itoa(int(b.cfg.bulk.Seconds())),
 		"-J", "--connect-timeout", "5000"}
 	out, err := runOutput(b.lab.Laptop, b.cfg.bulk+30*time.Second, "iperf3", args...)
-	var r struct {
-		Error string `json:"error"`
-		End   struct {
-			Sum struct {
-				LostPercent float64 `json:"lost_percent"`
-				Packets     int64   `json:"packets"`
-			} `json:"sum"`
-		} `json:"end"`
-	}
-	if jerr := json.Unmarshal(out, &r); jerr != nil {
-		if err == nil {
-			err = jerr
-		}
+	lost, packets, err := e2e.IperfUDPResult(out, err)
+	if err != nil {
 		return 0, err
 	}
-	if r.Error != "" || r.End.Sum.Packets == 0 {
-		return 0, fmt.Errorf("iperf3 -u: %q (%v)", r.Error, err)
-	}
-	logf("  %s iperf3 -u -b %s: %.2f%% lost of %d datagrams", t.name, rate, r.End.Sum.LostPercent, r.End.Sum.Packets)
-	return r.End.Sum.LostPercent, nil
+	logf("  %s iperf3 -u -b %s: %.2f%% lost of %d datagrams", t.name, rate, lost, packets)
+	return lost, nil
 }
