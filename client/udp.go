@@ -22,7 +22,8 @@ import (
 // helper, which sends them from a socket of its own.
 const (
 	// DefaultUDPIdle is how long a flow lives without a datagram either
-	// way: conntrack's own timeout for a UDP flow that has seen replies.
+	// way: between conntrack's own timeouts for a UDP flow, 30 s one way
+	// and 120 s once it has seen replies.
 	DefaultUDPIdle = 60 * time.Second
 	// DefaultMaxUDPFlows bounds the flows at once; past it the datagrams
 	// of new flows are dropped (counted).
