@@ -422,7 +422,7 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		removed = true // there are none
 	}
 
-	l, err := c.connect(ctx, firstConnectTimeout)
+	l, err := c.connect(ctx, firstConnectTimeout, true)
 	if err != nil {
 		return err
 	}
@@ -680,7 +680,7 @@ func (c *Client) useFacts(f *mux.Facts) error {
 func (c *Client) reconnect(ctx context.Context) (*link, error) {
 	backoff := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		l, err := c.connect(ctx, reconnectAttemptTimeout)
+		l, err := c.connect(ctx, reconnectAttemptTimeout, false)
 		if err == nil {
 			return l, nil
 		}
@@ -929,8 +929,9 @@ func (l *link) close() {
 
 // connect makes one link, starts the helper on each channel and watches
 // them: the link is done when any of them ends. setup bounds the attempt;
-// what it starts lives until ctx ends or the link fails.
-func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error) {
+// what it starts lives until ctx ends or the link fails. first is the
+// tunnel's first connect, which waits for the extra channels.
+func (c *Client) connect(ctx context.Context, setup time.Duration, first bool) (*link, error) {
 	sctx, cancel := context.WithTimeout(ctx, setup)
 	defer cancel()
 	tl, err := c.cfg.Transport.Connect(sctx)
@@ -987,7 +988,7 @@ func (c *Client) connect(ctx context.Context, setup time.Duration) (*link, error
 		// anyway, and a transfer started at once should find them); a
 		// reconnect does not: traffic is waiting.
 		if more := channelsFor(rttOf(tl)) - 1; more > 0 {
-			if setup == firstConnectTimeout {
+			if first {
 				c.grow(ctx, l, more)
 			} else {
 				c.wg.Go(func() { c.grow(ctx, l, more) })
