@@ -4,6 +4,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
+
+	"github.com/k8stunnel/k8stunnel/internal/rawio"
 )
 
 // Conn is one side of a relayed connection.
@@ -102,9 +105,36 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 // NetConn adapts a socket: a TCP connection in production, anything in tests.
 // Relay only calls Read and Write on it, never io.Copy's ReaderFrom or
 // WriterTo, so no splice pipes (two descriptors each) are ever made.
-func NetConn(c net.Conn) Conn { return netConn{c} }
+//
+// A socket's reads and writes go through rawio where it can: a relayed
+// connection is idle between every two messages, the case rawio is for.
+func NetConn(c net.Conn) Conn {
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, ok := rawio.New(sc); ok {
+			return netConn{Conn: c, raw: raw}
+		}
+	}
+	return netConn{Conn: c}
+}
 
-type netConn struct{ net.Conn }
+type netConn struct {
+	net.Conn
+	raw *rawio.Conn // nil: through c
+}
+
+func (c netConn) Read(b []byte) (int, error) {
+	if c.raw == nil {
+		return c.Conn.Read(b)
+	}
+	return c.raw.Read(b)
+}
+
+func (c netConn) Write(b []byte) (int, error) {
+	if c.raw == nil {
+		return c.Conn.Write(b)
+	}
+	return c.raw.Write(b)
+}
 
 func (c netConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/k8stunnel/k8stunnel/internal/rawio"
 	"github.com/k8stunnel/k8stunnel/mux"
 )
 
@@ -139,18 +140,35 @@ func Stdio() io.ReadWriteCloser {
 	for _, f := range []*os.File{os.Stdin, os.Stdout} {
 		growPipe(f)
 	}
-	return stdio{in: pollable(os.Stdin)}
+	s := stdio{in: pollable(os.Stdin), out: pollable(os.Stdout)}
+	s.r, s.w = s.in, s.out
+	if s.in != os.Stdin && s.out != os.Stdout {
+		// Both are polled pipes: the session's traffic, idle between
+		// every two messages, is what rawio is for.
+		if in, ok := rawio.New(s.in); ok {
+			if out, ok := rawio.New(s.out); ok {
+				s.r, s.w = in, out
+			}
+		}
+	}
+	return s
 }
 
 const pipeSize = 1 << 20
 
-// stdio reads in, a polled stdin, and writes stdout.
-type stdio struct{ in *os.File }
+// stdio reads in, a polled stdin, and writes out, a polled stdout, through r
+// and w.
+type stdio struct {
+	in, out *os.File
+	r       io.Reader
+	w       io.Writer
+}
 
-func (s stdio) Read(b []byte) (int, error) { return s.in.Read(b) }
-func (stdio) Write(b []byte) (int, error)  { return os.Stdout.Write(b) }
+func (s stdio) Read(b []byte) (int, error)  { return s.r.Read(b) }
+func (s stdio) Write(b []byte) (int, error) { return s.w.Write(b) }
 func (s stdio) Close() error {
 	s.in.Close()
+	s.out.Close()
 	os.Stdin.Close()
 	return os.Stdout.Close()
 }

@@ -2,9 +2,13 @@ package sshdial
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/k8stunnel/k8stunnel/internal/rawio"
 )
 
 // packetConn is the connection x/crypto/ssh gets: it reads as much as the
@@ -21,7 +25,17 @@ import (
 // but the key exchange could. So a 4096-byte write is held and goes out
 // with the next one in one writev, or by itself after holdMax.
 func packetConn(c net.Conn) net.Conn {
-	p := &pconn{Conn: c, r: bufio.NewReaderSize(c, 256<<10)}
+	p := &pconn{Conn: c, w: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, ok := rawio.New(sc); ok {
+			p.raw, p.w = raw, raw
+		}
+	}
+	var r io.Reader = c
+	if p.raw != nil {
+		r = p.raw
+	}
+	p.r = bufio.NewReaderSize(r, 256<<10)
 	p.timer = time.AfterFunc(time.Hour, p.flushHeld)
 	p.timer.Stop()
 	return p
@@ -37,6 +51,8 @@ const (
 type pconn struct {
 	net.Conn
 	r     *bufio.Reader
+	w     io.Writer   // c, or raw
+	raw   *rawio.Conn // c through raw system calls, when it can be
 	timer *time.Timer
 
 	mu   sync.Mutex
@@ -54,8 +70,7 @@ func (c *pconn) Write(p []byte) (int, error) {
 	}
 	if len(c.held) > 0 {
 		c.timer.Stop()
-		bufs := net.Buffers{c.held, p}
-		n, err := bufs.WriteTo(c.Conn)
+		n, err := c.writev(c.held, p)
 		n -= int64(len(c.held))
 		c.held = c.held[:0]
 		return max(int(n), 0), err
@@ -65,7 +80,15 @@ func (c *pconn) Write(p []byte) (int, error) {
 		c.timer.Reset(holdMax)
 		return len(p), nil
 	}
-	return c.Conn.Write(p)
+	return c.w.Write(p)
+}
+
+func (c *pconn) writev(a, b []byte) (int64, error) {
+	if c.raw != nil {
+		return c.raw.Writev([][]byte{a, b})
+	}
+	bufs := net.Buffers{a, b}
+	return bufs.WriteTo(c.Conn)
 }
 
 // flushHeld sends a held write that nothing followed.
@@ -75,7 +98,7 @@ func (c *pconn) flushHeld() {
 	if len(c.held) == 0 || c.err != nil {
 		return
 	}
-	_, c.err = c.Conn.Write(c.held)
+	_, c.err = c.w.Write(c.held)
 	c.held = c.held[:0]
 }
 

@@ -1,0 +1,125 @@
+// Package rawio reads and writes non-blocking descriptors with raw system
+// calls, still parking in the runtime's poller while a descriptor is not
+// ready.
+//
+// Every ordinary system call a Go program makes wakes the runtime's sysmon
+// thread when the process was idle, and sysmon then polls every 20 µs until
+// the process is idle again. A tunnel is idle between every two messages, so
+// a request/response round trip paid about four nanosleeps and two futex
+// calls per process on top of its reads and writes, each a thread switch on
+// a machine whose cores the tunnel shares with sshd and the application.
+// A non-blocking read or write never blocks, so it needs none of that:
+// bench -only rr measured it (see the package test and README Performance).
+package rawio
+
+import (
+	"io"
+	"syscall"
+)
+
+// Conn is a descriptor read and written with raw system calls.
+type Conn struct{ rc syscall.RawConn }
+
+// New returns c's descriptor as a Conn, or false when raw I/O is not
+// available for it: not Linux, or no raw access.
+func New(c syscall.Conn) (*Conn, bool) {
+	if !supported {
+		return nil, false
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, false
+	}
+	return &Conn{rc: rc}, true
+}
+
+// Read reads into b once data is there; io.EOF at the end.
+func (c *Conn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var n int
+	var serr error
+	err := c.rc.Read(func(fd uintptr) bool {
+		for {
+			n, serr = read(fd, b)
+			if serr != syscall.EINTR {
+				return serr != syscall.EAGAIN
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case serr != nil:
+		return 0, serr
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of b, waiting while the descriptor is full.
+func (c *Conn) Write(b []byte) (int, error) {
+	var n int
+	var serr error
+	err := c.rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, e := write(fd, b[n:])
+			switch e {
+			case nil:
+				n += m
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				serr = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	return n, err
+}
+
+// Writev writes all of bufs in as few system calls as it can.
+func (c *Conn) Writev(bufs [][]byte) (int64, error) {
+	var total int64
+	var serr error
+	err := c.rc.Write(func(fd uintptr) bool {
+		for len(bufs) > 0 {
+			m, e := writev(fd, bufs)
+			switch e {
+			case nil:
+				total += int64(m)
+				bufs = consume(bufs, m)
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				serr = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	return total, err
+}
+
+// consume drops the first n bytes of bufs.
+func consume(bufs [][]byte, n int) [][]byte {
+	for len(bufs) > 0 && n >= len(bufs[0]) {
+		n -= len(bufs[0])
+		bufs = bufs[1:]
+	}
+	if len(bufs) > 0 {
+		bufs[0] = bufs[0][n:]
+	}
+	return bufs
+}

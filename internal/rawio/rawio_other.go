@@ -1,0 +1,9 @@
+//go:build !linux
+
+package rawio
+
+const supported = false
+
+func read(uintptr, []byte) (int, error)     { panic("rawio: not supported") }
+func write(uintptr, []byte) (int, error)    { panic("rawio: not supported") }
+func writev(uintptr, [][]byte) (int, error) { panic("rawio: not supported") }
