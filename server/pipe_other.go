@@ -9,4 +9,4 @@ import "os"
 func growPipe(*os.File) {}
 
 // pollable returns f: the helper runs on Linux nodes.
-func pollable(f *os.File) *os.File { return f }
+func pollable(f *os.File, flag int) (*os.File, bool) { return f, false }

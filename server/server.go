@@ -140,16 +140,17 @@ func Stdio() io.ReadWriteCloser {
 	for _, f := range []*os.File{os.Stdin, os.Stdout} {
 		growPipe(f)
 	}
-	s := stdio{in: pollable(os.Stdin), out: pollable(os.Stdout)}
+	s := stdio{}
+	var inPrivate, outPrivate bool
+	s.in, inPrivate = pollable(os.Stdin, os.O_RDONLY)
+	s.out, outPrivate = pollable(os.Stdout, os.O_WRONLY)
 	s.r, s.w = s.in, s.out
-	if s.in != os.Stdin && s.out != os.Stdout {
-		// Both are polled pipes: the session's traffic, idle between
-		// every two messages, is what rawio is for.
-		if in, ok := rawio.New(s.in); ok {
-			if out, ok := rawio.New(s.out); ok {
-				s.r, s.w = in, out
-			}
-		}
+	// The session idles between every two messages: what rawio is for.
+	if inPrivate {
+		s.r = rawio.File(s.in)
+	}
+	if outPrivate {
+		s.w = rawio.File(s.out)
 	}
 	return s
 }
@@ -157,7 +158,7 @@ func Stdio() io.ReadWriteCloser {
 const pipeSize = 1 << 20
 
 // stdio reads in, a polled stdin, and writes out, a polled stdout, through r
-// and w.
+// and w (rawio, for polled pipes).
 type stdio struct {
 	in, out *os.File
 	r       io.Reader

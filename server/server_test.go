@@ -593,6 +593,12 @@ func TestStdio(t *testing.T) {
 	t.Cleanup(func() { os.Stdin, os.Stdout = oldIn, oldOut })
 
 	rwc := Stdio()
+	// Pipes are read and written through rawio, on descriptions of their
+	// own: the Fd calls below make the originals blocking, which under a
+	// raw read of a shared description would stop this session.
+	if s := rwc.(stdio); s.r == io.Reader(s.in) || s.w == io.Writer(s.out) {
+		t.Error("stdin or stdout is not read or written through rawio")
+	}
 	if max := pipeMaxSize(t); max >= pipeSize || os.Geteuid() == 0 {
 		for _, f := range []*os.File{inR, outW} {
 			if n, err := unix.FcntlInt(f.Fd(), unix.F_GETPIPE_SZ, 0); err != nil || n != pipeSize {

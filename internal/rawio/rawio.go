@@ -14,14 +14,16 @@ package rawio
 
 import (
 	"io"
+	"os"
 	"syscall"
 )
 
 // Conn is a descriptor read and written with raw system calls.
 type Conn struct{ rc syscall.RawConn }
 
-// New returns c's descriptor as a Conn, or false when raw I/O is not
-// available for it: not Linux, or no raw access.
+// New returns c's descriptor as a Conn, or false when raw I/O is not for
+// it: not Linux, or a blocking descriptor, whose read or write could stop
+// the thread without the runtime knowing.
 func New(c syscall.Conn) (*Conn, bool) {
 	if !supported {
 		return nil, false
@@ -30,8 +32,27 @@ func New(c syscall.Conn) (*Conn, bool) {
 	if err != nil {
 		return nil, false
 	}
+	nonblocking := false
+	if err := rc.Control(func(fd uintptr) { nonblocking = isNonblocking(fd) }); err != nil || !nonblocking {
+		return nil, false
+	}
 	return &Conn{rc: rc}, true
 }
+
+// File returns f read and written through a Conn where it can be, else f.
+func File(f *os.File) io.ReadWriteCloser {
+	if c, ok := New(f); ok {
+		return file{c, f}
+	}
+	return f
+}
+
+type file struct {
+	*Conn
+	f *os.File
+}
+
+func (f file) Close() error { return f.f.Close() }
 
 // Read reads into b once data is there; io.EOF at the end.
 func (c *Conn) Read(b []byte) (int, error) {

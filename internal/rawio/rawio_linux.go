@@ -12,6 +12,11 @@ const supported = true
 // maxIov is what one writev takes here; IOV_MAX is 1024 on Linux.
 const maxIov = 64
 
+func isNonblocking(fd uintptr) bool {
+	fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+	return err == nil && fl&unix.O_NONBLOCK != 0
+}
+
 func read(fd uintptr, b []byte) (int, error) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	if e != 0 {

@@ -36,7 +36,6 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	return a.(*net.TCPConn), b.(*net.TCPConn)
 }
 
-
 func TestReadWrite(t *testing.T) {
 	a, b := tcpPair(t)
 	ra, ok := New(a)
@@ -257,4 +256,22 @@ func sleeps(t *testing.T, pid int) int {
 		}
 	}
 	return total
+}
+
+// TestBlockingRefused: a raw read of a blocking descriptor would stop the
+// thread, and with it the process's one P, until data came.
+func TestBlockingRefused(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	r.Fd() // puts it in blocking mode
+	if _, ok := New(r); ok {
+		t.Fatal("New took a blocking descriptor")
+	}
+	if f := File(r); f != io.ReadWriteCloser(r) {
+		t.Fatal("File wrapped a blocking descriptor")
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/k8stunnel/k8stunnel/internal/rawio"
 	"github.com/k8stunnel/k8stunnel/transport"
 	"github.com/k8stunnel/k8stunnel/transport/helper"
 )
@@ -146,7 +147,8 @@ func start(argv []string) (helper.Process, error) {
 		}
 		return err
 	}
-	return helper.Process{Stdin: inW, Stdout: outR, Stderr: closeAtEnd{errR}, End: end, Wait: wait}, nil
+	// The session's pipes idle between every two messages: rawio.
+	return helper.Process{Stdin: rawio.File(inW), Stdout: rawio.File(outR), Stderr: closeAtEnd{errR}, End: end, Wait: wait}, nil
 }
 
 // closeAtEnd closes the file once a read fails: stderr is read to its end
