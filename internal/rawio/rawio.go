@@ -80,16 +80,20 @@ func (c *Conn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// Write writes all of b, waiting while the descriptor is full.
+// Write writes all of b, waiting while the descriptor is full. An empty b
+// is still one write: on a datagram socket, an empty datagram.
 func (c *Conn) Write(b []byte) (int, error) {
 	var n int
 	var serr error
 	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
+		for {
 			m, e := write(fd, b[n:])
 			switch e {
 			case nil:
 				n += m
+				if n >= len(b) {
+					return true
+				}
 			case syscall.EINTR:
 			case syscall.EAGAIN:
 				return false
@@ -98,7 +102,6 @@ func (c *Conn) Write(b []byte) (int, error) {
 				return true
 			}
 		}
-		return true
 	})
 	if err == nil {
 		err = serr

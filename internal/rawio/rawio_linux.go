@@ -26,10 +26,11 @@ func read(fd uintptr, b []byte) (int, error) {
 }
 
 func write(fd uintptr, b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(p), uintptr(len(b)))
 	if e != 0 {
 		return 0, e
 	}

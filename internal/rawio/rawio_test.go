@@ -275,3 +275,32 @@ func TestBlockingRefused(t *testing.T) {
 		t.Fatal("File wrapped a blocking descriptor")
 	}
 }
+
+// TestEmptyDatagram: an empty write on a datagram socket is an empty
+// datagram, which UDP applications use (TestUDPFlows found it missing).
+func TestEmptyDatagram(t *testing.T) {
+	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c, err := net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, _ := New(c)
+	for _, p := range []string{"", "x"} {
+		if n, err := rc.Write([]byte(p)); n != len(p) || err != nil {
+			t.Fatalf("Write(%q): %d, %v", p, n, err)
+		}
+	}
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 10)
+	for _, want := range []string{"", "x"} {
+		n, _, err := srv.ReadFromUDP(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("received %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+}
