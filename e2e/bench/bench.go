@@ -97,6 +97,7 @@ func (b *bench) runAll() {
 		b.measure(m, t)
 		t.stop()
 	}
+	b.moreRounds()
 	if !b.cfg.section("rtt") {
 		return
 	}
@@ -118,6 +119,28 @@ func (b *bench) runAll() {
 	}
 }
 
+// moreRounds runs the short sections again, rounds-1 times, the modes taking turns, so their figures are medians.
+func (b *bench) moreRounds() {
+	if !b.cfg.section("rate") && !b.cfg.section("rr") {
+		return
+	}
+	for round := 2; round <= b.cfg.rounds; round++ {
+		for _, m := range modes {
+			if !b.cfg.mode(m) {
+				continue
+			}
+			logf("%s: round %d of %d (load %s)", m, round, b.cfg.rounds, loadAvg())
+			t, err := b.start(m, false, 0)
+			if err != nil {
+				b.res.fail(m, "setup", err)
+				continue
+			}
+			b.measureShort(m, t)
+			t.stop()
+		}
+	}
+}
+
 func (b *bench) measure(m string, t *tunnel) {
 	if b.cfg.section("bulk") {
 		for _, dir := range []string{"up", "down"} {
@@ -128,6 +151,21 @@ func (b *bench) measure(m string, t *tunnel) {
 			}
 		}
 	}
+	b.measureShort(m, t)
+	if b.cfg.strace && b.cfg.section("rr") && m != "direct" {
+		b.straceRR(t, echoPort[m])
+	}
+	if b.cfg.section("hold") {
+		h, err := b.hold(t, echoPort[m])
+		b.res.setHold(m, h, err)
+	}
+	if b.cfg.section("udp") && udpMode(m) {
+		b.measureUDP(m, t)
+	}
+}
+
+// measureShort measures the sections that take seconds: connection rate and request/response.
+func (b *bench) measureShort(m string, t *tunnel) {
 	if b.cfg.section("rate") {
 		r, err := b.rate(t, echoPort[m])
 		b.res.setRate(m, r, err)
@@ -137,16 +175,6 @@ func (b *bench) measure(m string, t *tunnel) {
 			r, err := b.rr(t, echoPort[m], clients)
 			b.res.setRR(m, clients, r, err)
 		}
-		if b.cfg.strace && m != "direct" {
-			b.straceRR(t, echoPort[m])
-		}
-	}
-	if b.cfg.section("hold") {
-		h, err := b.hold(t, echoPort[m])
-		b.res.setHold(m, h, err)
-	}
-	if b.cfg.section("udp") && udpMode(m) {
-		b.measureUDP(m, t)
 	}
 }
 

@@ -8,9 +8,14 @@
 //   - bulk throughput both ways: iperf3 -c in the laptop, iperf3 -s in the pod, 10 s each (-R for pod→laptop),
 //     and the CPU time the tunnel's processes (client, ssh, sshd, helper; not iperf3) spent per GB moved;
 //   - new connections per second and p50/p99 latency: 16 clients doing connect, 32-byte echo, close;
+//   - request/response: 64 bytes each way on 1 and on 50 warm connections, round trips per second, p50/p99;
 //   - connections held open and still echoing, stepped up to 10 000, and the client's RSS per held connection;
 //   - bulk throughput with 50 ms RTT on the path to the node: a userspace delay relay in front of sshd;
 //   - UDP (direct and k8stunnel only): echo round trip p50/p99, and iperf3 -u loss at 50 and 200 Mbit/s.
+//
+// These two short sections run -rounds times (3 by default), every mode once per round, and each figure is the median
+// of its rounds: on a small, shared machine one run of a few seconds can be 10-20 % off, and a ratio of two such
+// runs made minutes apart more so.
 //
 // The ways: direct (a route via the node: no tunnel, no crypto, the ceiling), openssh (`ssh -N -L` port forwards:
 // one SSH channel per connection, OpenSSH's own crypto and windows), sshuttle (the Debian package, nat method, same
@@ -56,6 +61,7 @@ type config struct {
 	rate     time.Duration
 	steps    string
 	parallel int
+	rounds   int
 	strace   bool
 	only     map[string]bool
 	modes    map[string]bool
@@ -73,12 +79,14 @@ func run() error {
 	flag.DurationVar(&cfg.rate, "rate", 4*time.Second, "length of each connection-rate run")
 	flag.StringVar(&cfg.steps, "steps", "1000,2000,5000,10000", "held-connection steps")
 	flag.IntVar(&cfg.parallel, "parallel", 4, "iperf3 -P for the parallel 50 ms RTT run (k8stunnel with default flags)")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "run the short sections (rate, rr) this many times, the modes taking turns, and report medians")
 	flag.BoolVar(&cfg.strace, "strace", false, "also count each tunnel's system calls per request/response round trip (strace -c)")
 	flag.StringVar(&only, "only", "", "run only these sections: bulk,rate,rr,hold,rtt,udp (default all)")
 	flag.StringVar(&modes, "modes", "", "run only these modes: direct,openssh,sshuttle,k8stunnel (default all)")
 	flag.Parse()
 	cfg.only = set(only)
 	cfg.modes = set(modes)
+	cfg.rounds = max(cfg.rounds, 1)
 
 	if err := checkTools(); err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,8 +21,10 @@ type metric struct {
 	Title  string `json:"title"`
 	Unit   string `json:"unit"`
 	Better string `json:"better"` // "higher" or "lower"
-	// Values by mode; a mode that failed or was not run has none.
+	// Values by mode; a mode that failed or was not run has none. A figure taken in several rounds is their median.
 	Values map[string]float64 `json:"values"`
+	// Samples by mode: every figure taken, one per round.
+	Samples map[string][]float64 `json:"samples,omitempty"`
 	// Errors by mode, for figures that could not be taken.
 	Errors map[string]string `json:"errors,omitempty"`
 	// Ratios are k8stunnel's figure divided by each other mode's, for every k8stunnel variant in the row.
@@ -50,6 +53,7 @@ type results struct {
 		HoldSteps   string  `json:"hold_steps"`
 		RTTms       int     `json:"rtt_ms"`
 		Parallel    int     `json:"parallel"`
+		Rounds      int     `json:"rounds"`
 		Cipher      string  `json:"cipher"`
 		OpenSSH     string  `json:"openssh"`
 		Sshuttle    string  `json:"sshuttle"`
@@ -77,7 +81,7 @@ func newResults(cfg config) *results {
 	}
 	s := &r.Settings
 	s.BulkSeconds, s.RateSeconds, s.RateClients = cfg.bulk.Seconds(), cfg.rate.Seconds(), 16
-	s.HoldSteps, s.RTTms, s.Parallel = cfg.steps, int(2*oneWayDelay/time.Millisecond), cfg.parallel
+	s.HoldSteps, s.RTTms, s.Parallel, s.Rounds = cfg.steps, int(2*oneWayDelay/time.Millisecond), cfg.parallel, cfg.rounds
 	s.Cipher = "aes128-gcm@openssh.com"
 	if out, err := exec.Command("ssh", "-V").CombinedOutput(); err == nil {
 		s.OpenSSH = strings.TrimSpace(string(out))
@@ -107,7 +111,7 @@ func newResults(cfg config) *results {
 		{ID: "udp_loss_50", Title: "iperf3 -u 50 Mbit/s loss", Unit: "%", Better: "lower"},
 		{ID: "udp_loss_200", Title: "iperf3 -u 200 Mbit/s loss", Unit: "%", Better: "lower"},
 	} {
-		m.Values, m.Errors = map[string]float64{}, map[string]string{}
+		m.Values, m.Errors, m.Samples = map[string]float64{}, map[string]string{}, map[string][]float64{}
 		r.Metrics = append(r.Metrics, &m)
 		r.byID[m.ID] = &m
 	}
@@ -121,7 +125,17 @@ func (r *results) set(id, mode string, v float64, err error) {
 		logf("  %s %s: %v", mode, id, err)
 		return
 	}
-	m.Values[mode] = v
+	m.Samples[mode] = append(m.Samples[mode], v)
+	m.Values[mode] = median(m.Samples[mode])
+}
+
+// median of v, which is not empty.
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
 }
 
 func (r *results) fail(mode, what string, err error) {
@@ -249,6 +263,9 @@ func (r *results) printTable(w io.Writer) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nratios are k8stunnel ÷ the other: above 1 is better for higher-is-better figures, below 1 for ms and KiB.")
+	if r.Settings.Rounds > 1 {
+		fmt.Fprintf(w, "new connections and request/response: median of %d rounds, the modes taking turns.\n", r.Settings.Rounds)
+	}
 	for mode, e := range r.Setup {
 		fmt.Fprintf(w, "%s could not be set up: %s\n", mode, firstLine(e))
 	}
