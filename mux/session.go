@@ -50,11 +50,13 @@ type Session struct {
 	statusTimeout  atomic.Int64
 	requestTimeout atomic.Int64
 
+	ending      atomic.Bool  // killAll ran: the session is ending, whether or not yamux knows yet
 	strays      atomic.Int64 // streams the peer opened that it should not have
 	strayClosed atomic.Bool  // the session was closed for too many of them
 
-	mu     sync.Mutex
-	active map[uint32]*Stream
+	// active holds the streams by yamux ID. A sync.Map: killAll must walk
+	// it at once, never behind thousands of ending streams' forget.
+	active sync.Map // uint32 -> *Stream
 
 	// goMu orders starting goroutines (wg.Add) against Close's wg.Wait.
 	goMu    sync.Mutex
@@ -92,11 +94,12 @@ func NewClient(rwc io.ReadWriteCloser, hello Hello, log *slog.Logger) (*Session,
 	if peer.version != protocolVersion {
 		return nil, fmt.Errorf("%w: the helper on the node speaks protocol %d, this client %d", ErrVersionMismatch, peer.version, protocolVersion)
 	}
-	ys, err := yamux.Client(newBufferedConn(br, rwc), yamuxConfig(log))
+	bc := newBufferedConn(br, rwc)
+	ys, err := yamux.Client(bc, yamuxConfig(log))
 	if err != nil {
 		return nil, err
 	}
-	return newSession(ys, peer, log), nil
+	return newSession(ys, bc, peer, log), nil
 }
 
 // NewServer reads the client's hello from rwc, answers it with what answer
@@ -120,16 +123,21 @@ func NewServer(rwc io.ReadWriteCloser, answer func(Hello) Hello, log *slog.Logge
 	if resp.Error != "" {
 		return nil, fmt.Errorf("%w: %s", ErrVersionMismatch, resp.Error)
 	}
-	ys, err := yamux.Server(newBufferedConn(br, rwc), yamuxConfig(log))
+	bc := newBufferedConn(br, rwc)
+	ys, err := yamux.Server(bc, yamuxConfig(log))
 	if err != nil {
 		return nil, err
 	}
-	return newSession(ys, peer, log), nil
+	return newSession(ys, bc, peer, log), nil
 }
 
-func newSession(ys *yamux.Session, peer Hello, log *slog.Logger) *Session {
-	s := &Session{ys: ys, log: log, Peer: peer, active: make(map[uint32]*Stream)}
-	s.goTracked(s.unblockOnClose)
+func newSession(ys *yamux.Session, bc *bufferedConn, peer Hello, log *slog.Logger) *Session {
+	s := &Session{ys: ys, log: log, Peer: peer}
+	kill := s.killAll
+	bc.beforeEnd.Store(&kill)
+	if ys.IsClosed() {
+		s.killAll() // closed before the hook was in place
+	}
 	return s
 }
 
@@ -145,19 +153,20 @@ func (s *Session) goTracked(f func()) bool {
 	return true
 }
 
-// unblockOnClose wakes every stream's reader and writer when the session
-// ends. yamux marks its streams closed only after its receive loop has
-// stopped, which over SSH waits for the peer to confirm the channel close;
-// until then each blocked Read or Write wakes on the closed session, finds
-// its stream still open and waits again, in a loop that never sleeps. A
-// deadline in the past makes them return instead of spinning: with
-// thousands of streams that spin took both cores for seconds.
-func (s *Session) unblockOnClose() {
-	<-s.ys.CloseChan()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, st := range s.active {
-		st.kill()
+// killAll wakes every stream's reader and writer for good; yamux calls it,
+// through the transport's Close, as the session ends. yamux marks its
+// streams closed only after its receive loop has stopped, which over SSH
+// waits for the peer to confirm the channel close; until then each blocked
+// Read or Write wakes on the closed session, finds its stream still open
+// and waits again, in a loop that never sleeps. A deadline in the past makes
+// them return instead of spinning. It must be set before any of them runs:
+// on one P each spinner holds the P for a whole time slice, and with
+// thousands of streams a goroutine that came after them (this was one)
+// waited seconds for its turn (TestCloseWithManyBlockedReaders).
+func (s *Session) killAll() {
+	s.ending.Store(true)
+	for _, st := range s.active.Range {
+		st.(*Stream).kill()
 	}
 }
 
@@ -265,11 +274,8 @@ func (s *Session) admit(ys *yamux.Stream, accept func(Request) bool) (Request, b
 	case err != nil:
 		s.stray(ys, "bad stream request", err)
 	case req.kind == kindReset:
-		s.mu.Lock()
-		victim := s.active[req.streamID]
-		s.mu.Unlock()
-		if victim != nil {
-			victim.resetByPeer()
+		if victim, ok := s.active.Load(req.streamID); ok {
+			victim.(*Stream).resetByPeer()
 		}
 		// The peer ends a reset stream right behind its header. Its end
 		// frees the stream on both sides; a stream it keeps open would
@@ -305,21 +311,15 @@ func (s *Session) stray(ys *yamux.Stream, why string, err error) {
 func (s *Session) track(ys *yamux.Stream, addr streamAddr, dialled bool) *Stream {
 	st := &Stream{s: ys, sess: s, addr: addr, dialled: dialled}
 	st.needStatus.Store(dialled)
-	s.mu.Lock()
-	s.active[ys.StreamID()] = st
-	s.mu.Unlock()
-	if s.ys.IsClosed() {
-		// Too late for unblockOnClose, which may have run already.
+	s.active.Store(ys.StreamID(), st)
+	if s.gone() {
+		// Too late for killAll, which may have run already.
 		st.kill()
 	}
 	return st
 }
 
-func (s *Session) forget(id uint32) {
-	s.mu.Lock()
-	delete(s.active, id)
-	s.mu.Unlock()
-}
+func (s *Session) forget(id uint32) { s.active.Delete(id) }
 
 // sendReset tells the peer to abort stream id. It runs in the background:
 // opening a stream can wait, and the caller is tearing down already.
@@ -334,6 +334,9 @@ func (s *Session) sendReset(id uint32) {
 	})
 }
 
+// gone reports that the session ended or is ending.
+func (s *Session) gone() bool { return s.ending.Load() || s.ys.IsClosed() }
+
 // NumStreams is how many streams are open now.
 func (s *Session) NumStreams() int { return s.ys.NumStreams() }
 
@@ -346,6 +349,7 @@ func (s *Session) Close() error {
 	s.goMu.Lock()
 	s.closing = true
 	s.goMu.Unlock()
+	s.killAll() // before yamux wakes them all at once: see bufferedConn
 	err := s.ys.Close()
 	s.wg.Wait()
 	return err
@@ -505,7 +509,7 @@ func (c *Stream) check(dl *atomic.Int64) error {
 		return ErrPeerReset
 	case c.closed.Load() || c.aborted.Load():
 		return net.ErrClosed
-	case c.s.Session().IsClosed():
+	case c.sess.gone():
 		return ErrSessionLost
 	}
 	if d := dl.Load(); d != 0 && time.Now().UnixNano() >= d {
@@ -517,7 +521,7 @@ func (c *Stream) check(dl *atomic.Int64) error {
 // ioErr says why a yamux Read or Write failed. The past deadlines that wake
 // a dead stream surface as what killed it, not as timeouts.
 func (c *Stream) ioErr(err error) error {
-	sessionGone := c.s.Session().IsClosed()
+	sessionGone := c.sess.gone()
 	switch {
 	case c.reset.Load():
 		return ErrPeerReset
@@ -610,8 +614,8 @@ func (c *Stream) Close() error {
 		// The stream is dead already, so nobody else reads it now.
 		linger := func() {
 			c.s.SetReadDeadline(time.Now().Add(abortLinger))
-			if c.s.Session().IsClosed() {
-				c.s.SetReadDeadline(time.Now()) // see unblockOnClose
+			if c.sess.gone() {
+				c.s.SetReadDeadline(time.Now()) // see killAll
 			}
 			io.Copy(io.Discard, c.s)
 			c.s.Close()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -58,12 +59,50 @@ func (l yamuxLogger) Printf(format string, v ...any) {
 func (l yamuxLogger) Println(v ...any) { l.Print(v...) }
 
 // bufferedConn hands yamux the reader that already holds whatever arrived
-// right behind the hello.
+// right behind the hello, and runs beforeEnd (the session's killAll) before
+// yamux learns that the session is over: before a read or write error
+// reaches it, and when it closes the connection.
+//
+// yamux's Close wakes every blocked Read and Write of its streams at once,
+// and they spin until yamux marks the streams closed (see killAll). With
+// thousands of them, waking them took the closing goroutine past its time
+// slice, it was preempted and queued behind every spinner, each of which
+// held the one P for a whole slice: the streams must be dead before that.
 type bufferedConn struct {
-	io.Reader
-	io.WriteCloser
+	r         io.Reader
+	w         io.WriteCloser
+	beforeEnd atomic.Pointer[func()]
 }
 
-func newBufferedConn(r *bufio.Reader, rwc io.ReadWriteCloser) io.ReadWriteCloser {
-	return bufferedConn{Reader: &pingFilter{r: r}, WriteCloser: frameWriter(rwc)}
+func newBufferedConn(r *bufio.Reader, rwc io.ReadWriteCloser) *bufferedConn {
+	return &bufferedConn{r: &pingFilter{r: r}, w: frameWriter(rwc)}
+}
+
+func (c *bufferedConn) ending() {
+	if f := c.beforeEnd.Load(); f != nil {
+		(*f)()
+	}
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil {
+		c.ending()
+	}
+	return n, err
+}
+
+func (c *bufferedConn) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		c.ending()
+	}
+	return n, err
+}
+
+// Close is where yamux's Session.Close goes right after it closed the
+// session's shutdown channel, whoever ended the session.
+func (c *bufferedConn) Close() error {
+	c.ending()
+	return c.w.Close()
 }
