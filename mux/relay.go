@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 
 	"github.com/k8stunnel/k8stunnel/internal/rawio"
 )
@@ -109,10 +108,8 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 // A socket's reads and writes go through rawio where it can: a relayed
 // connection is idle between every two messages, the case rawio is for.
 func NetConn(c net.Conn) Conn {
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, ok := rawio.New(sc); ok {
-			return netConn{Conn: c, raw: raw}
-		}
+	if raw, ok := rawio.New(c); ok {
+		return netConn{Conn: c, raw: raw}
 	}
 	return netConn{Conn: c}
 }

@@ -153,12 +153,13 @@ func (s *Session) goTracked(f func()) bool {
 	return true
 }
 
-// killAll wakes every stream's reader and writer for good; yamux calls it,
-// through the transport's Close, as the session ends. yamux marks its
-// streams closed only after its receive loop has stopped, which over SSH
-// waits for the peer to confirm the channel close; until then each blocked
-// Read or Write wakes on the closed session, finds its stream still open
-// and waits again, in a loop that never sleeps. A deadline in the past makes
+// killAll wakes every stream's reader and writer for good. Close calls it
+// first, and the transport yamux is given (bufferedConn) calls it before
+// yamux learns of a read or write error and when yamux closes it. yamux
+// marks its streams closed only after its receive loop has stopped, which
+// over SSH waits for the peer to confirm the channel close; until then each
+// blocked Read or Write wakes on the closed session, finds its stream still
+// open and waits again, in a loop that never sleeps. A deadline in the past makes
 // them return instead of spinning. It must be set before any of them runs:
 // on one P each spinner holds the P for a whole time slice, and with
 // thousands of streams a goroutine that came after them (this was one)

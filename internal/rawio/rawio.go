@@ -22,13 +22,15 @@ import (
 type Conn struct{ rc syscall.RawConn }
 
 // New returns c's descriptor as a Conn, or false when raw I/O is not for
-// it: not Linux, or a blocking descriptor, whose read or write could stop
-// the thread without the runtime knowing.
-func New(c syscall.Conn) (*Conn, bool) {
-	if !supported {
+// it: not Linux, not a syscall.Conn (a net.Pipe, a test double), or a
+// blocking descriptor, whose read or write could stop the thread without the
+// runtime knowing.
+func New(c any) (*Conn, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !supported || !ok {
 		return nil, false
 	}
-	rc, err := c.SyscallConn()
+	rc, err := sc.SyscallConn()
 	if err != nil {
 		return nil, false
 	}

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/k8stunnel/k8stunnel/internal/rawio"
@@ -26,14 +25,9 @@ import (
 // with the next one in one writev, or by itself after holdMax.
 func packetConn(c net.Conn) net.Conn {
 	p := &pconn{Conn: c, w: c}
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, ok := rawio.New(sc); ok {
-			p.raw, p.w = raw, raw
-		}
-	}
 	var r io.Reader = c
-	if p.raw != nil {
-		r = p.raw
+	if raw, ok := rawio.New(c); ok {
+		p.raw, p.w, r = raw, raw, raw
 	}
 	p.r = bufio.NewReaderSize(r, 256<<10)
 	p.timer = time.AfterFunc(time.Hour, p.flushHeld)
