@@ -756,16 +756,6 @@ func (c *Client) handle(conn *net.TCPConn) {
 	defer c.wg.Done()
 	c.connsTotal.Add(1)
 	local := &counted{Conn: mux.NetConn(conn), c: c}
-	if n := c.active.Add(1); n > int64(c.cfg.MaxConns) {
-		c.active.Add(-1)
-		if now := time.Now().Unix(); c.capWarn.Swap(now) != now {
-			c.log.Warn("too many connections; resetting new ones", "max", c.cfg.MaxConns)
-		}
-		local.Abort()
-		return
-	}
-	defer c.active.Add(-1)
-
 	dst, err := c.origDst(conn)
 	if err != nil {
 		c.log.Debug("dropping connection", "from", conn.RemoteAddr(), "err", err)
@@ -789,6 +779,17 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
+	// Counted only now: a connection reset above never was active, also
+	// not for the moment between its reset and this function's return.
+	if n := c.active.Add(1); n > int64(c.cfg.MaxConns) {
+		c.active.Add(-1)
+		if now := time.Now().Unix(); c.capWarn.Swap(now) != now {
+			c.log.Warn("too many connections; resetting new ones", "max", c.cfg.MaxConns)
+		}
+		local.Abort()
+		return
+	}
+	defer c.active.Add(-1)
 	st, err := sess.Dial(dst)
 	if err != nil {
 		c.log.Debug("opening stream", "dst", dst, "err", err)

@@ -877,14 +877,11 @@ func TestEngineRefusesNodeStreams(t *testing.T) {
 	e := startEngine(t, Config{}, tr, echoTarget(t))
 	echo(t, e.dial(t), "before")
 	e.logs.drain()
-	// Read from now on: the refusals' debug lines would crowd it out of the log.
-	restored := make(chan struct{})
+	// The refusals' debug lines overflow the test's log channel, which drops
+	// what does not fit, "tunnel restored" too at times: the reconnect is
+	// read from the engine's counter instead.
 	go func() {
-		for m := range e.logs {
-			if m.Message == "tunnel restored" {
-				close(restored)
-				return
-			}
+		for range e.logs {
 		}
 	}()
 	baseline := runtime.NumGoroutine()
@@ -913,10 +910,10 @@ func TestEngineRefusesNodeStreams(t *testing.T) {
 		}
 	}
 	// A node this broken loses its session; the tunnel comes back.
-	select {
-	case <-restored:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the tunnel did not come back")
+	for deadline := time.Now().Add(10 * time.Second); e.c.reconnects.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the tunnel did not come back")
+		}
 	}
 	echo(t, e.dial(t), "after")
 	e.shutdown(t)
