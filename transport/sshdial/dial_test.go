@@ -551,3 +551,32 @@ func TestDialStrictNo(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepaliveFirstRoundTripIsTheLeast: the first answer from a busy node
+// can be late; the round trip the client sizes its channels by is the least
+// of the first few, not the first.
+func TestKeepaliveFirstRoundTripIsTheLeast(t *testing.T) {
+	sshtest.Env(t)
+	signer, _ := sshtest.Key(t)
+	const slow = 300 * time.Millisecond
+	srv := sshtest.Start(t, sshtest.Options{Key: signer.PublicKey(), SlowFirst: slow})
+	c := sshtest.Client(t, srv, signer)
+
+	rtts := make(chan time.Duration, 10)
+	go Keepalive(t.Context(), c, time.Hour, time.Minute, func(d time.Duration) { rtts <- d })
+	var got []time.Duration
+	for range firstProbes {
+		select {
+		case d := <-rtts:
+			got = append(got, d)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round trips %v, want %d at once", got, firstProbes)
+		}
+	}
+	if got[0] < slow {
+		t.Errorf("first round trip %v, want the slow answer's %v or more", got[0], slow)
+	}
+	if last := got[len(got)-1]; last >= slow/2 {
+		t.Errorf("round trips %v: the last reported is %v, want the least, well under %v", got, last, slow/2)
+	}
+}

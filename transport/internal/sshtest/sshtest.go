@@ -45,6 +45,7 @@ type Options struct {
 	Home       string        // run exec requests here; "" = refuse them
 	Silent     bool          // never answer global requests (a hung node)
 	Keepalives chan string   // receives the type of each global request
+	SlowFirst  time.Duration // answer the first global request this late (a busy node)
 	HostKeys   []ssh.Signer  // nil = one fresh ed25519 key; the first is HostKey
 	Env        []string      // added to the environment of exec requests (HOME and PATH)
 	Password   string        // also accepted, by password and keyboard-interactive; "" = none
@@ -145,10 +146,17 @@ func (s *Server) serve(nc net.Conn, cfg *ssh.ServerConfig, wg *sync.WaitGroup) {
 		return
 	}
 	wg.Go(func() {
-		for r := range reqs {
+		for first := true; ; first = false {
+			r, ok := <-reqs
+			if !ok {
+				break
+			}
 			select {
 			case s.opts.Keepalives <- r.Type:
 			default: // a nil or full channel must not stall the connection
+			}
+			if first {
+				time.Sleep(s.opts.SlowFirst)
 			}
 			if !s.opts.Silent && r.WantReply {
 				r.Reply(false, nil)
