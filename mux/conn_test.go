@@ -16,9 +16,9 @@ import (
 	"golang.org/x/net/nettest"
 )
 
-// sessionPair is a client and a server Session joined by net.Pipe. Streams
-// the server accepts arrive on accepted, already answered with StatusOK.
-func sessionPair(t testing.TB) (client, server *Session, accepted <-chan *Stream, stop func()) {
+// pipeSessions is a client and a server Session joined by net.Pipe, neither
+// served yet; serverEnd is the server's end of the pipe.
+func pipeSessions(t testing.TB) (client, server *Session, serverEnd net.Conn) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	a, b := net.Pipe()
@@ -38,7 +38,14 @@ func sessionPair(t testing.TB) (client, server *Session, accepted <-chan *Stream
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	server = <-srvc
+	return client, <-srvc, b
+}
+
+// sessionPair is a client and a server Session joined by net.Pipe. Streams
+// the server accepts arrive on accepted, already answered with StatusOK.
+func sessionPair(t testing.TB) (client, server *Session, accepted <-chan *Stream, stop func()) {
+	t.Helper()
+	client, server, _ = pipeSessions(t)
 	acc := make(chan *Stream, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{}, 2)
@@ -367,18 +374,7 @@ func TestCloseWithManyBlockedReaders(t *testing.T) {
 	for _, how := range []string{"closed", "transport lost"} {
 		t.Run(how, func(t *testing.T) {
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-			log := slog.New(slog.DiscardHandler)
-			a, b := net.Pipe()
-			srvc := make(chan *Session, 1)
-			go func() {
-				s, _ := NewServer(b, func(Hello) Hello { return Hello{} }, log)
-				srvc <- s
-			}()
-			client, err := NewClient(a, Hello{}, log)
-			if err != nil {
-				t.Fatal(err)
-			}
-			server := <-srvc
+			client, server, b := pipeSessions(t)
 			defer server.Close()
 			go server.Serve(context.Background(), func(_ Request, st *Stream) { st.WriteStatus(StatusOK) })
 			const n = 2000

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"syscall"
@@ -65,21 +64,7 @@ func FuzzReadExpose(f *testing.F) {
 // opens streams to it.
 func exposePair(t *testing.T, n int, handle func(Request, *Stream)) (helper *Session) {
 	t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	a, b := net.Pipe()
-	srvc := make(chan *Session, 1)
-	go func() {
-		s, _ := NewServer(b, func(Hello) Hello { return Hello{} }, log)
-		srvc <- s
-	}()
-	client, err := NewClient(a, Hello{}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	helper = <-srvc
-	if helper == nil {
-		t.Fatal("helper handshake failed")
-	}
+	client, helper, _ := pipeSessions(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
 	go func() {
