@@ -179,19 +179,9 @@ func TestReach(t *testing.T) {
 	// alice's own ~/.ssh is all there is: her key, her known_hosts, her ssh_config naming the node. Root's has
 	// none of it (no key for the lab, no host "labnode").
 	t.Run("sudo as yourself", func(t *testing.T) {
-		identity, err := os.ReadFile(lab.Identity)
-		if err != nil {
-			t.Fatal(err)
-		}
-		known, err := os.ReadFile(lab.KnownHosts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := alice.WriteSSHFiles(map[string]string{
-			"id_ed25519":  string(identity),
-			"known_hosts": string(known),
-			"config":      "Host labnode\n  HostName " + NodeAddr + "\n  User root\n",
-		}); err != nil {
+		files := labSSHFiles(t, lab)
+		files["config"] = "Host labnode\n  HostName " + NodeAddr + "\n  User root\n"
+		if err := alice.WriteSSHFiles(files); err != nil {
 			t.Fatal(err)
 		}
 		removeRule, err := AllowSudo(alice.Name, pub)
@@ -234,15 +224,7 @@ func TestReach(t *testing.T) {
 				t.Errorf("removing the sudoers entry: %v", err)
 			}
 		})
-		identity, err := os.ReadFile(lab.Identity)
-		if err != nil {
-			t.Fatal(err)
-		}
-		known, err := os.ReadFile(lab.KnownHosts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := bob.WriteSSHFiles(map[string]string{"id_ed25519": string(identity), "known_hosts": string(known)}); err != nil {
+		if err := bob.WriteSSHFiles(labSSHFiles(t, lab)); err != nil {
 			t.Fatal(err)
 		}
 		c := startAsUser(t, lab, bob, AsUser(bob.Name, bob.Name, pub, "-r", "root@"+NodeAddr, ServiceCIDR))
@@ -303,4 +285,18 @@ func (l *Lab) sshdLogs() string {
 		b.WriteString(d.Log())
 	}
 	return b.String()
+}
+
+// labSSHFiles is the lab's key and known_hosts as a user's ~/.ssh files.
+func labSSHFiles(t *testing.T, lab *Lab) map[string]string {
+	t.Helper()
+	identity, err := os.ReadFile(lab.Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	known, err := os.ReadFile(lab.KnownHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]string{"id_ed25519": string(identity), "known_hosts": string(known)}
 }
