@@ -100,7 +100,7 @@ func readAddrPort(rd io.Reader) (netip.AddrPort, error) {
 // the listener of expose entry from src (helper side). As with Dial, the
 // client's status is read by the stream's first Read or WaitDial.
 func (s *Session) DialExpose(entry int, src netip.AddrPort) (*Stream, error) {
-	return s.open(Request{kind: kindExpose, Entry: entry, Src: src}, streamAddr{dst: src})
+	return s.open(Request{kind: kindExpose, Entry: entry, Src: src}, streamAddr{dst: src}, true)
 }
 
 // ServeExposes is Serve for the client of a helper that listens for it: it

@@ -32,6 +32,9 @@ type Hello struct {
 	Names bool `json:"names,omitempty"`
 	// UDP says the helper takes UDP flows (kindUDP; helper to client).
 	UDP bool `json:"udp,omitempty"`
+	// Stripes says the helper takes striped connections (kindStripe;
+	// helper to client), over the sessions it serves itself.
+	Stripes bool `json:"stripes,omitempty"`
 	// Facts is what the helper found on the node (helper to client).
 	Facts *Facts `json:"facts,omitempty"`
 	// Expose asks the helper to listen on the node and carry what it

@@ -69,6 +69,9 @@ type Request struct {
 	Port uint16
 	// StreamID names the stream to abort, for kindReset.
 	streamID uint32
+	// stripe, part and parts are a kindStripe's ID, index and part count.
+	stripe      uint64
+	part, parts uint8
 	// Entry is the index of the expose (-R) in the client's hello, for
 	// kindExpose. Src is the pod's address there, and the laptop
 	// application's for kindUDP.
@@ -126,6 +129,7 @@ func ValidName(s string) bool {
 //	name:    version(1) kind(1) namelen(1: 1..253) name port(2, big endian)
 //	expose:  version(1) kind(1) entry(1) addrlen(1: 4 or 16) addr port(2, big endian)
 //	udp:     version(1) kind(1) src as addrlen addr port, then dst the same way
+//	stripe:  version(1) kind(1) id(8) part(1) parts(1), part 0 then dst as addrlen addr port
 func appendRequest(b []byte, r Request) ([]byte, error) {
 	b = append(b, protocolVersion, byte(r.kind))
 	switch r.kind {
@@ -144,6 +148,8 @@ func appendRequest(b []byte, r Request) ([]byte, error) {
 		return appendExpose(b, r)
 	case kindUDP:
 		return appendUDP(b, r)
+	case kindStripe:
+		return appendStripe(b, r)
 	default:
 		return nil, errBadKind
 	}
@@ -205,6 +211,10 @@ func readRequest(rd io.Reader) (Request, error) {
 		}
 	case kindUDP:
 		if err := readUDP(rd, &r); err != nil {
+			return Request{}, err
+		}
+	case kindStripe:
+		if err := readStripe(rd, &r); err != nil {
 			return Request{}, err
 		}
 	default:

@@ -25,6 +25,10 @@ func TestRequestRoundTrip(t *testing.T) {
 		{"reset", Request{kind: kindReset, streamID: 0x01020304}, []byte{1, 2, 1, 2, 3, 4}},
 		{"name", Request{kind: kindConnectName, Host: "web.default.svc", Port: 443},
 			append(append([]byte{1, 3, 15}, "web.default.svc"...), 1, 187)},
+		{"stripe part 0", Request{kind: kindStripe, stripe: 0x0102030405060708, part: 0, parts: 3, Dst: netip.MustParseAddrPort("10.96.0.10:80")},
+			[]byte{1, 6, 1, 2, 3, 4, 5, 6, 7, 8, 0, 3, 4, 10, 96, 0, 10, 0, 80}},
+		{"stripe part 2", Request{kind: kindStripe, stripe: 9, part: 2, parts: 3},
+			[]byte{1, 6, 0, 0, 0, 0, 0, 0, 0, 9, 2, 3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,7 +64,7 @@ func TestReadRequestErrors(t *testing.T) {
 	}{
 		{"empty", nil, io.EOF},
 		{"bad version", []byte{9, 1}, errBadVersion},
-		{"bad kind", []byte{1, 7}, errBadKind},
+		{"bad kind", []byte{1, 9}, errBadKind},
 		{"bad address length", []byte{1, 1, 5}, ErrBadAddress},
 		{"short address", []byte{1, 1, 4, 10, 0}, io.ErrUnexpectedEOF},
 		{"short reset", []byte{1, 2, 0}, io.ErrUnexpectedEOF},
@@ -69,6 +73,11 @@ func TestReadRequestErrors(t *testing.T) {
 		{"short name", []byte{1, 3, 5, 'a', 'b'}, io.ErrUnexpectedEOF},
 		{"name with a space", []byte{1, 3, 3, 'a', ' ', 'b', 0, 80}, ErrBadName},
 		{"name with a newline", []byte{1, 3, 2, 'a', '\n', 0, 80}, ErrBadName},
+		{"stripe of one part", []byte{1, 6, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1}, ErrBadStripe},
+		{"stripe of too many parts", []byte{1, 6, 0, 0, 0, 0, 0, 0, 0, 1, 1, MaxStripeParts + 1}, ErrBadStripe},
+		{"stripe part past its count", []byte{1, 6, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3}, ErrBadStripe},
+		{"short stripe", []byte{1, 6, 0, 0, 0}, io.ErrUnexpectedEOF},
+		{"stripe part 0 without an address", []byte{1, 6, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2}, io.ErrUnexpectedEOF},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

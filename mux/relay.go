@@ -88,17 +88,24 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 		case big == nil && n == len(buf):
 			big = bufPool.Get().(*[]byte)
 			buf = *big
-			if s, ok := src.(*Stream); ok {
+			if s, ok := src.(shrinker); ok {
 				s.busy()
 			}
 		case big != nil && n < smallBuf:
 			bufPool.Put(big)
 			big, buf = nil, small
-			if s, ok := src.(*Stream); ok {
+			if s, ok := src.(shrinker); ok {
 				s.quiet()
 			}
 		}
 	}
+}
+
+// shrinker is a Stream or Striped, whose receive buffers can be dropped
+// while it is quiet (see Stream.quiet).
+type shrinker interface {
+	busy()
+	quiet()
 }
 
 // NetConn adapts a socket: a TCP connection in production, anything in tests.

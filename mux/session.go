@@ -175,7 +175,7 @@ func (s *Session) killAll() {
 // out at once; the helper's status is read by the stream's first Read (or
 // WaitDial), so the application's first bytes need not wait a round trip.
 func (s *Session) Dial(dst netip.AddrPort) (*Stream, error) {
-	return s.open(Request{kind: kindConnect, Dst: dst}, streamAddr{dst: dst})
+	return s.open(Request{kind: kindConnect, Dst: dst}, streamAddr{dst: dst}, true)
 }
 
 // DialName is Dial for a host name, which the helper resolves with the
@@ -185,10 +185,12 @@ func (s *Session) DialName(host string, port uint16) (*Stream, error) {
 		return nil, ErrNoNames
 	}
 	req := Request{kind: kindConnectName, Host: host, Port: port}
-	return s.open(req, streamAddr{name: req.Target()})
+	return s.open(req, streamAddr{name: req.Target()}, true)
 }
 
-func (s *Session) open(req Request, addr streamAddr) (*Stream, error) {
+// open opens a stream with header req; with status, its first Read (or
+// WaitDial) reads the peer's answer to it first.
+func (s *Session) open(req Request, addr streamAddr, status bool) (*Stream, error) {
 	var buf [maxRequestLen]byte
 	b, err := appendRequest(buf[:0], req)
 	if err != nil {
@@ -203,7 +205,10 @@ func (s *Session) open(req Request, addr streamAddr) (*Stream, error) {
 		ys.Close()
 		return nil, fmt.Errorf("sending request for %v: %w", addr, err)
 	}
-	st := s.track(ys, addr, true)
+	st := s.track(ys, addr, true, status)
+	if !status {
+		return st, nil
+	}
 	timeout := time.Duration(s.statusTimeout.Load())
 	if timeout == 0 {
 		timeout = statusWait
@@ -227,7 +232,9 @@ func (s *Session) open(req Request, addr streamAddr) (*Stream, error) {
 func (s *Session) Serve(ctx context.Context, handle func(Request, *Stream)) error {
 	var accept func(Request) bool
 	if handle != nil {
-		accept = func(r Request) bool { return r.kind == kindConnect || r.kind == kindConnectName || r.kind == kindUDP }
+		accept = func(r Request) bool {
+			return r.kind == kindConnect || r.kind == kindConnectName || r.kind == kindUDP || r.kind == kindStripe
+		}
 	}
 	return s.serve(ctx, accept, handle)
 }
@@ -255,7 +262,7 @@ func (s *Session) serve(ctx context.Context, accept func(Request) bool, handle f
 			req, ok := s.admit(ys, accept)
 			<-pending
 			if ok {
-				handle(req, s.track(ys, streamAddr{dst: req.Dst, name: req.Target()}, false))
+				handle(req, s.track(ys, streamAddr{dst: req.Dst, name: req.Target()}, false, false))
 			}
 		}()
 	}
@@ -309,9 +316,9 @@ func (s *Session) stray(ys *yamux.Stream, why string, err error) {
 	}
 }
 
-func (s *Session) track(ys *yamux.Stream, addr streamAddr, dialled bool) *Stream {
+func (s *Session) track(ys *yamux.Stream, addr streamAddr, dialled, status bool) *Stream {
 	st := &Stream{s: ys, sess: s, addr: addr, dialled: dialled}
-	st.needStatus.Store(dialled)
+	st.needStatus.Store(status)
 	s.active.Store(ys.StreamID(), st)
 	if s.gone() {
 		// Too late for killAll, which may have run already.

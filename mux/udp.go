@@ -65,7 +65,7 @@ func (s *Session) DialUDP(src, dst netip.AddrPort) (*Stream, error) {
 	if !s.Peer.UDP {
 		return nil, ErrNoUDP
 	}
-	return s.open(Request{kind: kindUDP, Src: src, Dst: dst}, streamAddr{dst: dst})
+	return s.open(Request{kind: kindUDP, Src: src, Dst: dst}, streamAddr{dst: dst}, true)
 }
 
 // DatagramStats counts what RelayDatagrams dropped; one is shared by many

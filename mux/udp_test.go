@@ -43,7 +43,7 @@ func udpPair(t *testing.T) (st, peer *Stream, pc, app *net.UDPConn) {
 	t.Helper()
 	client, _, accepted, stop := sessionPair(t)
 	t.Cleanup(stop)
-	st, err := client.open(Request{kind: kindUDP, Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: testDst}, streamAddr{dst: testDst})
+	st, err := client.open(Request{kind: kindUDP, Src: netip.MustParseAddrPort("10.0.0.1:1"), Dst: testDst}, streamAddr{dst: testDst}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
