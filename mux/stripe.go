@@ -184,6 +184,15 @@ func (c *Striped) Abort() {
 	}
 }
 
+// Drop resets and closes every part but 0, which the caller answered with
+// a failure status and closes itself.
+func (c *Striped) Drop() {
+	for _, st := range c.parts[1:] {
+		st.Abort()
+		st.Close()
+	}
+}
+
 func (c *Striped) busy() {
 	for _, st := range c.parts {
 		st.busy()

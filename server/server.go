@@ -46,7 +46,7 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 	}
 	var exp *exposer
 	sess, err := mux.NewServer(rwc, func(h mux.Hello) mux.Hello {
-		resp := mux.Hello{Program: cfg.Program, Names: true, UDP: true}
+		resp := mux.Hello{Program: cfg.Program, Names: true, UDP: true, Stripes: true}
 		if h.Discover && cfg.Discover != nil {
 			resp.Facts = cfg.Discover()
 		}
@@ -74,17 +74,21 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 	var work tracker
 	exp.serve(ctx, cfg, sess, &work)
 	var udp udpFlows
+	var stripes mux.Stripes
 	err = sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
 		if !work.enter() {
 			st.Close()
 			return
 		}
 		defer work.done()
-		if req.IsUDP() {
+		switch {
+		case req.IsUDP():
 			udp.handle(ctx, cfg, req, st)
-			return
+		case req.IsStripe():
+			stripe(ctx, cfg, &stripes, req, st)
+		default:
+			handle(ctx, cfg, req, st)
 		}
-		handle(ctx, cfg, req, st)
 	})
 	exp.close()
 	sess.Close()
@@ -105,6 +109,35 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 	// quiet target would keep it past the session's end.
 	defer context.AfterFunc(ctx, func() { mux.NetConn(c).Abort() })()
 	if err := mux.Relay(mux.NetConn(c), st); err != nil {
+		cfg.Log.Debug("relay ended", "dst", dst, "err", err)
+	}
+}
+
+// stripe takes one part of a striped connection. Part 0 waits for the
+// others, dials and relays; any other part is left with the table, for
+// part 0 to find.
+func stripe(ctx context.Context, cfg Config, table *mux.Stripes, req mux.Request, st *mux.Stream) {
+	if req.StripePart() != 0 {
+		if !table.Add(req, st) {
+			cfg.Log.Debug("stripe part refused", "part", req.StripePart())
+		}
+		return
+	}
+	dst := req.Target()
+	sc, err := table.Gather(ctx, req, st)
+	if err != nil {
+		cfg.Log.Debug("stripe not gathered", "dst", dst, "err", err)
+		st.WriteStatus(mux.StatusFailed)
+		st.Close()
+		return
+	}
+	c, ok := dialFor(ctx, cfg, st, "tcp", dst)
+	if !ok {
+		sc.Drop()
+		return
+	}
+	defer context.AfterFunc(ctx, func() { mux.NetConn(c).Abort() })()
+	if err := mux.Relay(mux.NetConn(c), sc); err != nil {
 		cfg.Log.Debug("relay ended", "dst", dst, "err", err)
 	}
 }

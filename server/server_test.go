@@ -751,3 +751,57 @@ func pendingError(c *net.TCPConn) error {
 	})
 	return errors.Join(err, rerr)
 }
+
+// TestStripe: a striped connection is dialled once, when all its parts are
+// in, and carries several chunks each way in order; a dial that fails
+// reaches the client as part 0's status and resets the other parts.
+func TestStripe(t *testing.T) {
+	t.Run("relays", func(t *testing.T) {
+		dst, conns := target(t)
+		p := newPair(t, Config{}, mux.Hello{})
+		if !p.client.Peer.Stripes {
+			t.Fatal("the helper's hello does not offer stripes")
+		}
+		// Three parts on one session: the table pairs them as it pairs
+		// parts that come over several sessions of one process.
+		sc, err := mux.DialStriped([]*mux.Session{p.client, p.client, p.client}, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		if err := sc.WaitDial(); err != nil {
+			t.Fatal(err)
+		}
+		c := accepted(t, conns)
+		up := strings.Repeat("u", 4*mux.StripeChunk+7)
+		go func() {
+			io.WriteString(sc, up)
+			sc.CloseWrite()
+		}()
+		if got := readAll(t, c, "the upload at the target"); got != up {
+			t.Fatalf("target got %d bytes, want %d in order", len(got), len(up))
+		}
+		down := strings.Repeat("0123456789", mux.StripeChunk/2)
+		go func() {
+			io.WriteString(c, down)
+			c.CloseWrite()
+		}()
+		if got := readAll(t, sc, "the download at the client"); got != down {
+			t.Fatalf("client got %d bytes, want %d in order", len(got), len(down))
+		}
+	})
+	t.Run("dial fails", func(t *testing.T) {
+		p := newPair(t, Config{Dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, dialErr(syscall.ECONNREFUSED)
+		}}, mux.Hello{})
+		sc, err := mux.DialStriped([]*mux.Session{p.client, p.client}, netip.MustParseAddrPort("10.96.0.10:80"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		var de *mux.DialError
+		if err := sc.WaitDial(); !errors.As(err, &de) || de.Status != mux.StatusRefused {
+			t.Fatalf("got %v, want connection refused", err)
+		}
+	})
+}
