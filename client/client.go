@@ -768,13 +768,15 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
-	sess, channel := c.session()
+	c.mu.Lock()
+	l := c.links
+	c.mu.Unlock()
 	if c.fwLost.Load() {
 		c.log.Debug("firewall helper lost, resetting", "dst", dst)
 		local.Abort()
 		return
 	}
-	if sess == nil {
+	if l == nil {
 		c.log.Debug("tunnel down, resetting", "dst", dst)
 		local.Abort()
 		return
@@ -790,7 +792,7 @@ func (c *Client) handle(conn *net.TCPConn) {
 		return
 	}
 	defer c.active.Add(-1)
-	st, err := sess.Dial(dst)
+	st, id, channel, err := l.dial(dst)
 	if err != nil {
 		c.log.Debug("opening stream", "dst", dst, "err", err)
 		local.Abort()
@@ -799,7 +801,7 @@ func (c *Client) handle(conn *net.TCPConn) {
 	desc := fmt.Sprintf("%v -> %v", conn.RemoteAddr(), dst)
 	var ids []any
 	if c.cfg.StreamIDs {
-		ids = []any{"stream", st.LocalAddr().String(), "channel", channel}
+		ids = []any{"stream", id.String(), "channel", channel}
 	}
 	c.log.Debug(desc, ids...)
 	start := time.Now()
@@ -884,6 +886,42 @@ func (l *link) add(s *mux.Session) bool {
 	ss := append(slices.Clone(l.channels()), s)
 	l.sessions.Store(&ss)
 	return true
+}
+
+// dial opens what carries a redirected connection to dst, and says which
+// stream and channel it starts on. When several channels end in the first
+// helper's process (a long link), the connection is striped over all of
+// them, its first chunk on each in turn: one transfer then gets every
+// channel's window, not one's. Otherwise it is one stream on the least
+// busy channel.
+func (l *link) dial(dst netip.AddrPort) (mux.Conn, net.Addr, int, error) {
+	if js := l.joined(); len(js) > 1 && js[0].Peer.Stripes {
+		i := int(l.next.Add(1)) % len(js)
+		sc, err := mux.DialStriped(append(js[i:len(js):len(js)], js[:i]...), dst)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		return sc, sc.Primary().LocalAddr(), i, nil
+	}
+	sess, channel := l.pick()
+	st, err := sess.Dial(dst)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return st, st.LocalAddr(), channel, nil
+}
+
+// joined is the link's sessions that the first helper serves itself: the
+// first, and each extra channel that joined it.
+func (l *link) joined() []*mux.Session {
+	ss := l.channels()
+	var js []*mux.Session
+	for i, s := range ss {
+		if i == 0 || s.Peer.Joined {
+			js = append(js, s)
+		}
+	}
+	return js
 }
 
 func (l *link) pick() (*mux.Session, int) {

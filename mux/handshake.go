@@ -35,6 +35,7 @@ type Hello struct {
 	// Stripes says the helper takes striped connections (kindStripe;
 	// helper to client), over the sessions it serves itself.
 	Stripes bool `json:"stripes,omitempty"`
+	Joined  bool `json:"joined,omitempty"` // placeholder until the join branch lands
 	// Facts is what the helper found on the node (helper to client).
 	Facts *Facts `json:"facts,omitempty"`
 	// Expose asks the helper to listen on the node and carry what it
