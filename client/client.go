@@ -79,7 +79,8 @@ type Config struct {
 	DNS *dnsproxy.Config
 	// Channels is how many channels of the link (each with its own helper)
 	// carry the streams; 0 means as many as the link's round trip needs
-	// (see channelsFor): one on a LAN.
+	// (see channelsFor): one on a LAN, and then the extra channels' helpers
+	// hand them to the first's process where it takes joins (see grow).
 	Channels int
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
@@ -911,17 +912,21 @@ func (l *link) dial(dst netip.AddrPort) (mux.Conn, net.Addr, int, error) {
 	return st, st.LocalAddr(), channel, nil
 }
 
-// joined is the link's sessions that the first helper serves itself: the
-// first, and each extra channel that joined it.
+// joined is the link's sessions that the first channel's helper process
+// serves: the first, and each extra one handed to it (Hello.Joined). A
+// connection striped over several sessions needs them in one process.
 func (l *link) joined() []*mux.Session {
 	ss := l.channels()
-	var js []*mux.Session
-	for i, s := range ss {
-		if i == 0 || s.Peer.Joined {
-			js = append(js, s)
+	if len(ss) == 0 {
+		return nil
+	}
+	joined := []*mux.Session{ss[0]}
+	for _, s := range ss[1:] {
+		if s.Peer.Joined {
+			joined = append(joined, s)
 		}
 	}
-	return js
+	return joined
 }
 
 func (l *link) pick() (*mux.Session, int) {
@@ -1073,6 +1078,9 @@ func (c *Client) grow(runCtx context.Context, l *link, n int) {
 		case <-ctx.Done():
 		}
 	}()
+	// Each extra channel's helper hands its channel to the first's process
+	// when that one takes joins; one that cannot serves it alone.
+	hello := mux.Hello{Program: c.cfg.Program, Join: l.channels()[0].Peer.JoinAt}
 	var added atomic.Int32
 	var wg sync.WaitGroup
 	for range n {
@@ -1083,7 +1091,7 @@ func (c *Client) grow(runCtx context.Context, l *link, n int) {
 				return
 			}
 			stop := context.AfterFunc(ctx, func() { ch.Close() })
-			sess, err := mux.NewClient(ch, mux.Hello{Program: c.cfg.Program}, c.log)
+			sess, err := mux.NewClient(ch, hello, c.log)
 			if !stop() || err != nil {
 				if err == nil {
 					sess.Close()
@@ -1103,7 +1111,7 @@ func (c *Client) grow(runCtx context.Context, l *link, n int) {
 		})
 	}
 	wg.Wait()
-	c.log.Debug("long link: more channels", "rtt", rttOf(l.tl), "wanted", n+1, "channels", 1+added.Load())
+	c.log.Debug("long link: more channels", "rtt", rttOf(l.tl), "wanted", n+1, "channels", 1+added.Load(), "joined", len(l.joined()))
 }
 
 // One SSH channel moves at most its window per round trip: 2 MiB in

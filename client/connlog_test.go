@@ -74,7 +74,7 @@ func TestEngineCloseLines(t *testing.T) {
 			}
 			return (&net.Dialer{}).DialContext(ctx, network, addr)
 		}
-		server.Serve(ctx, rwc, server.Config{Program: "test server", Dial: dial})
+		server.Serve(ctx, server.Stream(rwc), server.Config{Program: "test server", Dial: dial})
 	}}
 	echoAddr := echoTarget(t)
 	e := startEngine(t, Config{StreamIDs: true}, tr, echoAddr)

@@ -76,7 +76,7 @@ func prefix(s string) firewall.Target { return firewall.Target{Prefix: netip.Mus
 // asked for them.
 func discovering(facts *mux.Facts) func(context.Context, io.ReadWriteCloser) {
 	return func(ctx context.Context, rwc io.ReadWriteCloser) {
-		server.Serve(ctx, rwc, server.Config{Program: "test server", Discover: func() *mux.Facts { return facts }})
+		server.Serve(ctx, server.Stream(rwc), server.Config{Program: "test server", Discover: func() *mux.Facts { return facts }})
 	}
 }
 
@@ -771,7 +771,7 @@ func TestEngineExtraChannelsBestEffort(t *testing.T) {
 				first := opened[ctx] == 1
 				mu.Unlock()
 				if first {
-					server.Serve(ctx, rwc, server.Config{Program: "test server"})
+					server.Serve(ctx, server.Stream(rwc), server.Config{Program: "test server"})
 					return
 				}
 				tc.extra(ctx, rwc)
@@ -828,7 +828,7 @@ func TestEngineRefusesNodeStreams(t *testing.T) {
 	var first atomic.Bool
 	tr := &transporttest.Transport{Serve: func(ctx context.Context, rwc io.ReadWriteCloser) {
 		if first.Swap(true) {
-			server.Serve(ctx, rwc, server.Config{Program: "test server"})
+			server.Serve(ctx, server.Stream(rwc), server.Config{Program: "test server"})
 			return
 		}
 		node, err := mux.NewServer(rwc, func(mux.Hello) mux.Hello { return mux.Hello{Program: "hostile"} }, slog.New(slog.DiscardHandler))

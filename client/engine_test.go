@@ -121,7 +121,7 @@ func startEngine(t *testing.T, cfg Config, tr *transporttest.Transport, target n
 	t.Helper()
 	if tr.Serve == nil {
 		tr.Serve = func(ctx context.Context, rwc io.ReadWriteCloser) {
-			server.Serve(ctx, rwc, server.Config{Program: "test server"})
+			server.Serve(ctx, server.Stream(rwc), server.Config{Program: "test server"})
 		}
 	}
 	e := &engine{tr: tr, fw: &fakeFirewall{}, logs: make(engineLog, 100), run: make(chan error, 1)}

@@ -88,7 +88,7 @@ func TestEngineExposeInUse(t *testing.T) {
 	port := uint16(taken.Addr().(*net.TCPAddr).Port)
 	cfg := Config{Expose: []Expose{{Bind: loopback, Port: port, Host: "127.0.0.1", HostPort: 80}}}
 	tr := &transporttest.Transport{Serve: func(ctx context.Context, rwc io.ReadWriteCloser) {
-		server.Serve(ctx, rwc, server.Config{})
+		server.Serve(ctx, server.Stream(rwc), server.Config{})
 	}}
 	cfg.Transport = tr
 	cfg.Include = []firewall.Target{{Prefix: netip.MustParsePrefix("10.96.0.0/12")}}

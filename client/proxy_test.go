@@ -59,7 +59,7 @@ func TestEngineProxyOnly(t *testing.T) {
 	port := strconv.Itoa(int(target.Port()))
 	dnsAddr := clusterDNS(t, map[string]string{"web.default.svc.cluster.local.": "127.0.0.1"})
 	tr := &transporttest.Transport{Serve: func(ctx context.Context, rwc io.ReadWriteCloser) {
-		server.Serve(ctx, rwc, server.Config{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		server.Serve(ctx, server.Stream(rwc), server.Config{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if addr == testClusterDNS {
 				addr = dnsAddr
 			}

@@ -35,7 +35,6 @@ type Hello struct {
 	// Stripes says the helper takes striped connections (kindStripe;
 	// helper to client), over the sessions it serves itself.
 	Stripes bool `json:"stripes,omitempty"`
-	Joined  bool `json:"joined,omitempty"` // placeholder until the join branch lands
 	// Facts is what the helper found on the node (helper to client).
 	Facts *Facts `json:"facts,omitempty"`
 	// Expose asks the helper to listen on the node and carry what it
@@ -48,7 +47,23 @@ type Hello struct {
 	Exposed []Exposed `json:"exposed,omitempty"`
 	// Error is set when the helper refuses the session, e.g. on a version mismatch.
 	Error string `json:"error,omitempty"`
+
+	// JoinAt says where this helper takes other channels of the same link
+	// (helper to client), so that one process serves them all; opaque to the
+	// client, which passes it back as Join on its extra channels.
+	JoinAt string `json:"join_at,omitempty"`
+	// Join asks the helper to hand this channel to the helper that gave
+	// JoinAt and get out of the way (client to helper).
+	Join string `json:"join,omitempty"`
+	// Joined says the helper that gave JoinAt serves this channel (helper to
+	// client); false when it could not be handed over and the helper the
+	// channel started serves it alone.
+	Joined bool `json:"joined,omitempty"`
 }
+
+// Compatible reports whether h, a hello read from the peer, speaks this
+// build's protocol version.
+func (h Hello) Compatible() bool { return h.version == protocolVersion }
 
 // Facts are what the helper could find out about the cluster from the node's disk.
 type Facts struct {

@@ -105,24 +105,65 @@ func NewClient(rwc io.ReadWriteCloser, hello Hello, log *slog.Logger) (*Session,
 // NewServer reads the client's hello from rwc, answers it with what answer
 // returns and starts a yamux server session.
 func NewServer(rwc io.ReadWriteCloser, answer func(Hello) Hello, log *slog.Logger) (*Session, error) {
-	br := bufio.NewReader(rwc)
-	peer, _, err := readHello(br)
+	peer, br, err := ReadHello(rwc)
 	if err != nil {
 		return nil, err
 	}
-	var resp Hello
-	if peer.version == protocolVersion {
-		resp = answer(peer)
-	} else {
-		resp.Error = fmt.Sprintf("client speaks protocol %d, this helper %d: use the same k8stunnel version on both ends", peer.version, protocolVersion)
-	}
-	resp.version = protocolVersion
-	if err := writeHello(rwc, resp); err != nil {
-		return nil, fmt.Errorf("sending handshake: %w", err)
-	}
-	if resp.Error != "" {
+	return Accept(rwc, br, peer, answer, log)
+}
+
+// ReadHello reads the client's hello from r: NewServer's first half, for a
+// helper that looks at the hello before it decides who answers it. br holds
+// what was read; the hello is read byte by byte, so br holds nothing past it
+// unless the client sent more without waiting for an answer
+// (br.Buffered() says).
+func ReadHello(r io.Reader) (peer Hello, br *bufio.Reader, err error) {
+	br = bufio.NewReader(r)
+	peer, _, err = readHello(br)
+	return peer, br, err
+}
+
+// Accept is NewServer's second half: it answers peer, read by ReadHello into
+// br, with what answer returns, or refuses a peer of another protocol
+// version, and starts a yamux server session.
+func Accept(rwc io.ReadWriteCloser, br *bufio.Reader, peer Hello, answer func(Hello) Hello, log *slog.Logger) (*Session, error) {
+	if !peer.Compatible() {
+		resp := Hello{Error: fmt.Sprintf("client speaks protocol %d, this helper %d: use the same k8stunnel version on both ends", peer.version, protocolVersion)}
+		if err := sendHello(rwc, resp); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %s", ErrVersionMismatch, resp.Error)
 	}
+	resp := answer(peer)
+	if err := sendHello(rwc, resp); err != nil {
+		return nil, err
+	}
+	return startServer(rwc, br, peer, log)
+}
+
+// Greet starts a yamux server session on a channel whose client hello
+// another process read (a joined channel, see Hello.Join): it answers with
+// resp unasked. The session's Peer is empty; br, may be nil, holds anything
+// read from rwc since.
+func Greet(rwc io.ReadWriteCloser, br *bufio.Reader, resp Hello, log *slog.Logger) (*Session, error) {
+	if err := sendHello(rwc, resp); err != nil {
+		return nil, err
+	}
+	if br == nil {
+		br = bufio.NewReader(rwc)
+	}
+	return startServer(rwc, br, Hello{version: protocolVersion}, log)
+}
+
+func sendHello(w io.Writer, resp Hello) error {
+	resp.version = protocolVersion
+	if err := writeHello(w, resp); err != nil {
+		return fmt.Errorf("sending handshake: %w", err)
+	}
+	return nil
+}
+
+func startServer(rwc io.ReadWriteCloser, br *bufio.Reader, peer Hello, log *slog.Logger) (*Session, error) {
 	bc := newBufferedConn(br, rwc)
 	ys, err := yamux.Server(bc, yamuxConfig(log))
 	if err != nil {

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -28,11 +29,51 @@ type Config struct {
 	Discover func() *mux.Facts
 	// Listen binds what the client exposes (-R); nil means a net.ListenConfig.
 	Listen func(ctx context.Context, network, addr string) (net.Listener, error)
-	Log    *slog.Logger
+	// AcceptJoins makes the helper take the link's other channels from the
+	// helpers they start (see join_linux.go), so that one process serves
+	// every channel of a link. Linux only; elsewhere it is ignored.
+	AcceptJoins bool
+	Log         *slog.Logger
 }
 
-// Serve runs one session on rwc until the client goes away or ctx ends.
-func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
+// Channel is the helper's end of an SSH session channel: the stream the
+// mux speaks on, and the descriptors under it, which a join hands to
+// another helper.
+type Channel interface {
+	io.ReadWriteCloser
+	// Files returns the channel's stdin and stdout, as sshd gave them; nil
+	// when the stream has none (a net.Pipe in a test), and then the channel
+	// cannot be handed on.
+	Files() (in, out *os.File)
+}
+
+// errReadPastHello means the client's hello came with more behind it, which
+// a join cannot hand over.
+var errReadPastHello = errors.New("bytes past the hello")
+
+// Stream is a Channel with no descriptors, for an in-memory stream: the
+// helper serves it itself, always.
+func Stream(rwc io.ReadWriteCloser) Channel { return stream{rwc} }
+
+type stream struct{ io.ReadWriteCloser }
+
+func (stream) Files() (in, out *os.File) { return nil, nil }
+
+// helper is one helper process: its Config and what the sessions it serves
+// share. The first session is the channel sshd started it on; a join adds
+// others, each a channel of the same link whose own helper handed it over.
+type helper struct {
+	cfg Config
+	// stripes pairs the parts of striped connections, which come over
+	// the different sessions of this process.
+	stripes mux.Stripes
+}
+
+// Serve runs one session on ch until the client goes away or ctx ends.
+// When the client asks to join another helper (Hello.Join), Serve hands ch
+// over and waits, without a session of its own, until that helper is done
+// with it; when the handoff fails, it serves ch itself.
+func Serve(ctx context.Context, ch Channel, cfg Config) error {
 	if cfg.Dial == nil {
 		// No TCP keepalive: it costs four setsockopt calls per connection, and
 		// what matters, the client's own socket, does not see it anyway.
@@ -44,22 +85,79 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	h := &helper{cfg: cfg}
+	peer, br, err := mux.ReadHello(ch)
+	if err != nil {
+		return err
+	}
+	if peer.Join != "" && peer.Compatible() {
+		// The client sends nothing past its hello until it is answered; bytes
+		// past it are not ours to hand over with the channel.
+		handed, err := false, errReadPastHello
+		if br.Buffered() == 0 {
+			handed, err = handOver(ctx, ch, peer.Join)
+		}
+		if handed {
+			if err != nil {
+				cfg.Log.Debug("handing over the channel", "err", err)
+			}
+			return nil
+		}
+		cfg.Log.Debug("serving this channel alone", "err", err)
+	}
+	// Canceled when Serve returns, so that dials in flight, relays and
+	// joined sessions end with the session, and Serve can wait for them.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var joins *joinListener
+	if cfg.AcceptJoins && peer.Join == "" && peer.Compatible() {
+		if joins, err = listenJoins(ctx, cfg.Log, h.serveJoined); err != nil {
+			cfg.Log.Debug("not taking other channels", "err", err)
+		}
+	}
+	defer joins.close()
 	var exp *exposer
-	sess, err := mux.NewServer(rwc, func(h mux.Hello) mux.Hello {
-		resp := mux.Hello{Program: cfg.Program, Names: true, UDP: true, Stripes: true}
-		if h.Discover && cfg.Discover != nil {
+	sess, err := mux.Accept(ch, br, peer, func(hl mux.Hello) mux.Hello {
+		resp := h.answer()
+		if hl.Discover && cfg.Discover != nil {
 			resp.Facts = cfg.Discover()
 		}
-		exp, resp.Exposed = listenExposes(ctx, cfg, h, resp.Facts)
+		exp, resp.Exposed = listenExposes(ctx, cfg, hl, resp.Facts)
+		resp.JoinAt = joins.at()
 		return resp
 	}, cfg.Log)
 	if err != nil {
 		exp.close()
 		return err
 	}
+	return h.serve(ctx, sess, exp)
+}
+
+// answer is what every session's hello answer says, joined or not.
+func (h *helper) answer() mux.Hello {
+	return mux.Hello{Program: h.cfg.Program, Names: true, UDP: true, Stripes: true}
+}
+
+// serveJoined serves ch, a channel another helper handed over, until its
+// session ends or ctx does.
+func (h *helper) serveJoined(ctx context.Context, ch Channel) error {
+	resp := h.answer()
+	resp.Joined = true
+	sess, err := mux.Greet(ch, nil, resp, h.cfg.Log)
+	if err != nil {
+		ch.Close()
+		return err
+	}
+	return h.serve(ctx, sess, nil)
+}
+
+// serve runs sess, with the listeners of exp, until it ends or ctx does,
+// and returns once all the work it started is done.
+func (h *helper) serve(ctx context.Context, sess *mux.Session, exp *exposer) error {
+	cfg := h.cfg
 	defer sess.Close()
-	// Canceled when Serve returns, so that dials in flight and relays end
-	// with the session, and Serve can wait for them.
+	// Canceled when serve returns, so that dials in flight and relays end
+	// with the session, and serve can wait for them.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -70,12 +168,11 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 		}
 	}()
 	// A stream accepted as the session ends may reach its handler after
-	// Serve has begun to wait; the tracker turns it away instead.
+	// serve has begun to wait; the tracker turns it away instead.
 	var work tracker
 	exp.serve(ctx, cfg, sess, &work)
 	var udp udpFlows
-	var stripes mux.Stripes
-	err = sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
+	err := sess.Serve(ctx, func(req mux.Request, st *mux.Stream) {
 		if !work.enter() {
 			st.Close()
 			return
@@ -85,7 +182,7 @@ func Serve(ctx context.Context, rwc io.ReadWriteCloser, cfg Config) error {
 		case req.IsUDP():
 			udp.handle(ctx, cfg, req, st)
 		case req.IsStripe():
-			stripe(ctx, cfg, &stripes, req, st)
+			stripe(ctx, cfg, &h.stripes, req, st)
 		default:
 			handle(ctx, cfg, req, st)
 		}
@@ -165,44 +262,50 @@ func dialFor(ctx context.Context, cfg Config, st *mux.Stream, network, dst strin
 }
 
 // Stdio is the helper's end of the SSH session: stdin and stdout, the pipes
-// sshd gives it. They are grown from 64 KiB to 1 MiB where the kernel allows
-// it: sshd then moves the stream in fewer, larger reads and writes, and so do
-// we, and every one of those costs a wakeup of two processes. On a busy 2-core
-// node that took a quarter of the CPU per byte off sshd and the helper.
-func Stdio() io.ReadWriteCloser {
-	for _, f := range []*os.File{os.Stdin, os.Stdout} {
+// sshd gives it (see Pipes).
+func Stdio() Channel { return Pipes(os.Stdin, os.Stdout) }
+
+// Pipes is a channel on in and out, pipes to sshd. They are grown from 64
+// KiB to 1 MiB where the kernel allows it: sshd then moves the stream in
+// fewer, larger reads and writes, and so do we, and every one of those costs
+// a wakeup of two processes. On a busy 2-core node that took a quarter of
+// the CPU per byte off sshd and the helper.
+func Pipes(in, out *os.File) Channel {
+	for _, f := range []*os.File{in, out} {
 		growPipe(f)
 	}
-	s := stdio{}
+	p := &pipes{in: in, out: out}
 	var inPrivate, outPrivate bool
-	s.in, inPrivate = pollable(os.Stdin, os.O_RDONLY)
-	s.out, outPrivate = pollable(os.Stdout, os.O_WRONLY)
-	s.r, s.w = s.in, s.out
+	p.pin, inPrivate = pollable(in, os.O_RDONLY)
+	p.pout, outPrivate = pollable(out, os.O_WRONLY)
+	p.r, p.w = p.pin, p.pout
 	// The session idles between every two messages: what rawio is for.
 	if inPrivate {
-		s.r = rawio.File(s.in)
+		p.r = rawio.File(p.pin)
 	}
 	if outPrivate {
-		s.w = rawio.File(s.out)
+		p.w = rawio.File(p.pout)
 	}
-	return s
+	return p
 }
 
 const pipeSize = 1 << 20
 
-// stdio reads in, a polled stdin, and writes out, a polled stdout, through r
+// pipes reads pin, a polled in, and writes pout, a polled out, through r
 // and w (rawio, for polled pipes).
-type stdio struct {
-	in, out *os.File
-	r       io.Reader
-	w       io.Writer
+type pipes struct {
+	in, out   *os.File // as given: what Files hands on
+	pin, pout *os.File
+	r         io.Reader
+	w         io.Writer
 }
 
-func (s stdio) Read(b []byte) (int, error)  { return s.r.Read(b) }
-func (s stdio) Write(b []byte) (int, error) { return s.w.Write(b) }
-func (s stdio) Close() error {
-	s.in.Close()
-	s.out.Close()
-	os.Stdin.Close()
-	return os.Stdout.Close()
+func (p *pipes) Read(b []byte) (int, error)  { return p.r.Read(b) }
+func (p *pipes) Write(b []byte) (int, error) { return p.w.Write(b) }
+func (p *pipes) Files() (in, out *os.File)   { return p.in, p.out }
+func (p *pipes) Close() error {
+	p.pin.Close()
+	p.pout.Close()
+	p.in.Close()
+	return p.out.Close()
 }

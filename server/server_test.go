@@ -54,7 +54,7 @@ func newPair(t *testing.T, cfg Config, hello mux.Hello) *pair {
 	a, b := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &pair{conn: a, cancel: cancel, served: make(chan error, 1)}
-	go func() { p.served <- Serve(ctx, brokenWrites{b, &p.armed, &p.broken}, cfg) }()
+	go func() { p.served <- Serve(ctx, Stream(brokenWrites{b, &p.armed, &p.broken}), cfg) }()
 	client, err := mux.NewClient(a, hello, discard)
 	if err != nil {
 		a.Close()
@@ -576,7 +576,7 @@ func TestHandshakeFails(t *testing.T) {
 		goroutineLeakCheck(t)
 		a, b := net.Pipe()
 		a.Close()
-		if err := Serve(context.Background(), b, Config{}); !errors.Is(err, mux.ErrNoHello) {
+		if err := Serve(context.Background(), Stream(b), Config{}); !errors.Is(err, mux.ErrNoHello) {
 			t.Fatalf("Serve: %v, want %v", err, mux.ErrNoHello)
 		}
 	})
@@ -596,7 +596,7 @@ func TestStdio(t *testing.T) {
 	// Pipes are read and written through rawio, on descriptions of their
 	// own: the Fd calls below make the originals blocking, which under a
 	// raw read of a shared description would stop this session.
-	if s := rwc.(stdio); s.r == io.Reader(s.in) || s.w == io.Writer(s.out) {
+	if s := rwc.(*pipes); s.r == io.Reader(s.pin) || s.w == io.Writer(s.pout) {
 		t.Error("stdin or stdout is not read or written through rawio")
 	}
 	if max := pipeMaxSize(t); max >= pipeSize || os.Geteuid() == 0 {
