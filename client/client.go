@@ -804,6 +804,9 @@ func (c *Client) handle(conn *net.TCPConn) {
 	if c.cfg.StreamIDs {
 		ids = []any{"stream", id.String(), "channel", channel}
 	}
+	if sc, ok := st.(*mux.Striped); ok {
+		ids = append(ids, "parts", sc.Parts())
+	}
 	c.log.Debug(desc, ids...)
 	start := time.Now()
 	err = mux.Relay(local, st)
@@ -996,6 +999,10 @@ func (c *Client) connect(ctx context.Context, setup time.Duration, first bool) (
 		hello := mux.Hello{Program: c.cfg.Program, Discover: i == 0 && (c.cfg.AutoCIDRs || c.cfg.DNS != nil || c.proxying())}
 		if i == 0 {
 			c.exposeHello(&hello)
+		} else {
+			// Into the first helper's process, when it takes joins: a
+			// connection can then be striped over every channel.
+			hello.Join = l.channels()[0].Peer.JoinAt
 		}
 		sess, err := mux.NewClient(ch, hello, c.log)
 		if err != nil {
@@ -1020,6 +1027,9 @@ func (c *Client) connect(ctx context.Context, setup time.Duration, first bool) (
 	}
 	if !stop() {
 		return nil, fmt.Errorf("connecting to %s: no answer in %v", l.target, setup)
+	}
+	if n > 1 {
+		c.log.Debug("channels up", "channels", n, "joined", len(l.joined()))
 	}
 	for i, s := range l.channels() {
 		c.serve(ctx, l, s, i == 0)

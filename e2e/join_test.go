@@ -1,31 +1,25 @@
 package e2e
 
 import (
-	"context"
 	"regexp"
+	"strings"
 	"testing"
-	"time"
 )
 
-// TestLongLinkJoins: on a 50 ms link the client opens several channels, and through a real sshd each extra
-// channel's helper hands its channel to the first helper, so that one process serves the whole link.
-func TestLongLinkJoins(t *testing.T) {
+// TestStripedChannels: with three channels, through a real sshd, the two extra channels' helpers hand their channels
+// to the first helper, so one process serves all three, and every redirected connection is striped over them: the
+// whole data path (bulk both ways with digests, half-close, parallel echoes) still holds.
+func TestStripedChannels(t *testing.T) {
 	lab := newLab(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	// Inside the lab's laptop namespace only: its egress toward the node waits 50 ms.
-	if out, err := lab.Laptop.Output(ctx, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "50ms"); err != nil {
-		t.Skipf("no netem to make a long link (%v): %s", err, out)
-	}
-	c := startClient(t, lab)
+	c := startClientArgs(t, lab, append([]string{"-v", "--channels", "3"}, lab.ClientArgs(ServiceCIDR, PodCIDR)...)...)
 	defer stopClient(t, c)
-	httpGet(t, lab, "http://"+ServiceIP+"/")
-	m := regexp.MustCompile(`long link: more channels.* channels=(\d+) joined=(\d+)`).FindStringSubmatch(c.Stderr())
-	if m == nil {
-		t.Fatalf("no extra channels on a 50 ms link; client log:\n%s", c.Stderr())
+	if m := regexp.MustCompile(`channels up.* channels=(\d+) joined=(\d+)`).FindStringSubmatch(c.Stderr()); m == nil ||
+		m[1] != "3" || m[2] != "3" {
+		t.Fatalf("want 3 channels, all served by the first helper; client log:\n%s", c.Stderr())
 	}
-	if m[1] == "1" || m[2] != m[1] {
-		t.Errorf("%s channels, %s of them served by the first helper; want more than one, all joined\n%s",
-			m[1], m[2], c.Stderr())
+	dataPathTests(t, lab)
+	striped := strings.Count(c.Stderr(), " parts=3")
+	if striped < 3 {
+		t.Errorf("%d connections striped over the 3 channels, want every one; client log:\n%s", striped, c.Stderr())
 	}
 }

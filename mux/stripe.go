@@ -156,6 +156,9 @@ func (c *Striped) Write(b []byte) (int, error) {
 // WaitDial is Stream.WaitDial: the status comes on part 0.
 func (c *Striped) WaitDial() error { return c.parts[0].WaitDial() }
 
+// Parts is how many streams the connection is striped over.
+func (c *Striped) Parts() int { return len(c.parts) }
+
 // Primary is part 0, the stream that names the connection in logs.
 func (c *Striped) Primary() *Stream { return c.parts[0] }
 
