@@ -61,10 +61,15 @@ func pipe(dst, src Conn) error {
 }
 
 // copyAdaptive is io.Copy with a buffer that grows while data flows and
-// shrinks back when it trickles.
+// shrinks back when it trickles. A src that can wait for data without a
+// buffer (a pooledReader) takes its small one from a pool only once data is
+// there: a held connection that is idle holds no buffer at all.
 func copyAdaptive(dst io.Writer, src io.Reader) error {
-	small := make([]byte, smallBuf)
-	buf := small
+	pr, pooled := src.(pooledReader)
+	var small []byte
+	if !pooled {
+		small = make([]byte, smallBuf)
+	}
 	var big *[]byte
 	defer func() {
 		if big != nil {
@@ -72,9 +77,29 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 		}
 	}()
 	for {
-		n, err := src.Read(buf)
+		var n int
+		var err error
+		var buf []byte
+		var lent *[]byte
+		switch {
+		case big != nil:
+			buf = *big
+			n, err = src.Read(buf)
+		case pooled:
+			lent, n, err = pr.readPooled(&smallPool)
+			if lent != nil {
+				buf = *lent
+			}
+		default:
+			buf = small
+			n, err = src.Read(buf)
+		}
 		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			_, werr := dst.Write(buf[:n])
+			if lent != nil {
+				smallPool.Put(lent)
+			}
+			if werr != nil {
 				return werr
 			}
 		}
@@ -85,20 +110,27 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 			return err
 		}
 		switch {
-		case big == nil && n == len(buf):
+		case big == nil && n == smallBuf:
 			big = bufPool.Get().(*[]byte)
-			buf = *big
 			if s, ok := src.(shrinker); ok {
 				s.busy()
 			}
 		case big != nil && n < smallBuf:
 			bufPool.Put(big)
-			big, buf = nil, small
+			big = nil
 			if s, ok := src.(shrinker); ok {
 				s.quiet()
 			}
 		}
 	}
+}
+
+var smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+
+// pooledReader reads into a buffer from a pool of *[]byte, taken only once
+// data is there; with n > 0 the caller puts it back, else it is nil.
+type pooledReader interface {
+	readPooled(pool *sync.Pool) (buf *[]byte, n int, err error)
 }
 
 // shrinker is a Stream or Striped, whose receive buffers can be dropped
@@ -131,6 +163,25 @@ func (c netConn) Read(b []byte) (int, error) {
 		return c.Conn.Read(b)
 	}
 	return c.raw.Read(b)
+}
+
+func (c netConn) readPooled(pool *sync.Pool) (*[]byte, int, error) {
+	if c.raw != nil {
+		return c.raw.ReadPooled(pool)
+	}
+	return readLent(c.Conn, pool)
+}
+
+// readLent is readPooled for a reader that cannot wait without a buffer:
+// it holds one while it waits.
+func readLent(r io.Reader, pool *sync.Pool) (*[]byte, int, error) {
+	buf := pool.Get().(*[]byte)
+	n, err := r.Read(*buf)
+	if n == 0 {
+		pool.Put(buf)
+		return nil, 0, err
+	}
+	return buf, n, err
 }
 
 func (c netConn) Write(b []byte) (int, error) {

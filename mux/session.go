@@ -504,6 +504,16 @@ func (c *Stream) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// readPooled waits for data without a buffer (an empty yamux Read returns
+// once there is some), then reads it into one from pool: an idle stream
+// holds none.
+func (c *Stream) readPooled(pool *sync.Pool) (*[]byte, int, error) {
+	if _, err := c.Read(nil); err != nil {
+		return nil, 0, err
+	}
+	return readLent(c, pool)
+}
+
 // WaitDial waits for the helper's answer to the connect request, on the
 // end that dialled: nil once the destination accepted, a *DialError when the
 // helper could not reach it. It is what the first Read does anyway; a proxy

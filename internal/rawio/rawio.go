@@ -82,6 +82,50 @@ func (c *Conn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// Pool is where ReadPooled takes its buffers: a sync.Pool of *[]byte.
+type Pool interface {
+	Get() any
+	Put(any)
+}
+
+// ReadPooled is Read into a buffer from pool, taken
+// only while data is there to read: while the descriptor is empty the
+// buffer is back in the pool, so thousands of idle connections waiting here
+// hold none. With n > 0 the caller owns buf and puts it back; otherwise buf
+// is nil.
+func (c *Conn) ReadPooled(pool Pool) (buf *[]byte, n int, err error) {
+	var serr error
+	err = c.rc.Read(func(fd uintptr) bool {
+		for {
+			if buf == nil {
+				buf = pool.Get().(*[]byte)
+			}
+			n, serr = read(fd, *buf)
+			switch serr {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				pool.Put(buf)
+				buf = nil
+				return false
+			}
+			return true
+		}
+	})
+	if err == nil && serr == nil && n == 0 {
+		err = io.EOF
+	} else if err == nil {
+		err = serr
+	}
+	if err != nil {
+		if buf != nil {
+			pool.Put(buf)
+		}
+		return nil, 0, err
+	}
+	return buf, n, nil
+}
+
 // Write writes all of b, waiting while the descriptor is full. An empty b
 // is still one write: on a datagram socket, an empty datagram.
 func (c *Conn) Write(b []byte) (int, error) {

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -302,5 +303,60 @@ func TestEmptyDatagram(t *testing.T) {
 		if err != nil || string(buf[:n]) != want {
 			t.Fatalf("received %q, %v; want %q", buf[:n], err, want)
 		}
+	}
+}
+
+// countingPool hands out 1 KiB buffers and counts those not given back.
+type countingPool struct{ gets, out atomic.Int64 }
+
+func (p *countingPool) Get() any {
+	p.gets.Add(1)
+	p.out.Add(1)
+	b := make([]byte, 1024)
+	return &b
+}
+
+func (p *countingPool) Put(any) { p.out.Add(-1) }
+
+// TestReadPooledHoldsNoBufferWhileWaiting: a reader parked on an empty
+// socket has given its buffer back; once data comes it returns it in one.
+func TestReadPooledHoldsNoBufferWhileWaiting(t *testing.T) {
+	a, b := tcpPair(t)
+	rb, _ := New(b)
+	var pool countingPool
+	type result struct {
+		buf *[]byte
+		n   int
+		err error
+	}
+	res := make(chan result, 1)
+	read := func() {
+		buf, n, err := rb.ReadPooled(&pool)
+		res <- result{buf, n, err}
+	}
+	go read()
+	deadline := time.Now().Add(5 * time.Second)
+	for pool.gets.Load() == 0 || pool.out.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting reader: %d buffers taken, %d held; want some taken, none held", pool.gets.Load(), pool.out.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a.Write([]byte("hello"))
+	r := <-res
+	if r.err != nil || string((*r.buf)[:r.n]) != "hello" {
+		t.Fatalf("got %q, %v", (*r.buf)[:r.n], r.err)
+	}
+	if n := pool.out.Load(); n != 1 {
+		t.Fatalf("%d buffers held after a read, want 1 (the caller's)", n)
+	}
+	pool.Put(r.buf)
+	a.CloseWrite()
+	go read()
+	if r := <-res; r.buf != nil || r.err != io.EOF {
+		t.Fatalf("at the end: %v, %v; want no buffer and EOF", r.buf, r.err)
+	}
+	if n := pool.out.Load(); n != 0 {
+		t.Fatalf("%d buffers held after EOF, want 0", n)
 	}
 }
