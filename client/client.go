@@ -792,9 +792,9 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
-	defer c.active.Add(-1)
 	st, id, channel, err := l.dial(dst)
 	if err != nil {
+		c.active.Add(-1)
 		c.log.Debug("opening stream", "dst", dst, "err", err)
 		local.Abort()
 		return
@@ -809,14 +809,21 @@ func (c *Client) handle(conn *net.TCPConn) {
 	}
 	c.log.Debug(desc, ids...)
 	start := time.Now()
-	err = mux.Relay(local, st)
-	end := endReason(err, local.readErr, local.writeErr)
-	attrs := append([]any{"took", time.Since(start).Round(time.Millisecond), "sent", local.sent,
-		"received", local.received, "end", end}, ids...)
-	if end == "failed" {
-		attrs = append(attrs, "err", err)
-	}
-	c.log.Debug(desc+" closed", attrs...)
+	// The relay goes on in goroutines of its own and this one ends: its
+	// stack grew for the work above and would stay that size for as long
+	// as the connection is held (see mux.RelayAsync).
+	c.wg.Add(1)
+	mux.RelayAsync(local, st, func(err error) {
+		defer c.wg.Done()
+		c.active.Add(-1)
+		end := endReason(err, local.readErr, local.writeErr)
+		attrs := append([]any{"took", time.Since(start).Round(time.Millisecond), "sent", local.sent,
+			"received", local.received, "end", end}, ids...)
+		if end == "failed" {
+			attrs = append(attrs, "err", err)
+		}
+		c.log.Debug(desc+" closed", attrs...)
+	})
 }
 
 // endReason says how a relayed connection ended, for its close line: err is

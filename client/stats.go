@@ -2,6 +2,7 @@ package client
 
 import (
 	"io"
+	"sync"
 	"time"
 
 	"github.com/k8stunnel/k8stunnel/mux"
@@ -102,6 +103,12 @@ type counted struct {
 
 func (cc *counted) Read(p []byte) (int, error) {
 	n, err := cc.Conn.Read(p)
+	cc.count(n, err)
+	return n, err
+}
+
+// count records what one read of the application's side got.
+func (cc *counted) count(n int, err error) {
 	if n > 0 {
 		cc.sent += int64(n)
 		cc.c.bytesSent.Add(int64(n))
@@ -109,7 +116,13 @@ func (cc *counted) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF && cc.readErr == nil {
 		cc.readErr = err
 	}
-	return n, err
+}
+
+// ReadPooled: see mux.PooledReader.
+func (cc *counted) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
+	buf, n, err := mux.ReadPooled(cc.Conn, pool)
+	cc.count(n, err)
+	return buf, n, err
 }
 
 func (cc *counted) Write(p []byte) (int, error) {

@@ -1,9 +1,11 @@
 package mux
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/k8stunnel/k8stunnel/internal/rawio"
 )
@@ -49,9 +51,58 @@ func Relay(a, b Conn) error {
 	return err
 }
 
+// RelayAsync is Relay in two goroutines of its own: it returns at once, and
+// done gets what Relay would have returned, once both directions are done
+// and both sides closed.
+//
+// It is for a caller whose own goroutine went deep before the relay (a
+// connection's setup, its log line): a goroutine's stack grows to fit its
+// deepest call, and the runtime shrinks it back only while it waits in a
+// call a few hundred bytes deep, which a relay's wait is not. Ten thousand
+// held connections each kept a 4 KiB stack for their setup; a fresh
+// goroutine whose relay reads the stream stays at 2 KiB.
+func RelayAsync(a, b Conn, done func(error)) {
+	r := &relay{a: a, b: b, done: done}
+	r.left.Store(2)
+	go r.pipe(&r.errA, a, b)
+	go r.pipe(&r.errB, b, a)
+}
+
+// relay is one RelayAsync: the direction that ends last finishes it.
+type relay struct {
+	a, b       Conn
+	errA, errB error // of the directions into a and into b, each set by its own goroutine before left drops
+	left       atomic.Int32
+	done       func(error)
+}
+
+func (r *relay) pipe(err *error, dst, src Conn) {
+	e := copyAdaptive(dst, src, true)
+	if e == errHandOver {
+		// Wait in a new goroutine, at 2 KiB: see copyAdaptive.
+		go r.pipe(err, dst, src)
+		return
+	}
+	*err = finish(dst, src, e)
+	if r.left.Add(-1) != 0 {
+		return
+	}
+	r.a.Close()
+	r.b.Close()
+	if r.errA != nil {
+		r.done(r.errA)
+		return
+	}
+	r.done(r.errB)
+}
+
 // pipe copies src to dst until src ends.
-func pipe(dst, src Conn) error {
-	if err := copyAdaptive(dst, src); err != nil {
+func pipe(dst, src Conn) error { return finish(dst, src, copyAdaptive(dst, src, false)) }
+
+// finish ends a direction whose copy ended with err: a clean end is passed
+// on as a half-close, a failure aborts both sides.
+func finish(dst, src Conn, err error) error {
+	if err != nil {
 		src.Abort()
 		dst.Abort()
 		return err
@@ -61,15 +112,19 @@ func pipe(dst, src Conn) error {
 }
 
 // copyAdaptive is io.Copy with a buffer that grows while data flows and
-// shrinks back when it trickles. A src that can wait for data without a
-// buffer (a pooledReader) takes its small one from a pool only once data is
-// there: a held connection that is idle holds no buffer at all.
-func copyAdaptive(dst io.Writer, src io.Reader) error {
-	pr, pooled := src.(pooledReader)
-	var small []byte
-	if !pooled {
-		small = make([]byte, smallBuf)
-	}
+// shrinks back when it trickles. While it trickles the buffer is a small one
+// from a pool, which a PooledReader src takes only once data is there: a
+// held connection that is idle then holds no buffer at all.
+//
+// With handOver, after each small read it returns errHandOver: the caller
+// goes on in a new goroutine. Sending into yamux (a write, or the window
+// update a read sends now and then) grows a goroutine's stack to 4 KiB, and
+// the runtime never shrinks it back while the goroutine waits a few hundred
+// bytes deep, as it does here; a new goroutine waits at 2 KiB. That costs a
+// goroutine start per small read (bulk reads go on where they are); trying
+// a read first, to hand over only when the connection is idle, cost a
+// system call per message instead.
+func copyAdaptive(dst io.Writer, src io.Reader, handOver bool) error {
 	var big *[]byte
 	defer func() {
 		if big != nil {
@@ -81,18 +136,11 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 		var err error
 		var buf []byte
 		var lent *[]byte
-		switch {
-		case big != nil:
+		if big != nil {
 			buf = *big
 			n, err = src.Read(buf)
-		case pooled:
-			lent, n, err = pr.readPooled(&smallPool)
-			if lent != nil {
-				buf = *lent
-			}
-		default:
-			buf = small
-			n, err = src.Read(buf)
+		} else if lent, n, err = ReadPooled(src, &smallPool); lent != nil {
+			buf = *lent
 		}
 		if n > 0 {
 			_, werr := dst.Write(buf[:n])
@@ -121,16 +169,23 @@ func copyAdaptive(dst io.Writer, src io.Reader) error {
 			if s, ok := src.(shrinker); ok {
 				s.quiet()
 			}
+		case big == nil && handOver:
+			return errHandOver
 		}
 	}
 }
 
+// errHandOver is copyAdaptive's report that the copy is to go on in a new
+// goroutine (handOver).
+var errHandOver = errors.New("go on in a new goroutine")
+
 var smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
 
-// pooledReader reads into a buffer from a pool of *[]byte, taken only once
-// data is there; with n > 0 the caller puts it back, else it is nil.
-type pooledReader interface {
-	readPooled(pool *sync.Pool) (buf *[]byte, n int, err error)
+// PooledReader is a Conn that can wait for data without a buffer: it reads
+// into one from pool (of *[]byte) taken only once data is there. With n > 0
+// the caller puts buf back; otherwise buf is nil.
+type PooledReader interface {
+	ReadPooled(pool *sync.Pool) (buf *[]byte, n int, err error)
 }
 
 // shrinker is a Stream or Striped, whose receive buffers can be dropped
@@ -165,15 +220,24 @@ func (c netConn) Read(b []byte) (int, error) {
 	return c.raw.Read(b)
 }
 
-func (c netConn) readPooled(pool *sync.Pool) (*[]byte, int, error) {
+// ReadPooled: see PooledReader.
+func (c netConn) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
 	if c.raw != nil {
 		return c.raw.ReadPooled(pool)
 	}
 	return readLent(c.Conn, pool)
 }
 
-// readLent is readPooled for a reader that cannot wait without a buffer:
-// it holds one while it waits.
+// ReadPooled reads r as a PooledReader does, r's own way when it is one;
+// any other reader holds the buffer while it waits.
+func ReadPooled(r io.Reader, pool *sync.Pool) (*[]byte, int, error) {
+	if pr, ok := r.(PooledReader); ok {
+		return pr.ReadPooled(pool)
+	}
+	return readLent(r, pool)
+}
+
+// readLent reads r into a buffer from pool, held while r waits.
 func readLent(r io.Reader, pool *sync.Pool) (*[]byte, int, error) {
 	buf := pool.Get().(*[]byte)
 	n, err := r.Read(*buf)

@@ -504,10 +504,16 @@ func (c *Stream) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// readPooled waits for data without a buffer (an empty yamux Read returns
-// once there is some), then reads it into one from pool: an idle stream
-// holds none.
-func (c *Stream) readPooled(pool *sync.Pool) (*[]byte, int, error) {
+// ReadPooled (see PooledReader) waits for data without a buffer (an empty
+// yamux Read returns once there is some), then reads it into one from pool:
+// an idle stream holds none.
+func (c *Stream) ReadPooled(pool *sync.Pool) (*[]byte, int, error) {
+	if c.needStatus.Load() {
+		// The status alone, nothing read: the caller may go on in a new
+		// goroutine (copyAdaptive), as reading the status sends yamux's
+		// first window update, the deepest call a stream's reader makes.
+		return nil, 0, c.WaitDial()
+	}
 	if _, err := c.Read(nil); err != nil {
 		return nil, 0, err
 	}

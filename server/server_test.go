@@ -230,14 +230,21 @@ func TestDialName(t *testing.T) {
 // answers every query with NXDOMAIN; it returns its address.
 func nxDomainServer(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		t.Fatal(err)
+	var pc net.PacketConn
+	var ln net.Listener
+	// The kernel picks a free UDP port, which may be taken for TCP (by
+	// another package's tests running beside these): then another.
+	for try := 0; ln == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
 		w.WriteMsg(new(dns.Msg).SetRcode(req, dns.RcodeNameError))

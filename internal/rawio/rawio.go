@@ -88,11 +88,10 @@ type Pool interface {
 	Put(any)
 }
 
-// ReadPooled is Read into a buffer from pool, taken
-// only while data is there to read: while the descriptor is empty the
-// buffer is back in the pool, so thousands of idle connections waiting here
-// hold none. With n > 0 the caller owns buf and puts it back; otherwise buf
-// is nil.
+// ReadPooled is Read into a buffer from pool, taken only while data is
+// there to read: while the descriptor is empty the buffer is back in the
+// pool, so thousands of idle connections waiting here hold none. With n > 0
+// the caller owns buf and puts it back; otherwise buf is nil.
 func (c *Conn) ReadPooled(pool Pool) (buf *[]byte, n int, err error) {
 	var serr error
 	err = c.rc.Read(func(fd uintptr) bool {
