@@ -210,7 +210,7 @@ func (c *Striped) quiet() {
 
 // maxPendingStripes bounds the stripes a helper holds parts of while it
 // waits for the rest.
-const maxPendingStripes = 1024
+const maxPendingStripes = 256
 
 // ErrStripeIncomplete means a stripe's parts did not all arrive in time.
 var ErrStripeIncomplete = errors.New("stripe incomplete")
