@@ -77,10 +77,10 @@ type Config struct {
 	// is filled in from what the helper finds on the node; Dial is the
 	// client's own.
 	DNS *dnsproxy.Config
-	// Channels is how many channels of the link (each with its own helper)
-	// carry the streams; 0 means as many as the link's round trip needs
-	// (see channelsFor): one on a LAN, and then the extra channels' helpers
-	// hand them to the first's process where it takes joins (see grow).
+	// Channels is how many channels of the link carry the streams; 0 means
+	// as many as the link's round trip needs (see channelsFor): one on a
+	// LAN. The extra channels' helpers hand them to the first's process
+	// where it takes joins, and connections are then striped over them.
 	Channels int
 	// MaxConns caps concurrent relayed connections; past it new ones are reset.
 	// 0 means DefaultMaxConns.
@@ -908,7 +908,12 @@ func (l *link) add(s *mux.Session) bool {
 func (l *link) dial(dst netip.AddrPort) (mux.Conn, net.Addr, int, error) {
 	if js := l.joined(); len(js) > 1 && js[0].Peer.Stripes {
 		i := int(l.next.Add(1)) % len(js)
-		sc, err := mux.DialStriped(append(js[i:len(js):len(js)], js[:i]...), dst)
+		// From channel i on, at most as many as a stripe has parts.
+		parts := make([]*mux.Session, min(len(js), mux.MaxStripeParts))
+		for k := range parts {
+			parts[k] = js[(i+k)%len(js)]
+		}
+		sc, err := mux.DialStriped(parts, dst)
 		if err != nil {
 			return nil, nil, 0, err
 		}

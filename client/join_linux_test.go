@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/server"
 	"github.com/k8stunnel/k8stunnel/transport/transporttest"
 )
@@ -101,5 +102,19 @@ func TestEngineWithoutJoins(t *testing.T) {
 		t.Errorf("link.joined() = %d sessions, want the first alone", len(joined))
 	}
 	echo(t, e.dial(t), "alone")
+	e.shutdown(t)
+}
+
+// More joined channels than a stripe has parts: each connection is striped
+// over MaxStripeParts of them, from a different first channel each time.
+func TestEngineStripesOverAtMostMaxParts(t *testing.T) {
+	tr := &transporttest.Transport{Serve: pipeHelper(t, server.Config{Program: "test server", AcceptJoins: true})}
+	e := startEngine(t, Config{Channels: mux.MaxStripeParts + 2}, tr, echoTarget(t))
+	if n := len(e.sessions()); n != mux.MaxStripeParts+2 {
+		t.Fatalf("%d sessions, want %d", n, mux.MaxStripeParts+2)
+	}
+	for i := range 3 {
+		echo(t, e.dial(t), strconv.Itoa(i))
+	}
 	e.shutdown(t)
 }

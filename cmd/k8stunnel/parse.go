@@ -220,7 +220,7 @@ func parseTunnel(args []string) (invocation, error) {
 	fs.StringVar(&f.remoteCmd, "remote-cmd", "", "run this helper `CMD` on the node instead of uploading k8stunnel")
 	fs.StringVarP(&f.sshCmd, "ssh-cmd", "e", "", "reach the node by running `CMD` [-p PORT] [user@]host -- COMMAND, as sshuttle -e (e.g. 'ssh -o BatchMode=yes')")
 	fs.StringVar(&f.helperFile, "helper", "", "upload this k8stunnel build `FILE` to the node (default: this one, or k8stunnel-linux-ARCH next to it for a node unlike this machine)")
-	fs.IntVar(&f.channels, "channels", 0, "spread connections over `N` SSH channels (default: by the link's round trip, 1 on a LAN)")
+	fs.IntVar(&f.channels, "channels", 0, "carry connections over `N` SSH channels, each striped over all (default: by the link's round trip, 1 on a LAN)")
 	fs.IntVar(&f.maxConns, "max-conns", client.DefaultMaxConns, "reset new connections past `N` at once")
 	fs.BoolVar(&f.noUDP, "no-udp", false, "forward TCP only (by default UDP to the CIDRs goes through the tunnel too)")
 	fs.DurationVar(&f.udpIdle, "udp-idle", client.DefaultUDPIdle, "end a UDP flow after `DURATION` without a datagram")

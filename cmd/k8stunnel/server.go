@@ -17,11 +17,10 @@ func runServer(ctx context.Context, verbose int, stderr io.Writer) error {
 	log := newLogger(stderr, verbose, dropTime)
 	// One P: the helper only moves bytes between sockets and a pipe, and on a
 	// small node a second P mostly spins looking for work and wakes threads.
-	// The extra channels a long link opens are handed to its first helper
-	// (AcceptJoins, client grow), so they share this one P: a connection
-	// striped over several channels needs all of them in one process. Each
-	// helper of an explicit --channels, or one whose join failed, is still
-	// its own process.
+	// A link's extra channels (a long link's, or --channels N) are handed to
+	// its first helper (AcceptJoins), so they share this one P: a connection
+	// striped over several channels needs all of them in one process. A
+	// helper whose join failed is still its own process.
 	runtime.GOMAXPROCS(1)
 	// When sshd goes away, a write to stdout fails with EPIPE, and a Go
 	// program that leaves SIGPIPE alone dies of it on fd 1 at once, its
