@@ -22,6 +22,7 @@ import (
 
 	"github.com/k8stunnel/k8stunnel/dnsproxy"
 	"github.com/k8stunnel/k8stunnel/firewall"
+	"github.com/k8stunnel/k8stunnel/internal/logtest"
 	"github.com/k8stunnel/k8stunnel/mux"
 	"github.com/k8stunnel/k8stunnel/server"
 	"github.com/k8stunnel/k8stunnel/transport/transporttest"
@@ -350,7 +351,7 @@ func TestListenFallsBack(t *testing.T) {
 	logs := make(engineLog, 10)
 	c, err := New(Config{Transport: &transporttest.Transport{}, Include: []firewall.Target{prefix("10.0.0.0/8")},
 		StartFirewall: func(context.Context) (Firewall, error) { return &fakeFirewall{}, nil },
-		Listen:        []string{"127.0.0.1:" + strconv.Itoa(port)}, Log: slog.New(logs)})
+		Listen:        []string{"127.0.0.1:" + strconv.Itoa(port)}, Log: slog.New(logtest.Records(logs))})
 	if err != nil {
 		t.Fatal(err)
 	}

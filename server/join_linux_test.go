@@ -13,22 +13,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/k8stunnel/k8stunnel/internal/logtest"
 	"github.com/k8stunnel/k8stunnel/mux"
 )
 
-// recordLog hands every log record to the test.
+// recordLog gets every record the helper logs (through logtest.Records).
 type recordLog chan slog.Record
-
-func (h recordLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h recordLog) Handle(_ context.Context, r slog.Record) error {
-	select {
-	case h <- r.Clone():
-	default:
-	}
-	return nil
-}
-func (h recordLog) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h recordLog) WithGroup(string) slog.Handler      { return h }
 
 // wait returns the error attribute of the first record whose message is msg.
 func (h recordLog) wait(t *testing.T, msg string) error {
@@ -76,7 +66,7 @@ type helperProc struct {
 func startHelper(t *testing.T, cfg Config, hello mux.Hello, clientEnd func(io.ReadWriteCloser) io.ReadWriteCloser) *helperProc {
 	t.Helper()
 	h := &helperProc{served: make(chan error, 1), log: make(recordLog, 100)}
-	cfg.Log = slog.New(h.log)
+	cfg.Log = slog.New(logtest.Records(h.log))
 	ch, cc := channelPipes(t)
 	if clientEnd != nil {
 		cc = clientEnd(cc)

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/k8stunnel/k8stunnel/internal/logtest"
 	"github.com/k8stunnel/k8stunnel/transport/internal/sshtest"
 	"github.com/k8stunnel/k8stunnel/tui"
 )
@@ -38,7 +39,7 @@ func newCacheTest(t *testing.T, opts sshtest.Options) *cacheTest {
 	}
 	ct := &cacheTest{srv: sshtest.Start(t, opts), logs: make(uploadTestLog, 100)}
 	ct.c = sshtest.Client(t, ct.srv, signer)
-	ct.l = New(Config{Exe: fakeHelper(t), Log: slog.New(ct.logs)})
+	ct.l = New(Config{Exe: fakeHelper(t), Log: slog.New(logtest.Records(ct.logs))})
 	var err error
 	if ct.exe, err = ct.l.localExe(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package helper
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -11,23 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/k8stunnel/k8stunnel/internal/logtest"
 	"github.com/k8stunnel/k8stunnel/transport/internal/sshtest"
 	"github.com/k8stunnel/k8stunnel/tui"
 )
 
-// uploadTestLog hands every log record to the test over a channel.
+// uploadTestLog gets every record the launcher logs (through logtest.Records).
 type uploadTestLog chan slog.Record
-
-func (h uploadTestLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h uploadTestLog) Handle(_ context.Context, r slog.Record) error {
-	select {
-	case h <- r.Clone():
-	default: // a test that stopped listening must not block the code under test
-	}
-	return nil
-}
-func (h uploadTestLog) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h uploadTestLog) WithGroup(string) slog.Handler      { return h }
 
 // waitLog waits for a record with message msg and returns its attributes as text.
 func (h uploadTestLog) waitLog(t *testing.T, msg string) map[string]string {
@@ -89,7 +78,7 @@ func TestStartRemoteHelperUploadsOnce(t *testing.T) {
 	c := sshtest.Client(t, srv, signer)
 
 	logs := make(uploadTestLog, 100)
-	l := New(Config{Exe: fakeHelper(t), Log: slog.New(logs), Args: []string{"-v"}})
+	l := New(Config{Exe: fakeHelper(t), Log: slog.New(logtest.Records(logs)), Args: []string{"-v"}})
 	local, err := l.localExe()
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/k8stunnel/k8stunnel/internal/logtest"
 	"github.com/k8stunnel/k8stunnel/transport/internal/sshtest"
 	"github.com/k8stunnel/k8stunnel/tui"
 )
@@ -38,7 +39,7 @@ func platformTest(t *testing.T, cfg Config) (*cacheTest, string) {
 	if err := os.Rename(fakeHelper(t), cfg.Exe); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Log = slog.New(ct.logs)
+	cfg.Log = slog.New(logtest.Records(ct.logs))
 	ct.l = New(cfg)
 	return ct, dir
 }
