@@ -249,11 +249,8 @@ func (r *DatagramRelay) toStream() {
 		case <-r.done:
 			return
 		}
-		r.mu.Lock()
-		out := r.pending
-		r.pending = spare[:0]
-		r.mu.Unlock()
-		if len(out) == 0 {
+		out, ok := r.take(spare)
+		if !ok {
 			continue
 		}
 		_, err := r.st.Write(out)
@@ -268,6 +265,25 @@ func (r *DatagramRelay) toStream() {
 			spare = nil
 		}
 	}
+}
+
+// take returns what is queued, and puts spare, emptied, in its place for
+// the datagrams that come while out is written. With nothing queued (the
+// datagram that woke toStream went out with the previous write) it returns
+// false and leaves both where they are: swapping then handed the queue the
+// buffer toStream still kept as spare, so the next write's buffer was the
+// queue itself, and datagrams read meanwhile were appended into the bytes
+// being written (the race detector caught it, in TestDatagramRelayStalledPeer
+// under load).
+func (r *DatagramRelay) take(spare []byte) (out []byte, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) == 0 {
+		return nil, false
+	}
+	out = r.pending
+	r.pending = spare[:0]
+	return out, true
 }
 
 // fromStream writes the stream's datagrams to the socket. It waits for a

@@ -207,3 +207,26 @@ func TestDatagramRelayStalledPeer(t *testing.T) {
 		t.Errorf("%d bytes still counted as queued after Run returned", q)
 	}
 }
+
+// TestDatagramRelayTakeNothing: a wake-up that finds nothing queued leaves
+// the queue's buffer and the writer's spare apart, and the next take hands
+// the writer the queued bytes in a buffer the queue no longer appends to.
+func TestDatagramRelayTakeNothing(t *testing.T) {
+	r := &DatagramRelay{}
+	spare := make([]byte, 0, 64)
+	if _, ok := r.take(spare); ok {
+		t.Fatal("took something from an empty queue")
+	}
+	if cap(r.pending) != 0 {
+		t.Fatal("an empty take put the writer's spare buffer in the queue")
+	}
+	r.pending = append(r.pending, "one"...)
+	out, ok := r.take(spare)
+	if !ok || string(out) != "one" {
+		t.Fatalf("took %q, %v", out, ok)
+	}
+	r.pending = append(r.pending, "two"...)
+	if string(out) != "one" {
+		t.Fatalf("queueing changed the bytes being written to %q", out)
+	}
+}
