@@ -905,7 +905,7 @@ func (l *link) add(s *mux.Session) bool {
 // them, its first chunk on each in turn: one transfer then gets every
 // channel's window, not one's. Otherwise it is one stream on the least
 // busy channel.
-func (l *link) dial(dst netip.AddrPort) (mux.Conn, net.Addr, int, error) {
+func (l *link) dial(dst netip.AddrPort) (tunnelConn, net.Addr, int, error) {
 	if js := l.joined(); len(js) > 1 && js[0].Peer.Stripes {
 		i := int(l.next.Add(1)) % len(js)
 		// From channel i on, at most as many as a stripe has parts.
@@ -925,6 +925,15 @@ func (l *link) dial(dst netip.AddrPort) (mux.Conn, net.Addr, int, error) {
 		return nil, nil, 0, err
 	}
 	return st, st.LocalAddr(), channel, nil
+}
+
+// tunnelConn is a connection through the tunnel: one stream, or a stripe of
+// them (*mux.Stream, *mux.Striped).
+type tunnelConn interface {
+	net.Conn
+	mux.Conn
+	// WaitDial waits for the helper's answer to the connect request.
+	WaitDial() error
 }
 
 // joined is the link's sessions that the first channel's helper process

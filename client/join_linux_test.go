@@ -118,3 +118,23 @@ func TestEngineStripesOverAtMostMaxParts(t *testing.T) {
 	}
 	e.shutdown(t)
 }
+
+// A proxied connection (--socks, --http-proxy) to an address is striped
+// over the joined channels too, and still echoes.
+func TestEngineProxyDialStripes(t *testing.T) {
+	tr := &transporttest.Transport{Serve: pipeHelper(t, server.Config{Program: "test server", AcceptJoins: true})}
+	target := echoTarget(t)
+	e := startEngine(t, Config{Channels: 3}, tr, target)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	conn, err := e.c.DialContext(ctx, "tcp", target.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc, ok := conn.(*proxyConn).tunnelConn.(*mux.Striped); !ok || sc.Parts() != 3 {
+		t.Fatalf("proxied connection is a %T, want a stripe of 3 parts", conn.(*proxyConn).tunnelConn)
+	}
+	echo(t, conn, "striped")
+	conn.Close()
+	e.shutdown(t)
+}

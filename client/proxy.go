@@ -154,17 +154,26 @@ func (c *Client) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 	}
 	c.log.Debug("proxy connect", "dst", addr)
-	return &proxyConn{Stream: st, release: func() { c.active.Add(-1) }}, nil
+	return &proxyConn{tunnelConn: st, release: func() { c.active.Add(-1) }}, nil
 }
 
-// dialHost opens a stream to host, an IP or a name.
-func (c *Client) dialHost(ctx context.Context, host string, port uint16) (*mux.Stream, error) {
-	sess, _ := c.session()
-	if sess == nil {
+// dialHost opens a connection to host, an IP or a name. To an address (a
+// name the DNS proxy knows becomes one) it is striped as a redirected
+// connection is (link.dial); a name for the node to resolve takes one
+// stream.
+func (c *Client) dialHost(ctx context.Context, host string, port uint16) (tunnelConn, error) {
+	c.mu.Lock()
+	l := c.links
+	c.mu.Unlock()
+	if l == nil {
 		return nil, errTunnelDown
 	}
+	dial := func(a netip.Addr) (tunnelConn, error) {
+		st, _, _, err := l.dial(netip.AddrPortFrom(a, port))
+		return st, err
+	}
 	if a, err := netip.ParseAddr(host); err == nil && a.Zone() == "" {
-		return sess.Dial(netip.AddrPortFrom(a.Unmap(), port))
+		return dial(a.Unmap())
 	}
 	name := strings.ToLower(strings.TrimSuffix(host, "."))
 	if !mux.ValidName(name) {
@@ -176,28 +185,32 @@ func (c *Client) dialHost(ctx context.Context, host string, port uint16) (*mux.S
 			return nil, err
 		}
 		if ok {
-			return sess.Dial(netip.AddrPortFrom(a, port))
+			return dial(a)
 		}
 	}
+	sess, _ := l.pick()
 	st, err := sess.DialName(name, port)
-	if errors.Is(err, mux.ErrNoNames) {
+	switch {
+	case errors.Is(err, mux.ErrNoNames):
 		return nil, &tui.HintError{Err: err, Hint: "use the same k8stunnel version on the node (drop --remote-cmd, or update what it runs)"}
+	case err != nil:
+		return nil, err
 	}
-	return st, err
+	return st, nil
 }
 
-// proxyConn is a proxied connection: a stream that gives back its place
-// under MaxConns when closed. It is still a mux.Conn, so the proxies relay
-// with the stream's half-close and reset.
+// proxyConn is a proxied connection: a stream (or stripe) that gives back
+// its place under MaxConns when closed. It is still a mux.Conn, so the
+// proxies relay with the stream's half-close and reset.
 type proxyConn struct {
-	*mux.Stream
+	tunnelConn
 	once    sync.Once
 	release func()
 }
 
 func (p *proxyConn) Close() error {
 	p.once.Do(p.release)
-	return p.Stream.Close()
+	return p.tunnelConn.Close()
 }
 
 // lookupTimeout bounds resolving one name through the tunnel.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -110,13 +111,15 @@ func DialStriped(sessions []*Session, dst netip.AddrPort) (*Striped, error) {
 	return sc, nil
 }
 
-// Striped is one connection over several streams (see kindStripe). It is a
-// Conn for Relay: one reader and one writer at a time, and Close, Abort
-// and CloseWrite act on every part.
+// Striped is one connection over several streams (see kindStripe): a
+// net.Conn and a Conn for Relay. Close, Abort, CloseWrite and the deadlines
+// act on every part.
 type Striped struct {
 	parts []*Stream
-	// rpos and wpos are the offsets of the next byte read and written;
-	// each belongs to the one reader or the one writer.
+	// rpos and wpos are the offsets of the next byte read and written,
+	// under rmu and wmu: concurrent Reads (or Writes) take turns, each
+	// whole, as net.Conn allows them.
+	rmu, wmu   sync.Mutex
 	rpos, wpos int64
 }
 
@@ -127,6 +130,8 @@ func (c *Striped) part(pos int64) (*Stream, int) {
 }
 
 func (c *Striped) Read(b []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	st, room := c.part(c.rpos)
 	if len(b) > room {
 		b = b[:room]
@@ -139,6 +144,8 @@ func (c *Striped) Read(b []byte) (int, error) {
 }
 
 func (c *Striped) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	done := 0
 	for len(b) > 0 {
 		st, room := c.part(c.wpos)
@@ -156,6 +163,37 @@ func (c *Striped) Write(b []byte) (int, error) {
 // WaitDial is Stream.WaitDial: the status comes on part 0.
 func (c *Striped) WaitDial() error { return c.parts[0].WaitDial() }
 
+var _ net.Conn = (*Striped)(nil)
+
+// LocalAddr and RemoteAddr are part 0's.
+func (c *Striped) LocalAddr() net.Addr  { return c.parts[0].LocalAddr() }
+func (c *Striped) RemoteAddr() net.Addr { return c.parts[0].RemoteAddr() }
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline set every part's: a
+// Read or Write may wait on any of them.
+func (c *Striped) SetDeadline(t time.Time) error {
+	return c.each(func(st *Stream) error { return st.SetDeadline(t) })
+}
+
+func (c *Striped) SetReadDeadline(t time.Time) error {
+	return c.each(func(st *Stream) error { return st.SetReadDeadline(t) })
+}
+
+func (c *Striped) SetWriteDeadline(t time.Time) error {
+	return c.each(func(st *Stream) error { return st.SetWriteDeadline(t) })
+}
+
+// each runs f on every part and returns the first error.
+func (c *Striped) each(f func(*Stream) error) error {
+	var first error
+	for _, st := range c.parts {
+		if err := f(st); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // Parts is how many streams the connection is striped over.
 func (c *Striped) Parts() int { return len(c.parts) }
 
@@ -163,15 +201,7 @@ func (c *Striped) Parts() int { return len(c.parts) }
 func (c *Striped) Primary() *Stream { return c.parts[0] }
 
 // CloseWrite ends every part: a FIN on each, behind each's last byte.
-func (c *Striped) CloseWrite() error {
-	var first error
-	for _, st := range c.parts {
-		if err := st.CloseWrite(); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
+func (c *Striped) CloseWrite() error { return c.each((*Stream).CloseWrite) }
 
 func (c *Striped) Close() error {
 	for _, st := range c.parts {

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/nettest"
 )
 
 // stripePair is k client sessions whose servers share one Stripes, as the
@@ -241,4 +244,28 @@ func TestStripesRefuse(t *testing.T) {
 	if sc.parts[1].s.StreamID() != p1.s.StreamID() {
 		t.Fatal("the stripe did not keep the first part 1")
 	}
+}
+
+// TestStripedIsNetConn runs nettest on both ends of a stripe of 3 parts.
+func TestStripedIsNetConn(t *testing.T) {
+	pair := func(t *testing.T) (net.Conn, net.Conn, func(), error) {
+		far := make(chan *Striped, 1)
+		clients, _ := stripePair(t, 3, 0, func(sc *Striped) { far <- sc })
+		sc, err := DialStriped(clients, stripeDst)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if err := sc.WaitDial(); err != nil {
+			return nil, nil, nil, err
+		}
+		f := <-far
+		return sc, f, func() { sc.Close(); f.Close() }, nil
+	}
+	t.Run("Dialled", func(t *testing.T) { nettest.TestConn(t, func() (net.Conn, net.Conn, func(), error) { return pair(t) }) })
+	t.Run("Accepted", func(t *testing.T) {
+		nettest.TestConn(t, func() (net.Conn, net.Conn, func(), error) {
+			c1, c2, stop, err := pair(t)
+			return c2, c1, stop, err
+		})
+	})
 }
