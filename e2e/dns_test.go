@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // DNS through the tunnel (the topology is drawn in dnslab.go): the laptop's queries to its resolver 127.0.0.53 are

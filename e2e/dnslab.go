@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // DNS in the lab, added to a running Lab by StartDNS:

@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // The lab (lab.go), one set of network namespaces per Lab, names k8t-<pid>-<n>-{laptop,node,pod}:

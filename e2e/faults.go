@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // Faults the reliability tests inject into a Lab, and the few process tools they need to watch k8stunnel take

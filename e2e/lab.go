@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e runs k8stunnel end to end: a laptop, a Kubernetes-like node with a real OpenSSH server and a pod,
 // each in its own network namespace, so the real binary, real iptables and a real sshd meet without touching the
 // machine's own network. The lab is plain code (no *testing.T) so the demo program can drive it too.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // The rootless proxy mode in the lab drawn in e2e_test.go, with the cluster DNS of dnslab.go: k8stunnel runs as

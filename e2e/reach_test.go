@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // Reaching nodes unlike the laptop and through other commands than k8stunnel's own SSH client.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // Every way real users get to a node (issue 10), against the real OpenSSH sshd: a bastion, passwords, certificates,

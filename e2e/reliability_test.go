@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // Reliability: every test here injects one fault a long-running tunnel meets on a laptop (a dead SSH session, a

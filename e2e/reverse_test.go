@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // -R, the other direction: a pod reaches a server on the laptop's loopback.

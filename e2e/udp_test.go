@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 // UDP through the tunnel, in the lab of e2e_test.go plus its IPv6 twin (addIPv6) and a UDP service:

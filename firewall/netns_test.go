@@ -1,3 +1,5 @@
+//go:build linux
+
 package firewall
 
 // The root-only test below works in one network namespace of its own; the

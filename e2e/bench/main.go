@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench measures k8stunnel side by side with direct routing, OpenSSH and sshuttle, in one run on one
 // topology: the e2e lab (a laptop, a node running a real sshd, a pod, each in its own network namespace). It prints a
 // table and writes results.json and results.png into -out. Needs root; everything it starts runs inside the lab's

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // The small programs the benchmark runs inside the lab's namespaces. They are subcommands of the bench binary itself

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command demo shows k8stunnel working: it builds the e2e lab (a laptop, a node running OpenSSH and a pod, each in
 // its own network namespace), starts k8stunnel in the laptop and curls a service IP through it. Everything it
 // creates is removed when it ends, also on Ctrl-C. Needs root. With -cleanup it only removes what interrupted
