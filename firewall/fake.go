@@ -29,6 +29,9 @@ type Fake struct {
 	// flushed are the routes whose table FlushTable emptied: the ip rule
 	// stays, the route is gone.
 	flushed map[Family][]LocalRoute
+	// orphans are the tables whose ip rule DeleteRule removed: the route in
+	// the table stays.
+	orphans map[Family][]uint32
 }
 
 type fakeKey struct {
@@ -83,11 +86,43 @@ func (r fakeRoutes) Add(lr LocalRoute) error {
 func (r fakeRoutes) Delete(lr LocalRoute) error {
 	r.f.mu.Lock()
 	defer r.f.mu.Unlock()
-	r.f.routes[r.fam] = slices.DeleteFunc(r.f.routes[r.fam], func(have LocalRoute) bool { return have == lr })
+	if r.f.routes != nil {
+		r.f.routes[r.fam] = slices.DeleteFunc(r.f.routes[r.fam], func(have LocalRoute) bool { return have == lr })
+	}
 	if r.f.flushed != nil {
 		r.f.flushed[r.fam] = slices.DeleteFunc(r.f.flushed[r.fam], func(have LocalRoute) bool { return have.Table == lr.Table })
 	}
+	if r.f.orphans != nil {
+		r.f.orphans[r.fam] = slices.DeleteFunc(r.f.orphans[r.fam], func(table uint32) bool { return table == lr.Table })
+	}
 	return nil
+}
+
+func (r fakeRoutes) Tables() ([]uint32, error) {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	tables := slices.Clone(r.f.orphans[r.fam])
+	for _, lr := range r.f.routes[r.fam] {
+		if !slices.ContainsFunc(r.f.flushed[r.fam], func(have LocalRoute) bool { return have.Table == lr.Table }) {
+			tables = append(tables, lr.Table)
+		}
+	}
+	return tables, nil
+}
+
+// DeleteRule removes lr's ip rule of fam, as `ip rule del` does: the route
+// in its table stays.
+func (f *Fake) DeleteRule(fam Family, lr LocalRoute) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !slices.Contains(f.routes[fam], lr) {
+		return
+	}
+	f.routes[fam] = slices.DeleteFunc(f.routes[fam], func(have LocalRoute) bool { return have == lr })
+	if f.orphans == nil {
+		f.orphans = map[Family][]uint32{}
+	}
+	f.orphans[fam] = append(f.orphans[fam], lr.Table)
 }
 
 func (r fakeRoutes) Present(lr LocalRoute) (bool, error) {
@@ -161,15 +196,18 @@ func (f *Fake) Dump() string {
 		}
 	}
 	for _, fam := range families {
+		dst := "0.0.0.0/0"
+		if fam == IPv6 {
+			dst = "::/0"
+		}
 		for _, r := range f.routes[fam] {
-			dst := "0.0.0.0/0"
-			if fam == IPv6 {
-				dst = "::/0"
-			}
 			fmt.Fprintf(&b, "ip -%d rule add %s\n", fam, r)
 			if !slices.ContainsFunc(f.flushed[fam], func(have LocalRoute) bool { return have.Table == r.Table }) {
 				fmt.Fprintf(&b, "ip -%d route add local %s dev lo table %d\n", fam, dst, r.Table)
 			}
+		}
+		for _, table := range f.orphans[fam] {
+			fmt.Fprintf(&b, "ip -%d route add local %s dev lo table %d\n", fam, dst, table)
 		}
 	}
 	return b.String()

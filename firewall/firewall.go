@@ -407,7 +407,9 @@ func Cleanup(r Runner, log *slog.Logger) (removed int, err error) {
 }
 
 // cleanupRoutes removes the UDP capture's ip rules and tables of fam,
-// whichever instance made them.
+// whichever instance made them: a table of ours whose rule is gone already
+// (deleted by hand, or by a run killed between the two) is flushed too,
+// which a look at the rules alone would miss.
 func cleanupRoutes(r Runner, fam Family, log *slog.Logger) error {
 	rt, err := r.Routes(fam)
 	if err != nil {
@@ -425,6 +427,20 @@ func cleanupRoutes(r Runner, fam Family, log *slog.Logger) error {
 			return fmt.Errorf("removing %s ip rule %s: %w", fam, lr, err)
 		}
 		log.Info("removed UDP route", "family", fam, "rule", lr.String())
+	}
+	tables, err := rt.Tables()
+	if err != nil {
+		return fmt.Errorf("listing %s routing tables: %w", fam, err)
+	}
+	for _, table := range tables {
+		lr := LocalRoute{Mark: (table - udpTableBase) << 24, Mask: udpMarkMask, Table: table}
+		if !lr.ours() {
+			continue
+		}
+		if err := rt.Delete(lr); err != nil {
+			return fmt.Errorf("flushing %s routing table %d: %w", fam, table, err)
+		}
+		log.Info("removed UDP routing table", "family", fam, "table", table)
 	}
 	return nil
 }

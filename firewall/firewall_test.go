@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -587,5 +588,35 @@ func TestInstallLockMissingDir(t *testing.T) {
 	}
 	if err := fw.Remove(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCleanupOrphanTable: a UDP capture's table whose ip rule is gone
+// already (deleted by hand, or by a run killed between the two) still has
+// its route; Cleanup finds it by number, as it finds chains by name.
+func TestCleanupOrphanTable(t *testing.T) {
+	fake := &Fake{}
+	spec := Spec{Port: 7, UDPPort: 8, Include: targets(t, "10.0.0.0/8", "fd00::/8")}
+	if err := New(fake, testLogger(t)).Install(spec); err != nil {
+		t.Fatal(err)
+	}
+	fake.DeleteRule(IPv6, LocalRoute{Mark: UDPMark(spec), Mask: udpMarkMask, Table: UDPTable(spec)})
+	if _, err := Cleanup(fake, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Dump(); got != "" {
+		t.Fatalf("after Cleanup:\n%s", got)
+	}
+}
+
+func TestParseTables(t *testing.T) {
+	out := `local default dev lo table 27449 scope host
+local ::/0 dev lo table 27450 metric 1024 pref medium
+broadcast 127.255.255.255 dev lo table local proto kernel scope link src 127.0.0.1
+default via 10.0.0.1 dev eth0
+local 10.0.0.2 dev eth0 table 27449 proto kernel scope host src 10.0.0.2
+`
+	if got := parseTables(out); !slices.Equal(got, []uint32{27449, 27450}) {
+		t.Fatalf("parseTables = %v, want [27449 27450]", got)
 	}
 }

@@ -36,6 +36,9 @@ type Routes interface {
 	// route: a rule alone sends marked packets on to the next rule, and out
 	// by the default route.
 	Present(r LocalRoute) (bool, error)
+	// Tables returns the numbers of the routing tables that have routes,
+	// whoever made them (tables named in rt_tables are left out).
+	Tables() ([]uint32, error)
 }
 
 // ours reports whether r is one the UDP capture of some instance makes,
@@ -136,6 +139,34 @@ func (ir *ipRoutes) Present(r LocalRoute) (bool, error) {
 		return false, err
 	}
 	return strings.TrimSpace(out) != "", nil
+}
+
+func (ir *ipRoutes) Tables() ([]uint32, error) {
+	ir.mu.Lock()
+	defer ir.mu.Unlock()
+	out, err := ir.run("route", "show", "table", "all")
+	if err != nil {
+		return nil, err
+	}
+	return parseTables(out), nil
+}
+
+// parseTables reads the numbered tables of `ip route show table all` lines
+// such as "local default dev lo table 27449 scope host".
+func parseTables(out string) []uint32 {
+	var tables []uint32
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] != "table" {
+				continue
+			}
+			if n, err := strconv.ParseUint(f[i+1], 10, 32); err == nil && !slices.Contains(tables, uint32(n)) {
+				tables = append(tables, uint32(n))
+			}
+		}
+	}
+	return tables
 }
 
 func (ir *ipRoutes) List() ([]LocalRoute, error) {
