@@ -114,9 +114,8 @@ func NewServer(rwc io.ReadWriteCloser, answer func(Hello) Hello, log *slog.Logge
 
 // ReadHello reads the client's hello from r: NewServer's first half, for a
 // helper that looks at the hello before it decides who answers it. br holds
-// what was read; the hello is read byte by byte, so br holds nothing past it
-// unless the client sent more without waiting for an answer
-// (br.Buffered() says).
+// whatever was read past the hello too: nothing, unless the client sent more
+// without waiting for an answer (br.Buffered() says).
 func ReadHello(r io.Reader) (peer Hello, br *bufio.Reader, err error) {
 	br = bufio.NewReader(r)
 	peer, _, err = readHello(br)
