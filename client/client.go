@@ -718,12 +718,17 @@ func (c *Client) setLink(l *link) {
 	}
 }
 
+// link is the current link; nil when the tunnel is down.
+func (c *Client) link() *link {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.links
+}
+
 // session picks the least busy session of the current link, and says which
 // channel it is on; nil when the tunnel is down.
 func (c *Client) session() (*mux.Session, int) {
-	c.mu.Lock()
-	l := c.links
-	c.mu.Unlock()
+	l := c.link()
 	if l == nil {
 		return nil, 0
 	}
@@ -769,9 +774,7 @@ func (c *Client) handle(conn *net.TCPConn) {
 		local.Abort()
 		return
 	}
-	c.mu.Lock()
-	l := c.links
-	c.mu.Unlock()
+	l := c.link()
 	if c.fwLost.Load() {
 		c.log.Debug("firewall helper lost, resetting", "dst", dst)
 		local.Abort()

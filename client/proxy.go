@@ -162,9 +162,7 @@ func (c *Client) DialContext(ctx context.Context, network, addr string) (net.Con
 // connection is (link.dial); a name for the node to resolve takes one
 // stream.
 func (c *Client) dialHost(ctx context.Context, host string, port uint16) (tunnelConn, error) {
-	c.mu.Lock()
-	l := c.links
-	c.mu.Unlock()
+	l := c.link()
 	if l == nil {
 		return nil, errTunnelDown
 	}
