@@ -71,6 +71,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 			}
 		}
 	})
+	return readResult(n, err, serr)
+}
+
+// readResult is what a read that got n, with err from the poller and serr
+// from the system call, returns: io.EOF when it got nothing.
+func readResult(n int, err, serr error) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err
@@ -111,12 +117,7 @@ func (c *Conn) ReadPooled(pool Pool) (buf *[]byte, n int, err error) {
 			return true
 		}
 	})
-	if err == nil && serr == nil && n == 0 {
-		err = io.EOF
-	} else if err == nil {
-		err = serr
-	}
-	if err != nil {
+	if n, err = readResult(n, err, serr); err != nil {
 		if buf != nil {
 			pool.Put(buf)
 		}
