@@ -202,10 +202,16 @@ func handle(ctx context.Context, cfg Config, req mux.Request, st *mux.Stream) {
 	if !ok {
 		return
 	}
+	relayTarget(ctx, cfg, c, st, dst)
+}
+
+// relayTarget relays c, the target dst, and the client's side of it until
+// both are done or ctx ends.
+func relayTarget(ctx context.Context, cfg Config, c net.Conn, client mux.Conn, dst string) {
 	// A relay whose stream side is done waits on the target alone, and a
 	// quiet target would keep it past the session's end.
 	defer context.AfterFunc(ctx, func() { mux.NetConn(c).Abort() })()
-	if err := mux.Relay(mux.NetConn(c), st); err != nil {
+	if err := mux.Relay(mux.NetConn(c), client); err != nil {
 		cfg.Log.Debug("relay ended", "dst", dst, "err", err)
 	}
 }
@@ -233,10 +239,7 @@ func stripe(ctx context.Context, cfg Config, table *mux.Stripes, req mux.Request
 		sc.Drop()
 		return
 	}
-	defer context.AfterFunc(ctx, func() { mux.NetConn(c).Abort() })()
-	if err := mux.Relay(mux.NetConn(c), sc); err != nil {
-		cfg.Log.Debug("relay ended", "dst", dst, "err", err)
-	}
+	relayTarget(ctx, cfg, c, sc, dst)
 }
 
 // dialFor dials dst for the stream st and tells the client how that went.
