@@ -30,6 +30,10 @@ var (
 	ErrNoUDP = errors.New("the helper on the node cannot carry UDP (an older k8stunnel)")
 	// ErrBadStatus means the helper answered a connect request with an unknown status.
 	ErrBadStatus = errors.New("unknown status")
+	// ErrBadStripe means a stripe request's part or part count is out of range.
+	ErrBadStripe = errors.New("bad stripe request")
+	// ErrStripeIncomplete means a stripe's parts did not all arrive in time.
+	ErrStripeIncomplete = errors.New("stripe incomplete")
 
 	// errBadVersion means a stream header has a version this end does not speak.
 	errBadVersion = errors.New("unsupported stream header version")

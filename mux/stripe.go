@@ -3,7 +3,6 @@ package mux
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -37,9 +36,6 @@ const StripeChunk = 256 << 10
 // MaxStripeParts bounds the parts of one stripe: the most channels a link
 // gets (client.maxAutoChannels).
 const MaxStripeParts = 8
-
-// ErrBadStripe means a stripe request's part or part count is out of range.
-var ErrBadStripe = errors.New("bad stripe request")
 
 // IsStripe reports a request of kindStripe; StripePart says which part.
 func (r Request) IsStripe() bool { return r.kind == kindStripe }
@@ -242,9 +238,6 @@ func (c *Striped) quiet() {
 // waits for the rest.
 const maxPendingStripes = 256
 
-// ErrStripeIncomplete means a stripe's parts did not all arrive in time.
-var ErrStripeIncomplete = errors.New("stripe incomplete")
-
 // Stripes pairs the parts of striped connections (helper side). One
 // Stripes serves every session of a helper process: a stripe's parts come
 // on different sessions, in no set order.
@@ -363,8 +356,8 @@ func (t *Stripes) expire(id uint64, set *stripeSet) bool {
 	return true
 }
 
-// Pending is how many stripes await parts.
-func (t *Stripes) Pending() int {
+// pending is how many stripes await parts.
+func (t *Stripes) pending() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.m)

@@ -115,7 +115,7 @@ func TestStripedEcho(t *testing.T) {
 			}
 		}
 		sc.Close()
-		if n := table.Pending(); n != 0 {
+		if n := table.pending(); n != 0 {
 			t.Fatalf("%d stripes still pending", n)
 		}
 	}
@@ -206,7 +206,7 @@ func TestStripeIncomplete(t *testing.T) {
 	if _, err := p1.Read(make([]byte, 1)); !errors.Is(err, ErrPeerReset) {
 		t.Fatalf("part 1 alone: got %v, want ErrPeerReset", err)
 	}
-	if n := table.Pending(); n != 0 {
+	if n := table.pending(); n != 0 {
 		t.Fatalf("%d stripes still pending", n)
 	}
 }
@@ -228,7 +228,7 @@ func TestStripesRefuse(t *testing.T) {
 		return st
 	}
 	p1 := open(clients[1], 1, 2)
-	waitFor(t, func() bool { return table.Pending() == 1 })
+	waitFor(t, func() bool { return table.pending() == 1 })
 	for _, bad := range []*Stream{open(clients[1], 1, 2), open(clients[0], 1, 3)} {
 		bad.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := bad.Read(make([]byte, 1)); !errors.Is(err, ErrPeerReset) {
